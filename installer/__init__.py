@@ -1,0 +1,1 @@
+"""aiinfra's installer: the `aiinfra` command, the host spec, Ansible runs and the lab host."""

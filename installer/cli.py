@@ -1,0 +1,186 @@
+"""The `aiinfra` command: validate a host spec, install a host, run the lab host."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from aiinfra.installer import lab
+from aiinfra.installer.inventory import Inventory, InventoryError, load, resolve_path
+from aiinfra.installer.run import (
+    EXIT_ENVIRONMENT,
+    EXIT_SPEC,
+    EnvironmentProblem,
+    Progress,
+    RunSummary,
+    run_playbook,
+)
+from aiinfra.installer.spec import SpecError, validate
+
+INVENTORY_HELP = "Ansible inventory (default: ./inventory, then /etc/aiinfra/inventory)."
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"aiinfra: {message}", err=True)
+    sys.exit(code)
+
+
+def load_hosts(inventory: str | None, pattern: str) -> tuple[Inventory, list[str]]:
+    try:
+        inv = load(resolve_path(inventory))
+        return inv, inv.select(pattern)
+    except InventoryError as exc:
+        fail(str(exc), EXIT_SPEC)
+    except EnvironmentProblem as exc:
+        fail(str(exc), EXIT_ENVIRONMENT)
+
+
+INSTALLED_GROUPS = ("inference",)  # the groups playbooks/site.yml installs
+
+
+def check_specs(inv: Inventory, hosts: list[str]) -> list[SpecError]:
+    errors = []
+    for host in hosts:
+        if not any(host in inv.groups.get(group, []) for group in INSTALLED_GROUPS):
+            errors.append(SpecError(host, "groups", f"not in group {INSTALLED_GROUPS[0]!r}, the hosts "
+                                    "site.yml installs: add it to that group in the inventory"))
+        errors.extend(validate(host, inv.hostvars[host])[1])
+    return errors
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Turn a GPU box into an LLM inference appliance, and keep it that way."""
+
+
+@main.command("validate")
+@click.option("--host", "pattern", required=True, help="Host, group, or comma-separated hosts.")
+@click.option("-i", "--inventory", help=INVENTORY_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def validate_cmd(pattern: str, inventory: str | None, as_json: bool) -> None:
+    """Check the host spec; change nothing. Exit 2 on any error."""
+    inv, hosts = load_hosts(inventory, pattern)
+    errors = check_specs(inv, hosts)
+    if as_json:
+        report = {host: [{"field": e.field, "message": e.message} for e in errors if e.host == host]
+                  for host in hosts}
+        click.echo(json.dumps({"valid": not errors, "inventory": str(inv.path), "hosts": report}, indent=2))
+    else:
+        for error in errors:
+            click.echo(str(error), err=True)
+        for host in hosts:
+            if not any(e.host == host for e in errors):
+                click.echo(f"{host}: spec ok")
+    if errors:
+        sys.exit(EXIT_SPEC)
+
+
+@main.command()
+@click.option("--host", "pattern", required=True, help="Host, group, or comma-separated hosts.")
+@click.option("-i", "--inventory", help=INVENTORY_HELP)
+@click.option("--check", is_flag=True, help="Dry run: report what would change, change nothing.")
+@click.option("--diff", is_flag=True, help="Show the changes made to files.")
+@click.option("--tags", help="Only run roles/tasks with these tags (comma-separated).")
+@click.option("--allow-reboot", is_flag=True, help="Let the run reboot hosts that need it.")
+@click.option("--json", "as_json", is_flag=True, help="No live progress; print the summary as JSON.")
+def install(pattern: str, inventory: str | None, check: bool, diff: bool, tags: str | None,
+            allow_reboot: bool, as_json: bool) -> None:
+    """Validate the spec, then converge the host(s) with playbooks/site.yml.
+
+    Exit codes: 0 done, 1 a task failed, 2 bad spec or unknown host (nothing ran),
+    3 a host was unreachable, 4 this machine lacks what the run needs.
+    """
+    inv, hosts = load_hosts(inventory, pattern)
+    errors = check_specs(inv, hosts)
+    if errors:
+        for error in errors:
+            click.echo(str(error), err=True)
+        fail(f"spec invalid ({len(errors)} error{'s' * (len(errors) > 1)}); nothing was changed", EXIT_SPEC)
+    out = None if as_json else sys.stderr
+    progress = Progress(out=out, live=lambda: out is not None and out.isatty())
+    if out is not None:
+        mode = " (check mode: nothing will change)" if check else ""
+        click.echo(f"installing {', '.join(hosts)} from {inv.path}{mode}", err=True)
+    try:
+        summary = run_playbook(inv.path, ",".join(hosts), check=check, diff=diff, tags=tags,
+                               allow_reboot=allow_reboot, progress=progress)
+    except EnvironmentProblem as exc:
+        fail(str(exc), EXIT_ENVIRONMENT)
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), indent=2))
+    else:
+        print_summary(summary)
+    sys.exit(summary.exit_code)
+
+
+def print_summary(summary: RunSummary) -> None:
+    width = max((len(h) for h in summary.hosts), default=4)
+    click.echo(f"{'HOST':<{width}}  {'OK':>4} {'CHANGED':>7} {'FAILED':>6} {'UNREACHABLE':>11} {'SKIPPED':>7}")
+    for host, t in summary.hosts.items():
+        click.echo(f"{host:<{width}}  {t.ok:>4} {t.changed:>7} {t.failed:>6} {t.unreachable:>11} {t.skipped:>7}")
+    totals = summary.as_dict()
+    mode = " (check mode)" if summary.check else ""
+    click.echo(f"changed {totals['changed']}, failed {sum(t.failed for t in summary.hosts.values())}, "
+               f"unreachable {sum(t.unreachable for t in summary.hosts.values())} "
+               f"in {summary.duration_s:.0f}s{mode}")
+    for line in summary.failures:
+        click.echo(f"  failed: {line}")
+    if totals["reboot_required"]:
+        click.echo(f"reboot required: {', '.join(totals['reboot_required'])} "
+                   "(reboot when convenient, or re-run with --allow-reboot)")
+    click.echo(f"log: {Path(summary.run_dir) / 'artifacts' / 'ansible' / 'stdout'}")
+
+
+@main.group("lab")
+def lab_group() -> None:
+    """A local systemd container standing in for the inference box."""
+
+
+def say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@lab_group.command("up")
+@click.argument("name", default="thor")
+@click.option("--release", type=click.Choice(lab.RELEASES), default="bookworm", show_default=True)
+@click.option("--spec", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Host variables for the lab host (default: the example thor spec).")
+def lab_up(name: str, release: str, spec: Path | None) -> None:
+    """Start the lab host NAME and write the lab inventory."""
+    try:
+        inventory = lab.up(name, release, spec, say)
+    except EnvironmentProblem as exc:
+        fail(str(exc), EXIT_ENVIRONMENT)
+    except (ValueError, OSError) as exc:
+        fail(str(exc), EXIT_SPEC)
+    say(f"lab host {name} is up; inventory: {inventory}")
+    say(f"next: aiinfra install --host {name} -i {inventory}")
+    click.echo(str(inventory))
+
+
+@lab_group.command("down")
+@click.argument("name", default="thor")
+def lab_down(name: str) -> None:
+    """Remove the lab host NAME (its container and inventory entry)."""
+    try:
+        existed = lab.down(name)
+    except EnvironmentProblem as exc:
+        fail(str(exc), EXIT_ENVIRONMENT)
+    say(f"lab host {name} removed" if existed else f"lab host {name} was not running")
+
+
+@lab_group.command("image")
+@click.option("--release", "releases", type=click.Choice(lab.RELEASES), multiple=True,
+              help="Debian release(s) to build (default: all).")
+@click.option("--rebuild", is_flag=True, help="Build again even if the image exists.")
+def lab_image(releases: tuple[str, ...], rebuild: bool) -> None:
+    """Build the lab/Molecule base images (cached in podman)."""
+    for release in releases or lab.RELEASES:
+        try:
+            click.echo(lab.build_image(release, say, rebuild=rebuild))
+        except EnvironmentProblem as exc:
+            fail(str(exc), EXIT_ENVIRONMENT)

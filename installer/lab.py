@@ -1,0 +1,159 @@
+"""The lab host: a local systemd container standing in for the inference box.
+
+One image builder serves `aiinfra lab` and Molecule: debootstrap a minimal Debian with systemd and
+import it into podman (no registry pulls). Podman runs with the project's containers.conf (runc,
+file limits) rather than changing the machine's configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aiinfra.installer.run import CONTAINERS_CONF, EnvironmentProblem, state_dir
+
+EXAMPLE_SPEC = Path(__file__).with_name("example-thor.yml")
+RELEASES = ("bookworm", "trixie")
+# python3-apt (for Ansible's apt module, and check mode on a fresh host) and sudo: Ubuntu server has both;
+# the rest is what a minimal Debian needs to act as a systemd host that Ansible can reach.
+IMAGE_PACKAGES = "python3,python3-apt,sudo,systemd,systemd-sysv,dbus,ca-certificates"
+CONTAINER_PREFIX = "aiinfra-lab-"
+
+
+def image_name(release: str) -> str:
+    return f"localhost/aiinfra-lab:{release}"
+
+
+def podman(*args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess[str]:
+    if not shutil.which("podman"):
+        raise EnvironmentProblem("podman not found: apt-get install podman runc debootstrap")
+    env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
+    proc = subprocess.run(["podman", *args], env=env, text=True, check=False,
+                          capture_output=capture)
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or "").strip().splitlines()
+        raise EnvironmentProblem(f"podman {args[0]} failed: {detail[-1] if detail else proc.returncode}")
+    return proc
+
+
+def image_exists(release: str) -> bool:
+    return podman("image", "exists", image_name(release), check=False).returncode == 0
+
+
+def build_image(release: str, say: Callable[[str], None], *, rebuild: bool = False) -> str:
+    """Build the lab image for a Debian release once; later calls reuse it."""
+    if release not in RELEASES:
+        raise ValueError(f"release {release!r}: choose one of {', '.join(RELEASES)}")
+    name = image_name(release)
+    if image_exists(release) and not rebuild:
+        return name
+    if not shutil.which("debootstrap"):
+        raise EnvironmentProblem("debootstrap not found: apt-get install debootstrap")
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("building the lab image needs root (debootstrap)")
+    say(f"building {name} with debootstrap (about a minute)...")
+    with tempfile.TemporaryDirectory(prefix="aiinfra-rootfs-") as rootfs:
+        proc = subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={IMAGE_PACKAGES}", release, rootfs],
+            capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+            raise EnvironmentProblem(f"debootstrap {release} failed: {' | '.join(tail)}")
+        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+        env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
+        imported = subprocess.run(["podman", "import", "--change", 'CMD ["/sbin/init"]', "-", name],
+                                  stdin=tar.stdout, capture_output=True, text=True, env=env, check=False)
+        tar.wait()
+        if imported.returncode != 0 or tar.returncode != 0:
+            raise EnvironmentProblem(f"podman import of {name} failed: {imported.stderr.strip()}")
+    say(f"built {name}")
+    return name
+
+
+def container_name(host: str) -> str:
+    return CONTAINER_PREFIX + host
+
+
+def lab_inventory_dir() -> Path:
+    return state_dir() / "lab" / "inventory"
+
+
+def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -> Path:
+    """Start (or keep) the lab container for HOST and write it into the lab inventory.
+
+    The host's variables come from SPEC, else stay as an earlier `lab up` left them, else are the
+    example thor spec.
+    """
+    spec_file = lab_inventory_dir() / "host_vars" / f"{host}.yml"
+    host_vars = None
+    if spec is not None or not spec_file.exists():
+        host_vars = yaml.safe_load((spec or EXAMPLE_SPEC).read_text()) or {}
+        if not isinstance(host_vars, dict):
+            raise ValueError(f"{spec}: a host spec is a mapping of variables")
+    image = build_image(release, say)
+    name = container_name(host)
+    running = podman("container", "inspect", "--format", "{{.State.Running}}", name, check=False)
+    if running.returncode != 0:
+        say(f"starting {name} from {image}")
+        podman("run", "-d", "--name", name, "--hostname", host, "--systemd=always",
+               "--label", "aiinfra.lab=1", image, "/sbin/init")
+    elif running.stdout.strip() != "true":
+        podman("start", name)
+    wait_for_systemd(name)
+    write_inventory(host, name)
+    if host_vars is not None:
+        spec_file.write_text(f"# Host spec of the lab host {host}, written by `aiinfra lab up`.\n"
+                             + yaml.safe_dump(host_vars, sort_keys=False))
+    return lab_inventory_dir()
+
+
+def wait_for_systemd(name: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    state = ""
+    while time.monotonic() < deadline:
+        proc = podman("exec", name, "systemctl", "is-system-running", check=False)
+        state = proc.stdout.strip()
+        if state in ("running", "degraded"):
+            return
+        time.sleep(0.5)
+    raise EnvironmentProblem(f"{name}: systemd did not finish starting in {timeout_s:.0f}s (state {state!r})")
+
+
+def down(host: str) -> bool:
+    """Remove HOST's lab container and its inventory entry. False when there was none."""
+    existed = podman("container", "exists", container_name(host), check=False).returncode == 0
+    if existed:
+        podman("rm", "-f", "-t", "5", container_name(host))
+    inventory = lab_inventory_dir()
+    hosts_file = inventory / "hosts.yml"
+    if hosts_file.exists():
+        data = yaml.safe_load(hosts_file.read_text()) or {}
+        data.get("lab", {}).get("hosts", {}).pop(host, None)
+        hosts_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    (inventory / "host_vars" / f"{host}.yml").unlink(missing_ok=True)
+    return existed
+
+
+def write_inventory(host: str, container: str) -> None:
+    """The lab inventory: group `lab` (child of `inference`), one file of host variables per host."""
+    inventory = lab_inventory_dir()
+    (inventory / "host_vars").mkdir(parents=True, exist_ok=True)
+    hosts_file = inventory / "hosts.yml"
+    data = (yaml.safe_load(hosts_file.read_text()) if hosts_file.exists() else None) or {}
+    data.setdefault("inference", {"children": {"lab": {}}})
+    lab_hosts = data.setdefault("lab", {}).get("hosts") or {}
+    lab_hosts[host] = {
+        "ansible_connection": "containers.podman.podman",
+        "ansible_host": container,
+        "ansible_python_interpreter": "/usr/bin/python3",
+    }
+    data["lab"]["hosts"] = lab_hosts
+    hosts_file.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,305 @@
+"""The host spec: the variables aiinfra's roles read, validated before any task runs.
+
+Input is one host's merged variables as Ansible sees them (see inventory.py). Output is either a
+HostSpec or a list of SpecError, each one line naming host, variable, what is wrong and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# A variable of the operator's other roles passes; one that looks like ours does not.
+OUR_PREFIXES = (
+    "aiinfra_", "host_base_", "nvidia_", "gpu_", "vlan", "model_storage_", "engine", "profile",
+    "default_profile", "router_", "vllm_", "ollama_", "proxmox_",
+)
+
+# An exact driver version, e.g. 580.105.08 or 550.54.15: the branch alone is not a pin.
+DRIVER_VERSION = re.compile(r"^\d{3}\.\d{2,3}(\.\d{2,3})?$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+GpuIndex = Annotated[int, Field(ge=0, le=15)]
+
+
+class EngineBase(Strict):
+    gpus: Annotated[list[GpuIndex], Field(min_length=1)]
+    port: Port
+
+
+class VllmEngine(EngineBase):
+    runtime: Literal["vllm"]
+    model: Annotated[str, Field(min_length=1)]
+    served_name: str | None = None
+    max_model_len: Annotated[int, Field(ge=256)] | None = None
+    gpu_memory_utilization: Annotated[float, Field(gt=0.1, le=0.98)] = 0.9
+    max_num_seqs: Annotated[int, Field(ge=1)] | None = None
+    quantization: Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "bitsandbytes"] | None = None
+    dtype: Literal["auto", "float16", "bfloat16"] = "auto"
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    extra_args: list[str] = []
+
+
+class OllamaEngine(EngineBase):
+    runtime: Literal["ollama"]
+    keep_alive: Annotated[str, Field(pattern=r"^(-1|\d+[smh]?)$")] = "30m"
+    models: list[str] = []
+
+
+Engine = Annotated[VllmEngine | OllamaEngine, Field(discriminator="runtime")]
+
+
+class Vlan(Strict):
+    id: Annotated[int, Field(ge=1, le=4094)]
+    link: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,15}$")]
+    addresses: list[str] = []
+    gateway: str | None = None
+    dns: list[str] = []
+    mtu: Annotated[int, Field(ge=576, le=9216)] | None = None
+
+    @field_validator("addresses")
+    @classmethod
+    def _cidr(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_interface(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an address with prefix, e.g. 10.0.110.20/24") from None
+            if "/" not in value:
+                raise ValueError(f"{value!r} needs a prefix length, e.g. {value}/24")
+        return values
+
+    @field_validator("gateway")
+    @classmethod
+    def _gateway(cls, value: str | None) -> str | None:
+        if value is not None:
+            _ip(value)
+        return value
+
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _ip(value)
+        return values
+
+
+def _ip(value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def _absolute(value: str | None) -> str | None:
+    if value is not None and not value.startswith("/"):
+        raise ValueError(f"{value!r} must be an absolute path")
+    return value
+
+
+class HostSpec(Strict):
+    """Every variable aiinfra's roles read. The roles' defaults/main.yml are the real defaults; the ones
+    here serve the cross-checks below."""
+
+    # aiinfra as a whole
+    aiinfra_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "aiinfra"
+    aiinfra_group: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "aiinfra"
+
+    # role host_base
+    host_base_packages: list[str] = ["pciutils", "nvme-cli", "jq", "curl", "ca-certificates",
+                                     "python3", "python3-venv", "python3-systemd"]
+    host_base_extra_packages: list[str] = []
+    host_base_time_sync: bool = True
+    host_base_journald_persistent: bool = True
+    host_base_journald_max_use: Annotated[str, Field(pattern=r"^\d+[KMGT]$")] = "2G"
+    host_base_sysctl: dict[str, int | str] = {}
+    host_base_hugepages: Annotated[int, Field(ge=0)] = 0
+    host_base_unattended_upgrades_blacklist: list[str] = ["nvidia-", "libnvidia-", "cuda-"]
+
+    # GPUs and driver (roles nvidia_driver, gpu_tuning)
+    nvidia_driver_version: str | None = None
+    gpu_expected_count: Annotated[int, Field(ge=0, le=16)] | None = None
+    gpu_persistence_mode: bool = True
+    gpu_power_limit_watts: Annotated[int, Field(ge=50, le=1000)] | dict[int, Annotated[int, Field(ge=50, le=1000)]] | None = None
+
+    # network and storage (roles network_vlans, model_storage)
+    vlans: list[Vlan] = []
+    model_storage_mount: str = "/mnt/nvme"
+    model_storage_device: str | None = None
+
+    # engines and the agent
+    engines: dict[str, Engine] = {}
+    profiles: dict[str, list[str]] = {}
+    default_profile: str | None = None
+    router_listen: str = "0.0.0.0:8000"
+
+    @field_validator("nvidia_driver_version")
+    @classmethod
+    def _driver_version(cls, value: str | None) -> str | None:
+        if value is not None and not DRIVER_VERSION.match(value):
+            raise ValueError(f"{value!r} is not an exact driver version; write it quoted in full, "
+                             "e.g. \"580.105.08\"")
+        return value
+
+    _paths = field_validator("model_storage_mount", "model_storage_device")(_absolute)
+
+    @field_validator("router_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT, e.g. 0.0.0.0:8000")
+        _ip(host.strip("[]"))
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HostSpec:
+        problems = list(_cross_checks(self))
+        if problems:
+            # One ValueError carries several "field: message" lines; split again in _errors().
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def _cross_checks(spec: HostSpec) -> list[str]:
+    problems: list[str] = []
+    for name in spec.engines:
+        if not NAME.match(name):
+            problems.append(f"engines.{name}: engine names are lower-case letters, digits, '-' and '_'")
+    ports: dict[int, str] = {}
+    router_port = int(spec.router_listen.rpartition(":")[2])
+    for name, engine in spec.engines.items():
+        if engine.port == router_port:
+            problems.append(f"engines.{name}.port: {engine.port} is the router's port (router_listen)")
+        if engine.port in ports:
+            problems.append(f"engines.{name}.port: {engine.port} is already used by engine {ports[engine.port]!r}")
+        ports.setdefault(engine.port, name)
+        if spec.gpu_expected_count is not None:
+            for gpu in engine.gpus:
+                if gpu >= spec.gpu_expected_count:
+                    problems.append(f"engines.{name}.gpus: GPU {gpu} does not exist; the host has "
+                                    f"{spec.gpu_expected_count} (gpu_expected_count), indices 0.."
+                                    f"{spec.gpu_expected_count - 1}")
+        if len(set(engine.gpus)) != len(engine.gpus):
+            problems.append(f"engines.{name}.gpus: lists a GPU twice")
+    for profile, members in spec.profiles.items():
+        taken: dict[int, str] = {}
+        for member in members:
+            engine = spec.engines.get(member)
+            if engine is None:
+                problems.append(f"profiles.{profile}: unknown engine {member!r}{_did_you_mean(member, spec.engines)}")
+                continue
+            for gpu in engine.gpus:
+                if gpu in taken:
+                    problems.append(f"profiles.{profile}: engines {taken[gpu]!r} and {member!r} both use "
+                                    f"GPU {gpu}; put them in different profiles")
+                taken.setdefault(gpu, member)
+    if spec.default_profile is not None and spec.default_profile not in spec.profiles:
+        problems.append(f"default_profile: {spec.default_profile!r} is not one of the profiles "
+                        f"({', '.join(spec.profiles) or 'none defined'})")
+    if spec.engines and spec.profiles and spec.default_profile is None:
+        problems.append("default_profile: required when profiles are defined; name the one the agent starts")
+    if isinstance(spec.gpu_power_limit_watts, dict) and spec.gpu_expected_count is not None:
+        for gpu in spec.gpu_power_limit_watts:
+            if gpu >= spec.gpu_expected_count:
+                problems.append(f"gpu_power_limit_watts: GPU {gpu} does not exist; the host has "
+                                f"{spec.gpu_expected_count} (gpu_expected_count)")
+    ids = [vlan.id for vlan in spec.vlans]
+    for vlan_id in sorted({i for i in ids if ids.count(i) > 1}):
+        problems.append(f"vlans: VLAN id {vlan_id} is listed more than once")
+    return problems
+
+
+@dataclass(frozen=True)
+class SpecError:
+    host: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.field}: {self.message}"
+
+
+KNOWN = tuple(HostSpec.model_fields)
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def unknown_variables(host: str, variables: dict[str, Any]) -> list[SpecError]:
+    """Top-level variables that look like ours but are not: typos of known names or our prefixes."""
+    errors = []
+    for key in variables:
+        if key in KNOWN or key.startswith("ansible_"):
+            continue
+        hint = _did_you_mean(key, KNOWN)
+        if hint or key.startswith(OUR_PREFIXES):
+            errors.append(SpecError(host, key, f"unknown variable{hint or '; see the README for the variables'}"))
+    return errors
+
+
+def _describe(error: dict[str, Any]) -> tuple[str, str]:
+    loc = [str(p) for p in error["loc"]]
+    # Discriminated unions add the runtime tag to the path ("engines.a.vllm.port"): drop it.
+    if len(loc) >= 3 and loc[0] == "engines" and loc[2] in ("vllm", "ollama"):
+        del loc[2]
+    field = ".".join(loc)
+    kind = error["type"]
+    given = error.get("input")
+    if kind == "extra_forbidden":
+        parent_model = _model_at(loc[:-1])
+        hint = _did_you_mean(loc[-1], parent_model.model_fields) if parent_model else ""
+        return field, f"unknown key{hint}"
+    if kind == "missing":
+        return field, "required, but not set"
+    if kind == "union_tag_invalid" or kind == "union_tag_not_found":
+        return field + ".runtime", "must be one of 'vllm', 'ollama'"
+    message = error["msg"]
+    message = message.removeprefix("Value error, ")
+    if kind.endswith("_type") or kind in ("literal_error", "string_pattern_mismatch"):
+        message = f"{message[0].lower()}{message[1:]} (got {given!r})"
+    return field, message
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    if not loc:
+        return HostSpec
+    if loc[0] == "engines" and len(loc) == 2:
+        return VllmEngine  # close enough for a suggestion: most keys are shared
+    if loc[0] == "vlans" and len(loc) == 2:
+        return Vlan
+    return None
+
+
+def validate(host: str, variables: dict[str, Any]) -> tuple[HostSpec | None, list[SpecError]]:
+    """Validate one host's merged variables. Returns the spec, or the errors (never both)."""
+    errors = unknown_variables(host, variables)
+    ours = {k: v for k, v in variables.items() if k in KNOWN}
+    try:
+        spec = HostSpec.model_validate(ours)
+    except ValidationError as exc:
+        for error in exc.errors():
+            if error["type"] == "value_error" and not error["loc"]:
+                for line in str(error["ctx"]["error"]).splitlines():
+                    field, _, message = line.partition(": ")
+                    errors.append(SpecError(host, field, message))
+                continue
+            field, message = _describe(error)
+            errors.append(SpecError(host, field, message))
+        return None, errors
+    return (None, errors) if errors else (spec, [])
