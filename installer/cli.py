@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
-
 from aiinfra.installer import lab
 from aiinfra.installer.inventory import Inventory, InventoryError, load, resolve_path
 from aiinfra.installer.run import (
@@ -46,8 +45,14 @@ def check_specs(inv: Inventory, hosts: list[str]) -> list[SpecError]:
     errors = []
     for host in hosts:
         if not any(host in inv.groups.get(group, []) for group in INSTALLED_GROUPS):
-            errors.append(SpecError(host, "groups", f"not in group {INSTALLED_GROUPS[0]!r}, the hosts "
-                                    "site.yml installs: add it to that group in the inventory"))
+            errors.append(
+                SpecError(
+                    host,
+                    "groups",
+                    f"not in group {INSTALLED_GROUPS[0]!r}, the hosts "
+                    "site.yml installs: add it to that group in the inventory",
+                )
+            )
         errors.extend(validate(host, inv.hostvars[host])[1])
     return errors
 
@@ -66,8 +71,7 @@ def validate_cmd(pattern: str, inventory: str | None, as_json: bool) -> None:
     inv, hosts = load_hosts(inventory, pattern)
     errors = check_specs(inv, hosts)
     if as_json:
-        report = {host: [{"field": e.field, "message": e.message} for e in errors if e.host == host]
-                  for host in hosts}
+        report = {host: [{"field": e.field, "message": e.message} for e in errors if e.host == host] for host in hosts}
         click.echo(json.dumps({"valid": not errors, "inventory": str(inv.path), "hosts": report}, indent=2))
     else:
         for error in errors:
@@ -87,8 +91,9 @@ def validate_cmd(pattern: str, inventory: str | None, as_json: bool) -> None:
 @click.option("--tags", help="Only run roles/tasks with these tags (comma-separated).")
 @click.option("--allow-reboot", is_flag=True, help="Let the run reboot hosts that need it.")
 @click.option("--json", "as_json", is_flag=True, help="No live progress; print the summary as JSON.")
-def install(pattern: str, inventory: str | None, check: bool, diff: bool, tags: str | None,
-            allow_reboot: bool, as_json: bool) -> None:
+def install(
+    pattern: str, inventory: str | None, check: bool, diff: bool, tags: str | None, allow_reboot: bool, as_json: bool
+) -> None:
     """Validate the spec, then converge the host(s) with playbooks/site.yml.
 
     Exit codes: 0 done, 1 a task failed, 2 bad spec or unknown host (nothing ran),
@@ -106,8 +111,9 @@ def install(pattern: str, inventory: str | None, check: bool, diff: bool, tags: 
         mode = " (check mode: nothing will change)" if check else ""
         click.echo(f"installing {', '.join(hosts)} from {inv.path}{mode}", err=True)
     try:
-        summary = run_playbook(inv.path, ",".join(hosts), check=check, diff=diff, tags=tags,
-                               allow_reboot=allow_reboot, progress=progress)
+        summary = run_playbook(
+            inv.path, ",".join(hosts), check=check, diff=diff, tags=tags, allow_reboot=allow_reboot, progress=progress
+        )
     except EnvironmentProblem as exc:
         fail(str(exc), EXIT_ENVIRONMENT)
     if as_json:
@@ -124,14 +130,18 @@ def print_summary(summary: RunSummary) -> None:
         click.echo(f"{host:<{width}}  {t.ok:>4} {t.changed:>7} {t.failed:>6} {t.unreachable:>11} {t.skipped:>7}")
     totals = summary.as_dict()
     mode = " (check mode)" if summary.check else ""
-    click.echo(f"changed {totals['changed']}, failed {sum(t.failed for t in summary.hosts.values())}, "
-               f"unreachable {sum(t.unreachable for t in summary.hosts.values())} "
-               f"in {summary.duration_s:.0f}s{mode}")
+    click.echo(
+        f"changed {totals['changed']}, failed {sum(t.failed for t in summary.hosts.values())}, "
+        f"unreachable {sum(t.unreachable for t in summary.hosts.values())} "
+        f"in {summary.duration_s:.0f}s{mode}"
+    )
     for line in summary.failures:
         click.echo(f"  failed: {line}")
     if totals["reboot_required"]:
-        click.echo(f"reboot required: {', '.join(totals['reboot_required'])} "
-                   "(reboot when convenient, or re-run with --allow-reboot)")
+        click.echo(
+            f"reboot required: {', '.join(totals['reboot_required'])} "
+            "(reboot when convenient, or re-run with --allow-reboot)"
+        )
     click.echo(f"log: {Path(summary.run_dir) / 'artifacts' / 'ansible' / 'stdout'}")
 
 
@@ -147,8 +157,11 @@ def say(message: str) -> None:
 @lab_group.command("up")
 @click.argument("name", default="thor")
 @click.option("--release", type=click.Choice(lab.RELEASES), default="bookworm", show_default=True)
-@click.option("--spec", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Host variables for the lab host (default: the example thor spec).")
+@click.option(
+    "--spec",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Host variables for the lab host (default: the example thor spec).",
+)
 def lab_up(name: str, release: str, spec: Path | None) -> None:
     """Start the lab host NAME and write the lab inventory."""
     try:
@@ -174,8 +187,13 @@ def lab_down(name: str) -> None:
 
 
 @lab_group.command("image")
-@click.option("--release", "releases", type=click.Choice(lab.RELEASES), multiple=True,
-              help="Debian release(s) to build (default: all).")
+@click.option(
+    "--release",
+    "releases",
+    type=click.Choice(lab.RELEASES),
+    multiple=True,
+    help="Debian release(s) to build (default: all).",
+)
 @click.option("--rebuild", is_flag=True, help="Build again even if the image exists.")
 def lab_image(releases: tuple[str, ...], rebuild: bool) -> None:
     """Build the lab/Molecule base images (cached in podman)."""

@@ -58,15 +58,21 @@ def ansible_tool(name: str) -> str:
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
     if not found:
-        raise InventoryError(f"{name} not found: install aiinfra with its installer extra "
-                             "(pip install 'aiinfra[installer]')")
+        raise InventoryError(
+            f"{name} not found: install aiinfra with its installer extra (pip install 'aiinfra[installer]')"
+        )
     return found
 
 
 def load(path: Path) -> Inventory:
     env = {**os.environ, "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "true", "ANSIBLE_NOCOLOR": "1"}
-    proc = subprocess.run([ansible_tool("ansible-inventory"), "-i", str(path), "--list"],
-                          capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        [ansible_tool("ansible-inventory"), "-i", str(path), "--list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if proc.returncode != 0:
         detail = _first_error(proc.stderr)
         raise InventoryError(f"inventory {path} cannot be read: {detail}")

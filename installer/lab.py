@@ -14,10 +14,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import yaml
-
 from aiinfra.installer.run import CONTAINERS_CONF, EnvironmentProblem, state_dir
 
 EXAMPLE_SPEC = Path(__file__).with_name("example-thor.yml")
@@ -36,8 +34,7 @@ def podman(*args: str, check: bool = True, capture: bool = True) -> subprocess.C
     if not shutil.which("podman"):
         raise EnvironmentProblem("podman not found: apt-get install podman runc debootstrap")
     env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
-    proc = subprocess.run(["podman", *args], env=env, text=True, check=False,
-                          capture_output=capture)
+    proc = subprocess.run(["podman", *args], env=env, text=True, check=False, capture_output=capture)
     if check and proc.returncode != 0:
         detail = (proc.stderr or "").strip().splitlines()
         raise EnvironmentProblem(f"podman {args[0]} failed: {detail[-1] if detail else proc.returncode}")
@@ -63,14 +60,23 @@ def build_image(release: str, say: Callable[[str], None], *, rebuild: bool = Fal
     with tempfile.TemporaryDirectory(prefix="aiinfra-rootfs-") as rootfs:
         proc = subprocess.run(
             ["debootstrap", "--variant=minbase", f"--include={IMAGE_PACKAGES}", release, rootfs],
-            capture_output=True, text=True, check=False)
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
             raise EnvironmentProblem(f"debootstrap {release} failed: {' | '.join(tail)}")
         tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
         env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
-        imported = subprocess.run(["podman", "import", "--change", 'CMD ["/sbin/init"]', "-", name],
-                                  stdin=tar.stdout, capture_output=True, text=True, env=env, check=False)
+        imported = subprocess.run(
+            ["podman", "import", "--change", 'CMD ["/sbin/init"]', "-", name],
+            stdin=tar.stdout,
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
         tar.wait()
         if imported.returncode != 0 or tar.returncode != 0:
             raise EnvironmentProblem(f"podman import of {name} failed: {imported.stderr.strip()}")
@@ -103,15 +109,28 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
     running = podman("container", "inspect", "--format", "{{.State.Running}}", name, check=False)
     if running.returncode != 0:
         say(f"starting {name} from {image}")
-        podman("run", "-d", "--name", name, "--hostname", host, "--systemd=always",
-               "--label", "aiinfra.lab=1", image, "/sbin/init")
+        podman(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--hostname",
+            host,
+            "--systemd=always",
+            "--label",
+            "aiinfra.lab=1",
+            image,
+            "/sbin/init",
+        )
     elif running.stdout.strip() != "true":
         podman("start", name)
     wait_for_systemd(name)
     write_inventory(host, name)
     if host_vars is not None:
-        spec_file.write_text(f"# Host spec of the lab host {host}, written by `aiinfra lab up`.\n"
-                             + yaml.safe_dump(host_vars, sort_keys=False))
+        spec_file.write_text(
+            f"# Host spec of the lab host {host}, written by `aiinfra lab up`.\n"
+            + yaml.safe_dump(host_vars, sort_keys=False)
+        )
     return lab_inventory_dir()
 
 

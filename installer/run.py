@@ -32,8 +32,10 @@ def project_dir() -> Path:
     configured = os.environ.get("AIINFRA_PROJECT_DIR")
     root = Path(configured) if configured else Path(__file__).resolve().parent.parent
     if not (root / "playbooks" / "site.yml").exists():
-        raise EnvironmentProblem(f"playbooks/site.yml not found under {root}: run aiinfra from its "
-                                 "checkout, or set AIINFRA_PROJECT_DIR to one")
+        raise EnvironmentProblem(
+            f"playbooks/site.yml not found under {root}: run aiinfra from its "
+            "checkout, or set AIINFRA_PROJECT_DIR to one"
+        )
     return root
 
 
@@ -70,9 +72,12 @@ class RunSummary:
         return EXIT_OK
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "exit_code": self.exit_code,
-                "changed": sum(t.changed for t in self.hosts.values()),
-                "reboot_required": sorted(h for h, t in self.hosts.items() if t.reboot_required)}
+        return {
+            **asdict(self),
+            "exit_code": self.exit_code,
+            "changed": sum(t.changed for t in self.hosts.values()),
+            "reboot_required": sorted(h for h, t in self.hosts.items() if t.reboot_required),
+        }
 
 
 @dataclass
@@ -153,9 +158,16 @@ def _message(result: dict[str, Any]) -> str:
     return " ".join(str(text).split())[:300]
 
 
-def run_playbook(inventory: Path, limit: str, *, check: bool = False, diff: bool = False,
-                 tags: str | None = None, allow_reboot: bool = False,
-                 progress: Progress) -> RunSummary:
+def run_playbook(
+    inventory: Path,
+    limit: str,
+    *,
+    check: bool = False,
+    diff: bool = False,
+    tags: str | None = None,
+    allow_reboot: bool = False,
+    progress: Progress,
+) -> RunSummary:
     import ansible_runner  # the installer extra; imported late so `aiinfra validate` stays quick
 
     root = project_dir()
@@ -190,5 +202,11 @@ def run_playbook(inventory: Path, limit: str, *, check: bool = False, diff: bool
     )
     progress.end()
     hosts = {h: progress.tally.get(h, HostTally()) for h in sorted(progress.tally)}
-    return RunSummary(hosts=hosts, failures=progress.failures, duration_s=round(time.monotonic() - started, 1),
-                      run_dir=str(run_dir), check=check, rc=runner.rc if runner.rc is not None else 1)
+    return RunSummary(
+        hosts=hosts,
+        failures=progress.failures,
+        duration_s=round(time.monotonic() - started, 1),
+        run_dir=str(run_dir),
+        check=check,
+        rc=runner.rc if runner.rc is not None else 1,
+    )

@@ -16,8 +16,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # A variable of the operator's other roles passes; one that looks like ours does not.
 OUR_PREFIXES = (
-    "aiinfra_", "host_base_", "nvidia_", "gpu_", "vlan", "model_storage_", "engine", "profile",
-    "default_profile", "router_", "vllm_", "ollama_", "proxmox_",
+    "aiinfra_",
+    "host_base_",
+    "nvidia_",
+    "gpu_",
+    "vlan",
+    "model_storage_",
+    "engine",
+    "profile",
+    "default_profile",
+    "router_",
+    "vllm_",
+    "ollama_",
+    "proxmox_",
 )
 
 # An exact driver version, e.g. 580.105.08 or 550.54.15: the branch alone is not a pin.
@@ -31,6 +42,9 @@ class Strict(BaseModel):
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 GpuIndex = Annotated[int, Field(ge=0, le=15)]
+# Mapping keys arrive as strings from ansible-inventory's JSON ({"0": 350}): accept digits there.
+GpuKey = Annotated[int, Field(ge=0, le=15, strict=False)]
+Watts = Annotated[int, Field(ge=50, le=1000)]
 
 
 class EngineBase(Strict):
@@ -119,21 +133,23 @@ class HostSpec(Strict):
     aiinfra_group: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "aiinfra"
 
     # role host_base
-    host_base_packages: list[str] = ["pciutils", "nvme-cli", "jq", "curl", "ca-certificates",
-                                     "python3", "python3-venv", "python3-systemd"]
+    host_base_packages: list[str] = []
     host_base_extra_packages: list[str] = []
     host_base_time_sync: bool = True
     host_base_journald_persistent: bool = True
     host_base_journald_max_use: Annotated[str, Field(pattern=r"^\d+[KMGT]$")] = "2G"
     host_base_sysctl: dict[str, int | str] = {}
     host_base_hugepages: Annotated[int, Field(ge=0)] = 0
-    host_base_unattended_upgrades_blacklist: list[str] = ["nvidia-", "libnvidia-", "cuda-"]
+    host_base_unattended_upgrades_blacklist: list[str] = []
+
+    # role host_reboot (whether to reboot at all is `aiinfra install --allow-reboot`)
+    host_reboot_timeout_s: Annotated[int, Field(ge=60)] = 900
 
     # GPUs and driver (roles nvidia_driver, gpu_tuning)
     nvidia_driver_version: str | None = None
     gpu_expected_count: Annotated[int, Field(ge=0, le=16)] | None = None
     gpu_persistence_mode: bool = True
-    gpu_power_limit_watts: Annotated[int, Field(ge=50, le=1000)] | dict[int, Annotated[int, Field(ge=50, le=1000)]] | None = None
+    gpu_power_limit_watts: Watts | dict[GpuKey, Watts] | None = None  # all GPUs, or per GPU index
 
     # network and storage (roles network_vlans, model_storage)
     vlans: list[Vlan] = []
@@ -150,8 +166,7 @@ class HostSpec(Strict):
     @classmethod
     def _driver_version(cls, value: str | None) -> str | None:
         if value is not None and not DRIVER_VERSION.match(value):
-            raise ValueError(f"{value!r} is not an exact driver version; write it quoted in full, "
-                             "e.g. \"580.105.08\"")
+            raise ValueError(f'{value!r} is not an exact driver version; write it quoted in full, e.g. "580.105.08"')
         return value
 
     _paths = field_validator("model_storage_mount", "model_storage_device")(_absolute)
@@ -190,9 +205,11 @@ def _cross_checks(spec: HostSpec) -> list[str]:
         if spec.gpu_expected_count is not None:
             for gpu in engine.gpus:
                 if gpu >= spec.gpu_expected_count:
-                    problems.append(f"engines.{name}.gpus: GPU {gpu} does not exist; the host has "
-                                    f"{spec.gpu_expected_count} (gpu_expected_count), indices 0.."
-                                    f"{spec.gpu_expected_count - 1}")
+                    problems.append(
+                        f"engines.{name}.gpus: GPU {gpu} does not exist; the host has "
+                        f"{spec.gpu_expected_count} (gpu_expected_count), indices 0.."
+                        f"{spec.gpu_expected_count - 1}"
+                    )
         if len(set(engine.gpus)) != len(engine.gpus):
             problems.append(f"engines.{name}.gpus: lists a GPU twice")
     for profile, members in spec.profiles.items():
@@ -204,19 +221,25 @@ def _cross_checks(spec: HostSpec) -> list[str]:
                 continue
             for gpu in engine.gpus:
                 if gpu in taken:
-                    problems.append(f"profiles.{profile}: engines {taken[gpu]!r} and {member!r} both use "
-                                    f"GPU {gpu}; put them in different profiles")
+                    problems.append(
+                        f"profiles.{profile}: engines {taken[gpu]!r} and {member!r} both use "
+                        f"GPU {gpu}; put them in different profiles"
+                    )
                 taken.setdefault(gpu, member)
     if spec.default_profile is not None and spec.default_profile not in spec.profiles:
-        problems.append(f"default_profile: {spec.default_profile!r} is not one of the profiles "
-                        f"({', '.join(spec.profiles) or 'none defined'})")
+        problems.append(
+            f"default_profile: {spec.default_profile!r} is not one of the profiles "
+            f"({', '.join(spec.profiles) or 'none defined'})"
+        )
     if spec.engines and spec.profiles and spec.default_profile is None:
         problems.append("default_profile: required when profiles are defined; name the one the agent starts")
     if isinstance(spec.gpu_power_limit_watts, dict) and spec.gpu_expected_count is not None:
         for gpu in spec.gpu_power_limit_watts:
             if gpu >= spec.gpu_expected_count:
-                problems.append(f"gpu_power_limit_watts: GPU {gpu} does not exist; the host has "
-                                f"{spec.gpu_expected_count} (gpu_expected_count)")
+                problems.append(
+                    f"gpu_power_limit_watts: GPU {gpu} does not exist; the host has "
+                    f"{spec.gpu_expected_count} (gpu_expected_count)"
+                )
     ids = [vlan.id for vlan in spec.vlans]
     for vlan_id in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"vlans: VLAN id {vlan_id} is listed more than once")
@@ -253,11 +276,36 @@ def unknown_variables(host: str, variables: dict[str, Any]) -> list[SpecError]:
     return errors
 
 
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (
+        part in ("int", "str", "float", "bool", "none")
+        or part.startswith(("constrained-", "function-", "dict[", "list[", "nullable["))
+    )
+
+
+def _without_union_tags(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A value that matches no member of a union gets one error per member, each path tagged with
+    the member ("gpu_power_limit_watts.constrained-int"). Keep the member that got furthest."""
+    plain: list[dict[str, Any]] = []
+    members: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
+    for error in errors:
+        loc = list(error["loc"])
+        # Discriminated unions put the runtime in the path ("engines.a.vllm.port"): only one reports.
+        if len(loc) >= 3 and loc[0] == "engines" and loc[2] in ("vllm", "ollama"):
+            del loc[2]
+        tag = next((i for i, part in enumerate(loc) if _is_union_tag(part)), None)
+        if tag is None:
+            plain.append({**error, "loc": tuple(loc)})
+            continue
+        untagged = {**error, "loc": tuple(loc[:tag] + loc[tag + 1 :])}
+        members.setdefault(tuple(loc[:tag]), {}).setdefault(loc[tag], []).append(untagged)
+    for by_member in members.values():
+        plain.extend(max(by_member.values(), key=lambda errs: max(len(e["loc"]) for e in errs)))
+    return plain
+
+
 def _describe(error: dict[str, Any]) -> tuple[str, str]:
     loc = [str(p) for p in error["loc"]]
-    # Discriminated unions add the runtime tag to the path ("engines.a.vllm.port"): drop it.
-    if len(loc) >= 3 and loc[0] == "engines" and loc[2] in ("vllm", "ollama"):
-        del loc[2]
     field = ".".join(loc)
     kind = error["type"]
     given = error.get("input")
@@ -293,7 +341,7 @@ def validate(host: str, variables: dict[str, Any]) -> tuple[HostSpec | None, lis
     try:
         spec = HostSpec.model_validate(ours)
     except ValidationError as exc:
-        for error in exc.errors():
+        for error in _without_union_tags(exc.errors()):
             if error["type"] == "value_error" and not error["loc"]:
                 for line in str(error["ctx"]["error"]).splitlines():
                     field, _, message = line.partition(": ")

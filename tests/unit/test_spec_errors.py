@@ -1,0 +1,165 @@
+"""Malformed specs: each exits 2 with one line naming the field, and Ansible never starts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ansible_runner
+import pytest
+
+from tests.conftest import thor_spec, write_inventory
+
+Mutate = Callable[[dict[str, Any]], None]
+
+
+def setter(key: str, value: Any) -> Mutate:
+    return lambda spec: spec.__setitem__(key, value)
+
+
+def engine(name: str, key: str, value: Any) -> Mutate:
+    return lambda spec: spec["engines"][name].__setitem__(key, value)
+
+
+def drop(name: str, key: str) -> Mutate:
+    return lambda spec: spec["engines"][name].pop(key)
+
+
+def vlan(key: str, value: Any) -> Mutate:
+    return lambda spec: spec["vlans"][0].__setitem__(key, value)
+
+
+def rename(old: str, new: str) -> Mutate:
+    return lambda spec: spec.__setitem__(new, spec.pop(old))
+
+
+CASES: dict[str, tuple[Mutate, str, str]] = {
+    # name: (change to the thor spec, field named in the error, words of the message)
+    "power limit not a number": (setter("gpu_power_limit_watts", "350W"), "gpu_power_limit_watts", "valid integer"),
+    "power limit below any card": (setter("gpu_power_limit_watts", 5), "gpu_power_limit_watts", "greater than"),
+    "driver version unquoted": (setter("nvidia_driver_version", 580.105), "nvidia_driver_version", "valid string"),
+    "driver branch only": (setter("nvidia_driver_version", "580"), "nvidia_driver_version", "exact driver version"),
+    "driver version a word": (
+        setter("nvidia_driver_version", "latest"),
+        "nvidia_driver_version",
+        "exact driver version",
+    ),
+    "misspelt driver variable": (
+        rename("nvidia_driver_version", "nvidia_drivr_version"),
+        "nvidia_drivr_version",
+        "did you mean 'nvidia_driver_version'",
+    ),
+    "misspelt engines": (rename("engines", "engins"), "engins", "did you mean 'engines'"),
+    "unknown variable with our prefix": (setter("gpu_clock_lock", 1800), "gpu_clock_lock", "unknown variable"),
+    "misspelt engine key": (
+        engine("qwen7b", "max_model_length", 4096),
+        "engines.qwen7b.max_model_length",
+        "did you mean 'max_model_len'",
+    ),
+    "vllm engine without model": (drop("qwen7b", "model"), "engines.qwen7b.model", "required"),
+    "engine without runtime": (drop("qwen7b", "runtime"), "engines.qwen7b.runtime", "'vllm', 'ollama'"),
+    "unknown runtime": (engine("qwen7b", "runtime", "tgi"), "engines.qwen7b.runtime", "'vllm', 'ollama'"),
+    "duplicate port": (engine("qwen14b", "port", 8001), "engines.qwen7b.port", "already used by engine 'qwen14b'"),
+    "engine on the router's port": (engine("qwen7b", "port", 8000), "engines.qwen7b.port", "router"),
+    "port out of range": (engine("qwen7b", "port", 70000), "engines.qwen7b.port", "less than or equal to 65535"),
+    "two engines of a profile on one GPU": (engine("qwen14b", "gpus", [0]), "profiles.fast", "both use GPU 0"),
+    "GPU the host lacks": (engine("qwen7b", "gpus", [2]), "engines.qwen7b.gpus", "GPU 2 does not exist"),
+    "no GPU for an engine": (engine("qwen7b", "gpus", []), "engines.qwen7b.gpus", "at least 1"),
+    "memory utilisation above 1": (
+        engine("qwen7b", "gpu_memory_utilization", 1.5),
+        "engines.qwen7b.gpu_memory_utilization",
+        "less than or equal",
+    ),
+    "ollama keep_alive a word": (engine("ollama", "keep_alive", "forever"), "engines.ollama.keep_alive", "pattern"),
+    "profile with an unknown engine": (
+        lambda s: s["profiles"].__setitem__("fast", ["qwen7", "qwen14b"]),
+        "profiles.fast",
+        "did you mean 'qwen7b'",
+    ),
+    "default profile missing": (setter("default_profile", "turbo"), "default_profile", "not one of the profiles"),
+    "VLAN id out of range": (vlan("id", 5000), "vlans.0.id", "less than or equal to 4094"),
+    "VLAN address without prefix": (vlan("addresses", ["10.0.110.20"]), "vlans.0.addresses", "prefix"),
+    "VLAN gateway not an address": (vlan("gateway", "10.0.110"), "vlans.0.gateway", "not an IP address"),
+    "misspelt VLAN key": (vlan("adresses", ["10.0.110.21/24"]), "vlans.0.adresses", "did you mean 'addresses'"),
+    "duplicate VLAN ids": (lambda s: s["vlans"].append(dict(s["vlans"][0], name="dup")), "vlans", "more than once"),
+    "relative mount path": (setter("model_storage_mount", "mnt/nvme"), "model_storage_mount", "absolute path"),
+    "router address without port": (setter("router_listen", "8000"), "router_listen", "HOST:PORT"),
+    "persistence as a string": (setter("gpu_persistence_mode", "yes"), "gpu_persistence_mode", "valid boolean"),
+    "negative huge pages": (setter("host_base_hugepages", -1), "host_base_hugepages", "greater than or equal to 0"),
+    "sysctl as a list": (setter("host_base_sysctl", ["vm.swappiness=10"]), "host_base_sysctl", "valid dictionary"),
+    "service user with spaces": (setter("aiinfra_user", "ai infra"), "aiinfra_user", "pattern"),
+    "journal size without unit": (
+        setter("host_base_journald_max_use", "2000"),
+        "host_base_journald_max_use",
+        "pattern",
+    ),
+}
+
+
+@pytest.fixture
+def runner_calls(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ansible_runner, "run", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ansible_runner, "run_async", lambda **kw: calls.append(kw))
+    return calls
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_malformed_spec_exits_2_naming_the_field(case, tmp_path, cli, runner_calls):
+    mutate, field, words = CASES[case]
+    spec = thor_spec()
+    mutate(spec)
+    inventory = write_inventory(tmp_path / "inventory", spec)
+
+    result = cli("install", "--host", "thor", "-i", str(inventory))
+
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"thor: {field}: ")]
+    assert lines, f"no line names thor: {field}:\n{result.stderr}"
+    assert any(words in line for line in lines), lines
+    assert "nothing was changed" in result.stderr
+    assert runner_calls == []
+
+
+def test_unknown_host_lists_the_known_ones(tmp_path, cli, runner_calls):
+    inventory = write_inventory(tmp_path / "inventory", thor_spec())
+    result = cli("install", "--host", "odin", "-i", str(inventory))
+    assert result.exit_code == 2
+    assert "odin: no such host or group" in result.stderr and "(hosts: thor)" in result.stderr
+    assert runner_calls == []
+
+
+def test_host_outside_the_inference_group_is_refused(tmp_path, cli, runner_calls):
+    inventory = write_inventory(tmp_path / "inventory", thor_spec(), group="gpu_boxes")
+    result = cli("install", "--host", "thor", "-i", str(inventory))
+    assert result.exit_code == 2
+    assert "thor: groups: not in group 'inference'" in result.stderr
+    assert runner_calls == []
+
+
+def test_missing_inventory_is_a_usage_error(tmp_path, cli, runner_calls):
+    result = cli("install", "--host", "thor", "-i", str(tmp_path / "nope"))
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr
+    assert runner_calls == []
+
+
+def test_unparsable_inventory_is_a_usage_error(tmp_path, cli, runner_calls):
+    (tmp_path / "hosts.yml").write_text("inference: [unclosed\n")
+    result = cli("install", "--host", "thor", "-i", str(tmp_path / "hosts.yml"))
+    assert result.exit_code == 2
+    assert "cannot be read" in result.stderr
+    assert runner_calls == []
+
+
+def test_every_error_of_a_spec_is_reported_at_once(tmp_path, cli, runner_calls):
+    spec = thor_spec()
+    spec["gpu_power_limit_watts"] = "high"
+    spec["engins"] = spec.pop("engines")
+    spec["profiles"] = {}
+    spec.pop("default_profile")
+    inventory = write_inventory(tmp_path / "inventory", spec)
+    result = cli("validate", "--host", "thor", "-i", str(inventory))
+    assert result.exit_code == 2
+    named = {line.split(": ")[1] for line in result.stderr.splitlines() if line.startswith("thor: ")}
+    assert named == {"engins", "gpu_power_limit_watts"}

@@ -1,0 +1,92 @@
+"""`aiinfra validate`: a good spec passes, --json parses, host patterns select like Ansible."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from aiinfra.installer.spec import HostSpec, validate
+
+from tests.conftest import ROOT, thor_spec, write_inventory
+
+
+def test_the_example_thor_spec_is_valid(tmp_path, cli):
+    inventory = write_inventory(tmp_path / "inv", thor_spec())
+    result = cli("validate", "--host", "thor", "-i", str(inventory))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "thor: spec ok"
+
+
+def test_json_output_parses_for_good_and_bad_specs(tmp_path, cli):
+    good = write_inventory(tmp_path / "good", thor_spec())
+    report = json.loads(cli("validate", "--host", "thor", "-i", str(good), "--json").stdout)
+    assert report["valid"] is True and report["hosts"] == {"thor": []}
+
+    spec = thor_spec()
+    spec["gpu_expected_count"] = "two"
+    bad = write_inventory(tmp_path / "bad", spec)
+    result = cli("validate", "--host", "thor", "-i", str(bad), "--json")
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["valid"] is False
+    assert [e["field"] for e in report["hosts"]["thor"]] == ["gpu_expected_count"]
+
+
+def test_group_and_comma_patterns_select_hosts(tmp_path, cli):
+    inventory = tmp_path / "inv"
+    inventory.mkdir()
+    (inventory / "hosts.yml").write_text(
+        yaml.safe_dump(
+            {
+                "inference": {"children": {"rack": {"hosts": {"thor": None, "odin": None}}}},
+            }
+        )
+    )
+    (inventory / "group_vars").mkdir()
+    (inventory / "group_vars" / "inference.yml").write_text(yaml.safe_dump(thor_spec()))
+    (inventory / "host_vars").mkdir()
+    (inventory / "host_vars" / "odin.yml").write_text(yaml.safe_dump({"gpu_expected_count": 1}))
+
+    result = cli("validate", "--host", "rack", "-i", str(inventory))
+    # odin's own variable overrides the group's, as in Ansible: its engines now name a GPU it lacks
+    assert result.exit_code == 2
+    assert "odin: engines.qwen14b.gpus: GPU 1 does not exist" in result.stderr
+    assert "thor: spec ok" in result.stdout
+    assert cli("validate", "--host", "thor", "-i", str(inventory)).exit_code == 0
+
+
+def test_the_operators_other_variables_pass(tmp_path, cli):
+    spec = thor_spec() | {"ntp_servers": ["pool.ntp.org"], "ansible_user": "ops", "docker_users": ["me"]}
+    inventory = write_inventory(tmp_path / "inv", spec)
+    assert cli("validate", "--host", "thor", "-i", str(inventory)).exit_code == 0
+
+
+def test_role_variables_are_all_known_to_the_spec():
+    """Every variable a role declares can be validated: the schema and the roles do not drift apart."""
+    installer_only = {"aiinfra_allow_reboot"}  # set by `aiinfra install --allow-reboot`, not the spec
+    for spec_file in sorted(ROOT.glob("roles/*/meta/argument_specs.yml")):
+        options = yaml.safe_load(spec_file.read_text())["argument_specs"]["main"]["options"]
+        unknown = set(options) - set(HostSpec.model_fields) - installer_only
+        assert not unknown, f"{spec_file}: not in the spec schema: {sorted(unknown)}"
+
+
+def test_role_defaults_pass_validation():
+    for defaults in sorted(ROOT.glob("roles/*/defaults/main.yml")):
+        values = yaml.safe_load(defaults.read_text()) or {}
+        values.pop("aiinfra_allow_reboot", None)
+        _, errors = validate("defaults", values)
+        assert errors == [], f"{defaults}: {[str(e) for e in errors]}"
+
+
+def test_power_limit_per_gpu_index(tmp_path, cli):
+    spec = thor_spec() | {"gpu_power_limit_watts": {0: 350, 1: 300}}
+    assert cli("validate", "--host", "thor", "-i", str(write_inventory(tmp_path / "a", spec))).exit_code == 0
+
+    spec["gpu_power_limit_watts"] = {0: 350, 2: 300}
+    result = cli("validate", "--host", "thor", "-i", str(write_inventory(tmp_path / "b", spec)))
+    assert result.exit_code == 2
+    assert "thor: gpu_power_limit_watts: GPU 2 does not exist" in result.stderr
+
+    spec["gpu_power_limit_watts"] = {0: "max"}
+    result = cli("validate", "--host", "thor", "-i", str(write_inventory(tmp_path / "c", spec)))
+    assert result.stderr.splitlines()[0] == "thor: gpu_power_limit_watts.0: input should be a valid integer (got 'max')"
