@@ -42,7 +42,9 @@ class Inventory:
 
 
 def resolve_path(given: str | None) -> Path:
-    if given:
+    if given is not None:
+        if not given.strip():
+            raise InventoryError("inventory path is empty")
         path = Path(given)
         if not path.exists():
             raise InventoryError(f"inventory {given} does not exist")

@@ -107,6 +107,10 @@ class Progress:
             if kind == "runner_on_ok":
                 tally.ok += 1
                 tally.changed += bool(result.get("changed"))
+                # role host_reboot reports through set_stats; its result carries the data per host
+                stats = (result.get("ansible_stats") or {}).get("data") or {}
+                if "aiinfra_reboot_required" in stats:
+                    tally.reboot_required = str(stats["aiinfra_reboot_required"]).lower() == "true"
             elif kind == "runner_on_skipped":
                 tally.skipped += 1
             elif kind == "runner_on_unreachable":
@@ -116,10 +120,6 @@ class Progress:
                 tally.failed += 1
                 self._fail(f"{host}: {self.task}: {_message(result)}")
             self._show()
-        elif kind == "playbook_on_stats":
-            for host, custom in (data.get("artifact_data") or {}).items():
-                if isinstance(custom, dict) and custom.get("aiinfra_reboot_required"):
-                    self.tally.setdefault(host, HostTally()).reboot_required = True
         return True  # keep the event in the artifacts
 
     def _counts(self) -> str:

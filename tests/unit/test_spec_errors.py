@@ -163,3 +163,10 @@ def test_every_error_of_a_spec_is_reported_at_once(tmp_path, cli, runner_calls):
     assert result.exit_code == 2
     named = {line.split(": ")[1] for line in result.stderr.splitlines() if line.startswith("thor: ")}
     assert named == {"engins", "gpu_power_limit_watts"}
+
+
+def test_empty_inventory_path_is_refused(cli, runner_calls):
+    result = cli("install", "--host", "thor", "-i", "")
+    assert result.exit_code == 2
+    assert "inventory path is empty" in result.stderr
+    assert runner_calls == []

@@ -1,0 +1,114 @@
+"""`aiinfra install` end to end: the real CLI, ansible-runner and roles against a lab container."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.lab.conftest import podman, require_lab
+
+pytestmark = pytest.mark.lab
+HOST = "labtest"
+AIINFRA = str(Path(sys.executable).with_name("aiinfra"))
+
+
+class Lab:
+    def __init__(self, state: Path) -> None:
+        self.env = {**os.environ, "XDG_STATE_HOME": str(state)}
+        self.inventory = ""
+
+    def aiinfra(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([AIINFRA, *args], capture_output=True, text=True, env=self.env,
+                              check=False, timeout=900)
+
+    def install(self, *args: str) -> tuple[int, dict]:
+        proc = self.aiinfra("install", "--host", HOST, "-i", self.inventory, "--json", *args)
+        assert proc.stdout, proc.stderr
+        return proc.returncode, json.loads(proc.stdout)
+
+    @property
+    def host_vars(self) -> Path:
+        return Path(self.inventory) / "host_vars" / f"{HOST}.yml"
+
+    def set_vars(self, **changes) -> None:
+        values = yaml.safe_load(self.host_vars.read_text())
+        self.host_vars.write_text(yaml.safe_dump(values | changes))
+
+    def read(self, path: str) -> str:
+        return podman("exec", f"aiinfra-lab-{HOST}", "cat", path).stdout
+
+
+@pytest.fixture(scope="module")
+def lab_host(tmp_path_factory):
+    require_lab()
+    host = Lab(tmp_path_factory.mktemp("state"))
+    up = host.aiinfra("lab", "up", HOST)
+    assert up.returncode == 0, up.stderr
+    host.inventory = up.stdout.strip()
+    yield host
+    assert host.aiinfra("lab", "down", HOST).returncode == 0
+    assert podman("container", "exists", f"aiinfra-lab-{HOST}").returncode == 1
+
+
+def test_install_converges_then_a_second_run_changes_nothing(lab_host):
+    rc, first = lab_host.install()
+    assert rc == 0, first
+    assert first["changed"] > 0 and first["hosts"][HOST]["failed"] == 0
+
+    second = lab_host.aiinfra("install", "--host", HOST, "-i", lab_host.inventory)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "changed 0, failed 0, unreachable 0" in second.stdout
+    log = second.stdout.splitlines()[-1].removeprefix("log: ")
+    assert "PLAY RECAP" in Path(log).read_text()
+    assert "task 1: Gathering Facts" in second.stderr  # progress, one line per task in a log
+
+    assert "vm.swappiness = 10" in lab_host.read("/etc/sysctl.d/60-aiinfra.conf")
+
+
+def test_check_mode_reports_a_change_and_makes_none(lab_host):
+    lab_host.set_vars(host_base_hugepages=32)
+    try:
+        rc, summary = lab_host.install("--check")
+        assert rc == 0 and summary["check"] is True
+        assert summary["changed"] >= 1
+        assert "vm.nr_hugepages" not in lab_host.read("/etc/sysctl.d/60-aiinfra.conf")
+    finally:
+        lab_host.set_vars(host_base_hugepages=0)
+
+
+def test_a_failing_task_exits_1_and_names_it(lab_host):
+    lab_host.set_vars(host_base_extra_packages=["aiinfra-no-such-package"])
+    try:
+        rc, summary = lab_host.install("--tags", "host_base")
+    finally:
+        lab_host.set_vars(host_base_extra_packages=[])
+    assert rc == 1
+    assert summary["hosts"][HOST]["failed"] == 1
+    assert any("Install the base packages" in f and "aiinfra-no-such-package" in f for f in summary["failures"])
+
+
+def test_a_pending_reboot_is_reported_and_not_done_without_permission(lab_host):
+    container = f"aiinfra-lab-{HOST}"
+    assert podman("exec", container, "touch", "/run/reboot-required").returncode == 0
+    started = podman("inspect", "--format", "{{.State.StartedAt}}", container).stdout
+    try:
+        proc = lab_host.aiinfra("install", "--host", HOST, "-i", lab_host.inventory, "--tags", "report-only")
+        assert proc.returncode == 0, proc.stderr
+        assert f"reboot required: {HOST}" in proc.stdout
+        assert podman("inspect", "--format", "{{.State.StartedAt}}", container).stdout == started
+        assert podman("exec", container, "test", "-e", "/run/reboot-required").returncode == 0
+    finally:
+        podman("exec", container, "rm", "-f", "/run/reboot-required")
+
+
+def test_an_unreachable_host_exits_3(lab_host):
+    assert podman("stop", "-t", "2", f"aiinfra-lab-{HOST}").returncode == 0
+    rc, summary = lab_host.install()
+    assert rc == 3
+    assert summary["hosts"][HOST]["unreachable"] == 1
