@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+
 from aiinfra.installer import lab
 from aiinfra.installer.inventory import Inventory, InventoryError, load, resolve_path
 from aiinfra.installer.run import (

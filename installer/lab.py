@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+
 from aiinfra.installer.run import CONTAINERS_CONF, EnvironmentProblem, state_dir
 
 EXAMPLE_SPEC = Path(__file__).with_name("example-thor.yml")

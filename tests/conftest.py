@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
-from aiinfra.installer.cli import main
 from click.testing import CliRunner
+
+from aiinfra.installer.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = yaml.safe_load((ROOT / "installer" / "example-thor.yml").read_text())

@@ -24,8 +24,7 @@ class Lab:
         self.inventory = ""
 
     def aiinfra(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([AIINFRA, *args], capture_output=True, text=True, env=self.env,
-                              check=False, timeout=900)
+        return subprocess.run([AIINFRA, *args], capture_output=True, text=True, env=self.env, check=False, timeout=900)
 
     def install(self, *args: str) -> tuple[int, dict]:
         proc = self.aiinfra("install", "--host", HOST, "-i", self.inventory, "--json", *args)

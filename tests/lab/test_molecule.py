@@ -21,10 +21,22 @@ SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.y
 def test_molecule_scenario(scenario):
     require_lab()
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "CONTAINERS_CONF": str(lab.CONTAINERS_CONF), "ANSIBLE_NOCOLOR": "1",
-           "NO_COLOR": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([str(bin_dir / "molecule"), "test", "-s", scenario], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=False, timeout=1800)
+    env = {
+        **os.environ,
+        "CONTAINERS_CONF": str(lab.CONTAINERS_CONF),
+        "ANSIBLE_NOCOLOR": "1",
+        "NO_COLOR": "1",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    proc = subprocess.run(
+        [str(bin_dir / "molecule"), "test", "-s", scenario],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"molecule test -s {scenario} failed:\n{output[-15000:]}"
     assert "failed=0" in output and "failed=1" not in output

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import yaml
-from aiinfra.installer.spec import HostSpec, validate
 
+from aiinfra.installer.spec import HostSpec, validate
 from tests.conftest import ROOT, thor_spec, write_inventory
 
 

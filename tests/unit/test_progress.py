@@ -1,0 +1,74 @@
+"""The live view and the summary are built from ansible-runner events alone: fed here by hand."""
+
+from __future__ import annotations
+
+import io
+
+from aiinfra.installer.run import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, HostTally, Progress, RunSummary
+
+
+def task(name: str, role: str = "host_base") -> dict:
+    return {"event": "playbook_on_task_start", "event_data": {"task": name, "role": role}}
+
+
+def result(kind: str, host: str, **res) -> dict:
+    return {"event": kind, "event_data": {"host": host, "res": res}}
+
+
+EVENTS = [
+    task("Install the base packages"),
+    result("runner_on_ok", "thor", changed=True),
+    result("runner_on_ok", "odin", changed=False),
+    task("Create the aiinfra user"),
+    result("runner_on_failed", "odin", msg="useradd: group 'x' does not exist"),
+    result("runner_on_skipped", "thor"),
+    task("Report whether a reboot is still pending", role="host_reboot"),
+    result("runner_on_ok", "thor", ansible_stats={"data": {"aiinfra_reboot_required": True}}),
+]
+
+
+def feed(progress: Progress) -> Progress:
+    for event in EVENTS:
+        assert progress(event) is True
+    progress.end()
+    return progress
+
+
+def test_counts_failures_and_reboots_per_host():
+    progress = feed(Progress(out=None))
+    assert progress.tally == {
+        "thor": HostTally(ok=2, changed=1, skipped=1, reboot_required=True),
+        "odin": HostTally(ok=1, failed=1),
+    }
+    assert progress.failures == ["odin: host_base : Create the aiinfra user: useradd: group 'x' does not exist"]
+
+
+def test_a_log_gets_one_line_per_task_and_each_failure():
+    out = io.StringIO()
+    feed(Progress(out=out))
+    assert out.getvalue().splitlines() == [
+        "  task 1: host_base : Install the base packages",
+        "  task 2: host_base : Create the aiinfra user",
+        "FAILED odin: host_base : Create the aiinfra user: useradd: group 'x' does not exist",
+        "  task 3: host_reboot : Report whether a reboot is still pending",
+    ]
+
+
+def test_a_terminal_gets_one_rewritten_line_with_counts():
+    out = io.StringIO()
+    feed(Progress(out=out, live=lambda: True))
+    text = out.getvalue()
+    frames = [f for f in text.split("\r\x1b[2K") if f]
+    assert frames[-1].startswith("[  3] host_reboot : Report whether a reboot is still pending")
+    assert frames[-1].endswith("ok=3 changed=1 failed=1")
+    assert "FAILED odin: host_base : Create the aiinfra user: useradd: group 'x' does not exist\n" in frames
+
+
+def test_exit_codes_rank_unreachable_over_failed():
+    def summary(**tallies: HostTally) -> RunSummary:
+        return RunSummary(hosts=tallies, failures=[], duration_s=1.0, run_dir="/tmp/x", check=False, rc=0)
+
+    assert summary(thor=HostTally(ok=3)).exit_code == EXIT_OK
+    assert summary(thor=HostTally(failed=1)).exit_code == EXIT_FAILED
+    assert summary(thor=HostTally(failed=1), odin=HostTally(unreachable=1)).exit_code == EXIT_UNREACHABLE
+    assert summary(thor=HostTally(ok=3)).as_dict()["reboot_required"] == []
