@@ -6,13 +6,21 @@ HostSpec or a list of SpecError, each one line naming host, variable, what is wr
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from aiinfra.agent.schema import (
+    Engine,
+    Strict,
+    did_you_mean,
+    engine_problems,
+    engines_model_at,
+    error_lines,
+)
 
 # A variable of the operator's other roles passes; one that looks like ours does not.
 OUR_PREFIXES = (
@@ -33,46 +41,9 @@ OUR_PREFIXES = (
 
 # An exact driver version, e.g. 580.105.08 or 550.54.15: the branch alone is not a pin.
 DRIVER_VERSION = re.compile(r"^\d{3}\.\d{2,3}(\.\d{2,3})?$")
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-Port = Annotated[int, Field(ge=1, le=65535)]
-GpuIndex = Annotated[int, Field(ge=0, le=15)]
 # Mapping keys arrive as strings from ansible-inventory's JSON ({"0": 350}): accept digits there.
 GpuKey = Annotated[int, Field(ge=0, le=15, strict=False)]
 Watts = Annotated[int, Field(ge=50, le=1000)]
-
-
-class EngineBase(Strict):
-    gpus: Annotated[list[GpuIndex], Field(min_length=1)]
-    port: Port
-
-
-class VllmEngine(EngineBase):
-    runtime: Literal["vllm"]
-    model: Annotated[str, Field(min_length=1)]
-    served_name: str | None = None
-    max_model_len: Annotated[int, Field(ge=256)] | None = None
-    gpu_memory_utilization: Annotated[float, Field(gt=0.1, le=0.98)] = 0.9
-    max_num_seqs: Annotated[int, Field(ge=1)] | None = None
-    quantization: Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "bitsandbytes"] | None = None
-    dtype: Literal["auto", "float16", "bfloat16"] = "auto"
-    enable_prefix_caching: bool = True
-    enable_chunked_prefill: bool = True
-    extra_args: list[str] = []
-
-
-class OllamaEngine(EngineBase):
-    runtime: Literal["ollama"]
-    keep_alive: Annotated[str, Field(pattern=r"^(-1|\d+[smh]?)$")] = "30m"
-    models: list[str] = []
-
-
-Engine = Annotated[VllmEngine | OllamaEngine, Field(discriminator="runtime")]
 
 
 class Vlan(Strict):
@@ -190,55 +161,23 @@ class HostSpec(Strict):
 
 
 def _cross_checks(spec: HostSpec) -> list[str]:
-    problems: list[str] = []
-    for name in spec.engines:
-        if not NAME.match(name):
-            problems.append(f"engines.{name}: engine names are lower-case letters, digits, '-' and '_'")
-    ports: dict[int, str] = {}
+    problems = engine_problems(spec.engines, spec.profiles, spec.default_profile)
     router_port = int(spec.router_listen.rpartition(":")[2])
+    gpus = spec.gpu_expected_count
     for name, engine in spec.engines.items():
         if engine.port == router_port:
             problems.append(f"engines.{name}.port: {engine.port} is the router's port (router_listen)")
-        if engine.port in ports:
-            problems.append(f"engines.{name}.port: {engine.port} is already used by engine {ports[engine.port]!r}")
-        ports.setdefault(engine.port, name)
-        if spec.gpu_expected_count is not None:
-            for gpu in engine.gpus:
-                if gpu >= spec.gpu_expected_count:
-                    problems.append(
-                        f"engines.{name}.gpus: GPU {gpu} does not exist; the host has "
-                        f"{spec.gpu_expected_count} (gpu_expected_count), indices 0.."
-                        f"{spec.gpu_expected_count - 1}"
-                    )
-        if len(set(engine.gpus)) != len(engine.gpus):
-            problems.append(f"engines.{name}.gpus: lists a GPU twice")
-    for profile, members in spec.profiles.items():
-        taken: dict[int, str] = {}
-        for member in members:
-            engine = spec.engines.get(member)
-            if engine is None:
-                problems.append(f"profiles.{profile}: unknown engine {member!r}{_did_you_mean(member, spec.engines)}")
-                continue
-            for gpu in engine.gpus:
-                if gpu in taken:
-                    problems.append(
-                        f"profiles.{profile}: engines {taken[gpu]!r} and {member!r} both use "
-                        f"GPU {gpu}; put them in different profiles"
-                    )
-                taken.setdefault(gpu, member)
-    if spec.default_profile is not None and spec.default_profile not in spec.profiles:
-        problems.append(
-            f"default_profile: {spec.default_profile!r} is not one of the profiles "
-            f"({', '.join(spec.profiles) or 'none defined'})"
-        )
-    if spec.engines and spec.profiles and spec.default_profile is None:
-        problems.append("default_profile: required when profiles are defined; name the one the agent starts")
-    if isinstance(spec.gpu_power_limit_watts, dict) and spec.gpu_expected_count is not None:
-        for gpu in spec.gpu_power_limit_watts:
-            if gpu >= spec.gpu_expected_count:
+        for gpu in engine.gpus if gpus is not None else ():
+            if gpu >= gpus:
                 problems.append(
-                    f"gpu_power_limit_watts: GPU {gpu} does not exist; the host has "
-                    f"{spec.gpu_expected_count} (gpu_expected_count)"
+                    f"engines.{name}.gpus: GPU {gpu} does not exist; the host has {gpus} (gpu_expected_count), "
+                    f"indices 0..{gpus - 1}"
+                )
+    if isinstance(spec.gpu_power_limit_watts, dict) and gpus is not None:
+        for gpu in spec.gpu_power_limit_watts:
+            if gpu >= gpus:
+                problems.append(
+                    f"gpu_power_limit_watts: GPU {gpu} does not exist; the host has {gpus} (gpu_expected_count)"
                 )
     ids = [vlan.id for vlan in spec.vlans]
     for vlan_id in sorted({i for i in ids if ids.count(i) > 1}):
@@ -259,79 +198,24 @@ class SpecError:
 KNOWN = tuple(HostSpec.model_fields)
 
 
-def _did_you_mean(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def unknown_variables(host: str, variables: dict[str, Any]) -> list[SpecError]:
     """Top-level variables that look like ours but are not: typos of known names or our prefixes."""
     errors = []
     for key in variables:
         if key in KNOWN or key.startswith("ansible_"):
             continue
-        hint = _did_you_mean(key, KNOWN)
+        hint = did_you_mean(key, KNOWN)
         if hint or key.startswith(OUR_PREFIXES):
             errors.append(SpecError(host, key, f"unknown variable{hint or '; see the README for the variables'}"))
     return errors
 
 
-def _is_union_tag(part: Any) -> bool:
-    return isinstance(part, str) and (
-        part in ("int", "str", "float", "bool", "none")
-        or part.startswith(("constrained-", "function-", "dict[", "list[", "nullable["))
-    )
-
-
-def _without_union_tags(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A value that matches no member of a union gets one error per member, each path tagged with
-    the member ("gpu_power_limit_watts.constrained-int"). Keep the member that got furthest."""
-    plain: list[dict[str, Any]] = []
-    members: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
-    for error in errors:
-        loc = list(error["loc"])
-        # Discriminated unions put the runtime in the path ("engines.a.vllm.port"): only one reports.
-        if len(loc) >= 3 and loc[0] == "engines" and loc[2] in ("vllm", "ollama"):
-            del loc[2]
-        tag = next((i for i, part in enumerate(loc) if _is_union_tag(part)), None)
-        if tag is None:
-            plain.append({**error, "loc": tuple(loc)})
-            continue
-        untagged = {**error, "loc": tuple(loc[:tag] + loc[tag + 1 :])}
-        members.setdefault(tuple(loc[:tag]), {}).setdefault(loc[tag], []).append(untagged)
-    for by_member in members.values():
-        plain.extend(max(by_member.values(), key=lambda errs: max(len(e["loc"]) for e in errs)))
-    return plain
-
-
-def _describe(error: dict[str, Any]) -> tuple[str, str]:
-    loc = [str(p) for p in error["loc"]]
-    field = ".".join(loc)
-    kind = error["type"]
-    given = error.get("input")
-    if kind == "extra_forbidden":
-        parent_model = _model_at(loc[:-1])
-        hint = _did_you_mean(loc[-1], parent_model.model_fields) if parent_model else ""
-        return field, f"unknown key{hint}"
-    if kind == "missing":
-        return field, "required, but not set"
-    if kind == "union_tag_invalid" or kind == "union_tag_not_found":
-        return field + ".runtime", "must be one of 'vllm', 'ollama'"
-    message = error["msg"]
-    message = message.removeprefix("Value error, ")
-    if kind.endswith("_type") or kind in ("literal_error", "string_pattern_mismatch"):
-        message = f"{message[0].lower()}{message[1:]} (got {given!r})"
-    return field, message
-
-
 def _model_at(loc: list[str]) -> type[BaseModel] | None:
     if not loc:
         return HostSpec
-    if loc[0] == "engines" and len(loc) == 2:
-        return VllmEngine  # close enough for a suggestion: most keys are shared
     if loc[0] == "vlans" and len(loc) == 2:
         return Vlan
-    return None
+    return engines_model_at(loc)
 
 
 def validate(host: str, variables: dict[str, Any]) -> tuple[HostSpec | None, list[SpecError]]:
@@ -341,13 +225,6 @@ def validate(host: str, variables: dict[str, Any]) -> tuple[HostSpec | None, lis
     try:
         spec = HostSpec.model_validate(ours)
     except ValidationError as exc:
-        for error in _without_union_tags(exc.errors()):
-            if error["type"] == "value_error" and not error["loc"]:
-                for line in str(error["ctx"]["error"]).splitlines():
-                    field, _, message = line.partition(": ")
-                    errors.append(SpecError(host, field, message))
-                continue
-            field, message = _describe(error)
-            errors.append(SpecError(host, field, message))
+        errors += [SpecError(host, field, message) for field, message in error_lines(exc, _model_at)]
         return None, errors
     return (None, errors) if errors else (spec, [])

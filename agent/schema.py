@@ -1,0 +1,167 @@
+"""Schemas shared by the agent's config and the installer's host spec: engines, profiles, and the
+one-line error messages both print ("field: what is wrong; the fix")."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+GpuIndex = Annotated[int, Field(ge=0, le=15)]
+
+
+class EngineBase(Strict):
+    gpus: Annotated[list[GpuIndex], Field(min_length=1)]
+    port: Port
+
+
+class VllmEngine(EngineBase):
+    runtime: Literal["vllm"]
+    model: Annotated[str, Field(min_length=1)]
+    served_name: str | None = None  # the name clients ask for; default: the model id
+    max_model_len: Annotated[int, Field(ge=256)] | None = None
+    gpu_memory_utilization: Annotated[float, Field(gt=0.1, le=0.98)] = 0.9
+    max_num_seqs: Annotated[int, Field(ge=1)] | None = None
+    quantization: Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "bitsandbytes"] | None = None
+    dtype: Literal["auto", "float16", "bfloat16"] = "auto"
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    extra_args: list[str] = []
+
+    @property
+    def served(self) -> str:
+        return self.served_name or self.model
+
+
+class OllamaEngine(EngineBase):
+    runtime: Literal["ollama"]
+    keep_alive: Annotated[str, Field(pattern=r"^(-1|\d+[smh]?)$")] = "30m"
+    models: list[str] = []  # pulled by the ollama role; the first one serves the liveness probe
+
+
+Engine = Annotated[VllmEngine | OllamaEngine, Field(discriminator="runtime")]
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def engine_problems(
+    engines: Mapping[str, VllmEngine | OllamaEngine], profiles: Mapping[str, list[str]], default_profile: str | None
+) -> list[str]:
+    """Checks across engines and profiles, as 'field: message' lines."""
+    problems: list[str] = []
+    ports: dict[int, str] = {}
+    for name, engine in engines.items():
+        if not NAME.match(name):
+            problems.append(f"engines.{name}: engine names are lower-case letters, digits, '-' and '_'")
+        if engine.port in ports:
+            problems.append(f"engines.{name}.port: {engine.port} is already used by engine {ports[engine.port]!r}")
+        ports.setdefault(engine.port, name)
+        if len(set(engine.gpus)) != len(engine.gpus):
+            problems.append(f"engines.{name}.gpus: lists a GPU twice")
+    for profile, members in profiles.items():
+        taken: dict[int, str] = {}
+        for member in members:
+            engine = engines.get(member)
+            if engine is None:
+                problems.append(f"profiles.{profile}: unknown engine {member!r}{did_you_mean(member, engines)}")
+                continue
+            for gpu in engine.gpus:
+                if gpu in taken:
+                    problems.append(
+                        f"profiles.{profile}: engines {taken[gpu]!r} and {member!r} both use "
+                        f"GPU {gpu}; put them in different profiles"
+                    )
+                taken.setdefault(gpu, member)
+    if default_profile is not None and default_profile not in profiles:
+        problems.append(
+            f"default_profile: {default_profile!r} is not one of the profiles ({', '.join(profiles) or 'none defined'})"
+        )
+    if engines and profiles and default_profile is None:
+        problems.append("default_profile: required when profiles are defined; name the one the agent starts")
+    return problems
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (
+        part in ("int", "str", "float", "bool", "none")
+        or part.startswith(("constrained-", "function-", "dict[", "list[", "nullable["))
+    )
+
+
+def _without_union_tags(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A value that matches no member of a union gets one error per member, each path tagged with
+    the member ("gpu_power_limit_watts.constrained-int"). Keep the member that got furthest."""
+    plain: list[dict[str, Any]] = []
+    members: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
+    for error in errors:
+        loc = list(error["loc"])
+        # Discriminated unions put the runtime in the path ("engines.a.vllm.port"): only one reports.
+        if len(loc) >= 3 and loc[0] == "engines" and loc[2] in ("vllm", "ollama"):
+            del loc[2]
+        tag = next((i for i, part in enumerate(loc) if _is_union_tag(part)), None)
+        if tag is None:
+            plain.append({**error, "loc": tuple(loc)})
+            continue
+        untagged = {**error, "loc": tuple(loc[:tag] + loc[tag + 1 :])}
+        members.setdefault(tuple(loc[:tag]), {}).setdefault(loc[tag], []).append(untagged)
+    for by_member in members.values():
+        plain.extend(max(by_member.values(), key=lambda errs: max(len(e["loc"]) for e in errs)))
+    return plain
+
+
+ModelAt = Callable[[list[str]], type[BaseModel] | None]
+
+
+def _describe(error: dict[str, Any], model_at: ModelAt) -> tuple[str, str]:
+    loc = [str(p) for p in error["loc"]]
+    field = ".".join(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = model_at(loc[:-1])
+        hint = did_you_mean(loc[-1], parent.model_fields) if parent else ""
+        return field, f"unknown key{hint}"
+    if kind == "missing":
+        return field, "required, but not set"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return field + ".runtime", "must be one of 'vllm', 'ollama'"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind.endswith("_type") or kind in ("literal_error", "string_pattern_mismatch"):
+        message = f"{message[0].lower()}{message[1:]} (got {error.get('input')!r})"
+    return field, message
+
+
+def error_lines(exc: ValidationError, model_at: ModelAt) -> list[tuple[str, str]]:
+    """(field, message) pairs for a validation error, one per problem.
+
+    A model validator reports several problems at once as 'field: message' lines in one ValueError.
+    """
+    lines: list[tuple[str, str]] = []
+    for error in _without_union_tags(exc.errors()):
+        if error["type"] == "value_error" and not error["loc"]:
+            for line in str(error["ctx"]["error"]).splitlines():
+                field, _, message = line.partition(": ")
+                lines.append((field, message))
+        else:
+            lines.append(_describe(error, model_at))
+    return lines
+
+
+def engines_model_at(loc: list[str]) -> type[BaseModel] | None:
+    """The model at a path under `engines`, for "did you mean" hints."""
+    if len(loc) == 2 and loc[0] == "engines":
+        return VllmEngine  # close enough for a suggestion: most keys are shared
+    return None
