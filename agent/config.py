@@ -1,0 +1,97 @@
+"""The agent's configuration, /etc/aiinfra/agent.yml: the host spec's engines and profiles, plus
+where and how the agent runs them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from aiinfra.agent.schema import Engine, Strict, engine_problems, engines_model_at, error_lines
+
+DEFAULT_PATH = Path("/etc/aiinfra/agent.yml")
+Seconds = Annotated[float, Field(gt=0, strict=False)]
+
+
+class Policy(Strict):
+    """Probe timings and the restart policy. Defaults suit multi-minute vLLM model loads."""
+
+    tick_s: Seconds = 0.5  # how often processes are checked: an exit is noticed within this
+    startup_timeout_s: Seconds = 900  # a model load may take this long before it counts as failed
+    readiness_interval_s: Seconds = 5
+    probe_timeout_s: Seconds = 5
+    liveness_interval_s: Seconds = 30
+    liveness_timeout_s: Seconds = 60  # a one-token request on a busy engine can be slow
+    liveness_failures: Annotated[int, Field(ge=1)] = 3  # consecutive, before a restart
+    traffic_grace_s: Seconds = 60  # real traffic that succeeded this recently stands in for liveness
+    backoff_initial_s: Seconds = 10
+    backoff_max_s: Seconds = 300
+    backoff_reset_after_s: Seconds = 600  # ready this long: the next failure starts the backoff afresh
+    crash_loop_failures: Annotated[int, Field(ge=1)] = 5  # failures within the window: give up
+    crash_loop_window_s: Seconds = 900
+    stop_grace_s: Seconds = 30  # SIGTERM, then SIGKILL of the whole process group / cgroup
+
+
+class AgentConfig(Strict):
+    engines: dict[str, Engine] = {}
+    profiles: dict[str, list[str]] = {}
+    default_profile: str | None = None
+    backend: Literal["auto", "systemd", "process"] = "auto"
+    model_storage_mount: str = "/mnt/nvme"
+    status_listen: str = "127.0.0.1:8079"  # read-only: /healthz, /status
+    control_socket: str = "/run/aiinfra/control.sock"  # profile switch, restarts: root and the group
+    control_group: str = "aiinfra"
+    state_dir: str = "/run/aiinfra"  # engine launch files, logs, the process backend's records
+    engine_user: str | None = "aiinfra"  # engines run unprivileged; None: as the agent's user
+    vllm_command: list[str] = ["/opt/aiinfra/vllm/bin/vllm"]
+    ollama_command: list[str] = ["/usr/local/bin/ollama"]
+    policy: Policy = Policy()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AgentConfig:
+        problems = engine_problems(self.engines, self.profiles, self.default_profile)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def profile_engines(self, profile: str | None) -> list[str]:
+        if profile is None:
+            return []
+        return list(self.profiles[profile])
+
+
+class ConfigError(Exception):
+    """The configuration is unreadable or invalid; each line names a field and the fix."""
+
+    def __init__(self, path: Path, lines: list[str]) -> None:
+        super().__init__("\n".join(f"{path}: {line}" for line in lines))
+        self.lines = lines
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    if not loc:
+        return AgentConfig
+    if loc == ["policy"]:
+        return Policy
+    return engines_model_at(loc)
+
+
+def parse(data: object, path: Path = DEFAULT_PATH) -> AgentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["the configuration is a mapping of settings"])
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, [f"{field}: {message}" for field, message in error_lines(exc, _model_at)]) from None
+
+
+def load(path: Path = DEFAULT_PATH) -> AgentConfig:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [f"not valid YAML: {' '.join(str(exc).split())}"]) from None
+    return parse(data, path)

@@ -1,0 +1,124 @@
+"""Engines as plain child processes, each the leader of its own process group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import pwd
+import shutil
+import signal
+from collections import deque
+from pathlib import Path
+
+from aiinfra.agent.effects import StartError, check_port_free
+from aiinfra.agent.engines import Launch
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: the kernel kills the engine if the agent dies, even by SIGKILL."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class ProcessBackend:
+    name = "process"
+
+    def __init__(self, state_dir: Path, user: str | None) -> None:
+        self.dir = state_dir / "engines"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.user = user if user and os.geteuid() == 0 else None  # dropping privileges needs root
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+
+    async def start(self, launch: Launch) -> int | None:
+        check_port_free(launch.port)
+        if shutil.which(launch.argv[0], path=launch.env.get("PATH", os.environ.get("PATH"))) is None:
+            raise StartError(f"{launch.argv[0]}: no such program; install the {launch.runtime} engine")
+        log = open(self.dir / f"{launch.name}.log", "ab")  # noqa: SIM115 - the child keeps it open
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *launch.argv,
+                env={**_base_env(), **launch.env},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                user=self.user,
+                group=_group_of(self.user),
+                cwd="/",
+            )
+        finally:
+            log.close()
+        self.procs[launch.name] = proc
+        record = {"pgid": proc.pid, "argv0": launch.argv[0]}
+        (self.dir / f"{launch.name}.pgid").write_text(json.dumps(record))
+        return proc.pid
+
+    async def poll(self, name: str) -> int | None:
+        proc = self.procs.get(name)
+        if proc is None:
+            return 0
+        if proc.returncode is None:
+            return None
+        self._forget(name)
+        return proc.returncode
+
+    async def stop(self, name: str, grace_s: float) -> None:
+        proc = self.procs.get(name)
+        if proc is None:
+            return
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace_s)
+        except TimeoutError:
+            _signal_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        _signal_group(proc.pid, signal.SIGKILL)  # whatever of the tree outlived its leader
+        self._forget(name)
+
+    async def adopt(self) -> dict[str, int | None]:
+        """A process backend cannot adopt: engines left by an agent that was killed are removed."""
+        for record in self.dir.glob("*.pgid"):
+            with contextlib.suppress(ValueError, OSError):
+                data = json.loads(record.read_text())
+                if _leader_runs(data["pgid"], data["argv0"]):
+                    _signal_group(data["pgid"], signal.SIGKILL)
+            record.unlink(missing_ok=True)
+        return {}
+
+    def log_tail(self, name: str, lines: int = 5) -> str:
+        path = self.dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        with path.open(errors="replace") as log:
+            return " | ".join(line.strip() for line in deque(log, lines) if line.strip())
+
+    def _forget(self, name: str) -> None:
+        self.procs.pop(name, None)
+        (self.dir / f"{name}.pgid").unlink(missing_ok=True)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _leader_runs(pid: int, argv0: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(cmdline) and Path(argv0).name.encode() in b" ".join(cmdline)
+
+
+def _group_of(user: str | None) -> int | None:
+    return pwd.getpwnam(user).pw_gid if user else None
+
+
+def _base_env() -> dict[str, str]:
+    keep = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH")
+    return {k: v for k, v in os.environ.items() if k in keep}

@@ -1,0 +1,107 @@
+"""Engines as `aiinfra-engine@NAME` systemd units: own cgroup each, outliving the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from pathlib import Path
+
+from aiinfra.agent.effects import StartError, check_port_free
+from aiinfra.agent.engines import Launch
+
+UNIT = "aiinfra-engine@{}.service"
+
+
+async def _systemctl(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "systemctl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+def launch_file(state_dir: Path, name: str) -> Path:
+    return state_dir / "engines" / f"{name}.json"
+
+
+def write_launch_file(state_dir: Path, launch: Launch) -> None:
+    """What the unit's `aiinfra-agent exec-engine NAME` runs: argv and environment, nothing else."""
+    path = launch_file(state_dir, launch.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"argv": launch.argv, "env": launch.env}))
+    os.chmod(tmp, 0o644)
+    tmp.replace(path)
+
+
+def available() -> bool:
+    """Root, under systemd, with the template unit installed."""
+    if os.geteuid() != 0 or not Path("/run/systemd/system").is_dir() or not shutil.which("systemctl"):
+        return False
+    return any(
+        Path(d, "aiinfra-engine@.service").exists()
+        for d in ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
+    )
+
+
+class SystemdBackend:
+    name = "systemd"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    async def start(self, launch: Launch) -> int | None:
+        check_port_free(launch.port)
+        write_launch_file(self.state_dir, launch)
+        unit = UNIT.format(launch.name)
+        await _systemctl("reset-failed", unit)
+        rc, out = await _systemctl("start", unit)
+        if rc != 0:
+            raise StartError(f"systemctl start {unit} failed: {' '.join(out.split())}")
+        return (await self._show(launch.name)).get("MainPID")
+
+    async def _show(self, name: str) -> dict[str, int | str]:
+        _, out = await _systemctl(
+            "show", UNIT.format(name), "--property", "ActiveState,MainPID,ExecMainCode,ExecMainStatus"
+        )
+        props: dict[str, int | str] = {}
+        for line in out.splitlines():
+            key, _, value = line.partition("=")
+            props[key] = int(value) if value.lstrip("-").isdigit() else value
+        return props
+
+    async def poll(self, name: str) -> int | None:
+        props = await self._show(name)
+        if props.get("ActiveState") in ("active", "activating", "deactivating", "reloading"):
+            return None
+        status = int(props.get("ExecMainStatus") or 0)
+        # ExecMainCode: 1 exited (status is the exit code), 2 killed / 3 dumped (status is the signal)
+        return -status if props.get("ExecMainCode") in (2, 3) else status
+
+    async def stop(self, name: str, grace_s: float) -> None:
+        # The unit's TimeoutStopSec and KillMode=control-group do TERM, grace, KILL of the whole cgroup.
+        await _systemctl("stop", UNIT.format(name))
+
+    async def adopt(self) -> dict[str, int | None]:
+        _, out = await _systemctl("list-units", "--plain", "--no-legend", "--state=active", "aiinfra-engine@*")
+        found: dict[str, int | None] = {}
+        for line in out.splitlines():
+            unit = line.split()[0] if line.split() else ""
+            if unit.startswith("aiinfra-engine@") and unit.endswith(".service"):
+                name = unit.removeprefix("aiinfra-engine@").removesuffix(".service")
+                pid = (await self._show(name)).get("MainPID")
+                found[name] = int(pid) if pid else None
+        return found
+
+    def log_tail(self, name: str, lines: int = 5) -> str:
+        import subprocess
+
+        proc = subprocess.run(
+            ["journalctl", "-u", UNIT.format(name), "-n", str(lines), "-o", "cat", "--no-pager"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return " | ".join(line.strip() for line in proc.stdout.splitlines() if line.strip())

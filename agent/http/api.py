@@ -1,0 +1,91 @@
+"""Read-only status (`/healthz`, `/status`) and the control surface (profile switch, restart).
+
+Control is served only on a unix socket (mode 0660, root and the aiinfra group): changing what runs
+on the box is a local, privileged act.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from aiohttp import web
+
+from aiinfra.agent.supervisor import Supervisor
+
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+STARTED = web.AppKey("started", float)
+
+
+def agent_info(app: web.Application) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("aiinfra")
+    except PackageNotFoundError:
+        release = "unknown"
+    return {
+        "version": release,
+        "pid": os.getpid(),
+        "started_at": app[STARTED],
+        "uptime_s": round(time.time() - app[STARTED], 1),
+    }
+
+
+def _fresh(supervisor: Supervisor) -> bool:
+    last = supervisor.last_tick
+    return last is not None and supervisor.clock() - last < max(5 * supervisor.policy.tick_s, 5)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The agent's own liveness: its loop ticked recently. Engines are in /status."""
+    if _fresh(request.app[SUPERVISOR]):
+        return web.json_response({"status": "ok"})
+    return web.json_response({"status": "stalled"}, status=503)
+
+
+async def status(request: web.Request) -> web.Response:
+    supervisor = request.app[SUPERVISOR]
+    return web.json_response({"agent": agent_info(request.app), **supervisor.status()})
+
+
+def status_app(supervisor: Supervisor) -> web.Application:
+    app = web.Application()
+    app[SUPERVISOR] = supervisor
+    app[STARTED] = time.time()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/status", status)
+    return app
+
+
+async def switch_profile(request: web.Request) -> web.Response:
+    supervisor = request.app[SUPERVISOR]
+    try:
+        body = await request.json()
+        profile = body["profile"]
+        engines = supervisor.switch(profile)
+    except (ValueError, KeyError, TypeError):
+        known = ", ".join(supervisor.config.profiles) or "none"
+        return web.json_response({"error": f"unknown profile; profiles: {known}"}, status=400)
+    return web.json_response({"profile": profile, "engines": engines}, status=202)
+
+
+async def restart_engine(request: web.Request) -> web.Response:
+    supervisor = request.app[SUPERVISOR]
+    name = request.match_info["name"]
+    try:
+        supervisor.restart(name)
+    except KeyError:
+        return web.json_response({"error": f"unknown engine {name!r}"}, status=404)
+    return web.json_response({"engine": name, "restarting": True}, status=202)
+
+
+def control_app(supervisor: Supervisor) -> web.Application:
+    app = web.Application()
+    app[SUPERVISOR] = supervisor
+    app[STARTED] = time.time()
+    app.router.add_get("/status", status)
+    app.router.add_post("/profile", switch_profile)
+    app.router.add_post("/engines/{name}/restart", restart_engine)
+    return app

@@ -1,0 +1,235 @@
+"""`aiinfra-agent`: the daemon (`run`) and the box-local commands that talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from aiinfra.agent import client
+from aiinfra.agent.config import DEFAULT_PATH, AgentConfig, ConfigError, load
+from aiinfra.agent.effects import Backend
+from aiinfra.agent.effects.process import ProcessBackend
+from aiinfra.agent.effects.systemd import SystemdBackend, available, launch_file
+from aiinfra.agent.notify import notify, setup_logging, watchdog_enabled
+from aiinfra.agent.supervisor import Supervisor
+
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+
+
+def choose_backend(config: AgentConfig) -> Backend:
+    state = Path(config.state_dir)
+    if config.backend == "systemd" or (config.backend == "auto" and available()):
+        return SystemdBackend(state)
+    return ProcessBackend(state, config.engine_user)
+
+
+def status_line(supervisor: Supervisor) -> str:
+    desired = supervisor.desired()
+    ready = sum(1 for n in desired if supervisor.states[n].phase.value == "ready")
+    failed = [n for n in desired if supervisor.states[n].phase.value == "failed"]
+    text = f"profile {supervisor.profile}: {ready}/{len(desired)} engines ready"
+    return text + (f"; failed: {', '.join(failed)}" if failed else "")
+
+
+async def serve(config: AgentConfig) -> None:
+    from aiohttp import web
+
+    from aiinfra.agent.http.api import control_app, status_app
+
+    backend = choose_backend(config)
+    supervisor = Supervisor(config, backend)
+    await supervisor.adopt()
+    runners = [
+        web.AppRunner(status_app(supervisor), access_log=None),
+        web.AppRunner(control_app(supervisor), access_log=None),
+    ]
+    for runner in runners:
+        await runner.setup()
+    host, _, port = config.status_listen.rpartition(":")
+    await web.TCPSite(runners[0], host, int(port)).start()
+    sock = Path(config.control_socket)
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    sock.unlink(missing_ok=True)
+    await web.UnixSite(runners[1], str(sock)).start()
+    _restrict_socket(sock, config.control_group)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await supervisor.tick()
+    notify("READY=1", f"STATUS={status_line(supervisor)}")
+    watchdog = watchdog_enabled()
+
+    def on_tick() -> None:
+        notify(f"STATUS={status_line(supervisor)}", *(["WATCHDOG=1"] if watchdog else []))
+
+    try:
+        await supervisor.run(stop, on_tick)
+    finally:
+        notify("STOPPING=1")
+        # systemd units outlive the agent (adopted on its return); plain processes die with it
+        await supervisor.close(stop_engines=backend.name == "process")
+        for runner in runners:
+            await runner.cleanup()
+        sock.unlink(missing_ok=True)
+
+
+def _restrict_socket(sock: Path, group: str) -> None:
+    gid = -1
+    with contextlib.suppress(KeyError):
+        gid = grp.getgrnam(group).gr_gid
+    if gid != -1 and os.geteuid() == 0:
+        os.chown(sock, 0, gid)
+    os.chmod(sock, 0o660)
+
+
+def _load(path: Path) -> AgentConfig:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """aiinfra's host agent: supervises the inference engines on this box."""
+
+
+CONFIG = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_PATH,
+    show_default=True,
+    help="Agent configuration.",
+)
+
+
+@main.command()
+@CONFIG
+def run(config_path: Path) -> None:
+    """Run the agent (what the systemd unit starts)."""
+    config = _load(config_path)
+    setup_logging()
+    asyncio.run(serve(config))
+
+
+@main.command("check-config")
+@CONFIG
+def check_config(config_path: Path) -> None:
+    """Validate the configuration; exit 2 with one line per problem."""
+    config = _load(config_path)
+    click.echo(f"{config_path}: ok ({len(config.engines)} engines, default profile {config.default_profile})")
+
+
+@main.command("exec-engine", hidden=True)
+@click.argument("name")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/run/aiinfra"))
+def exec_engine(name: str, state_dir: Path) -> None:
+    """Replace this process with engine NAME, as the agent wrote it down (the engine unit's ExecStart)."""
+    path = launch_file(state_dir, name)
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        click.echo(f"aiinfra-agent: {path}: {exc}; the agent writes it before starting the unit", err=True)
+        sys.exit(EXIT_CONFIG)
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TZ", "HOME")} | spec["env"]
+    os.execvpe(spec["argv"][0], spec["argv"], env)
+
+
+STATUS_OPT = click.option(
+    "--listen", default=client.DEFAULT_STATUS_URL, show_default=True, help="The agent's status address."
+)
+SOCKET_OPT = click.option("--socket", "socket_path", default=client.DEFAULT_CONTROL_SOCKET, show_default=True)
+
+
+@main.command()
+@STATUS_OPT
+@click.option("--json", "as_json", is_flag=True)
+def status(listen: str, as_json: bool) -> None:
+    """Show the engines and their states."""
+    try:
+        report = client.status(listen)
+    except client.AgentUnavailable as exc:
+        click.echo(f"aiinfra-agent: no agent at {listen}: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
+
+
+def format_status(report: dict) -> str:
+    lines = [
+        f"profile {report['profile']} (backend {report['backend']})",
+        f"{'ENGINE':<12} {'PHASE':<9} {'PID':>7} {'PORT':>5} {'RESTARTS':>8} {'FOR':>7}  LAST ERROR",
+    ]
+    for name, e in report["engines"].items():
+        if not e["desired"] and e["phase"] == "stopped":
+            continue
+        age = f"{time.time() - e['since']:.0f}s" if e["since"] else "-"
+        lines.append(
+            f"{name:<12} {e['phase']:<9} {e['pid'] or '-':>7} {e['port']:>5} {e['restarts']:>8} {age:>7}  "
+            f"{e['last_error'] or ''}"
+        )
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("name")
+@SOCKET_OPT
+@STATUS_OPT
+@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for ready.")
+@click.option("--no-wait", is_flag=True, help="Return once the switch is under way.")
+def profile(name: str, socket_path: str, listen: str, timeout: float, no_wait: bool) -> None:
+    """Switch to profile NAME: stop the engines that leave, start the new ones, wait for ready."""
+    code, body = _control("POST", "/profile", {"profile": name}, socket_path)
+    if code != 202:
+        click.echo(f"aiinfra-agent: {body.get('error', code)}", err=True)
+        sys.exit(EXIT_CONFIG)
+    if no_wait:
+        click.echo(f"switching to {name}: {', '.join(body['engines'])}")
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        report = client.status(listen)
+        desired = {n: e for n, e in report["engines"].items() if e["desired"]}
+        others = [n for n, e in report["engines"].items() if not e["desired"] and e["phase"] != "stopped"]
+        if any(e["phase"] == "failed" for e in desired.values()):
+            click.echo(format_status(report), err=True)
+            sys.exit(1)
+        if not others and all(e["phase"] == "ready" for e in desired.values()):
+            click.echo(f"profile {name} ready: {', '.join(desired)}")
+            return
+        time.sleep(0.5)
+    click.echo(f"aiinfra-agent: profile {name} not ready after {timeout:.0f}s", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.argument("engine")
+@SOCKET_OPT
+def restart(engine: str, socket_path: str) -> None:
+    """Restart ENGINE (also clears a failed state)."""
+    code, body = _control("POST", f"/engines/{engine}/restart", None, socket_path)
+    if code != 202:
+        click.echo(f"aiinfra-agent: {body.get('error', code)}", err=True)
+        sys.exit(EXIT_CONFIG)
+    click.echo(f"{engine}: restarting")
+
+
+def _control(method: str, path: str, body: object, socket_path: str) -> tuple[int, dict]:
+    try:
+        return client.control(method, path, body, socket_path)
+    except client.AgentUnavailable as exc:
+        click.echo(f"aiinfra-agent: no agent on {socket_path}: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)

@@ -1,0 +1,215 @@
+"""Pure decisions: each engine's state, what was observed, and the clock in; new state and actions out.
+
+No processes, sockets or sleeps here: the supervisor feeds observations and carries the actions out.
+
+Phases: stopped → starting → ready; a failure (exit, startup timeout, liveness) → backoff → starting
+again after the delay; too many failures inside the window → failed (until restarted by hand).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from aiinfra.agent.config import Policy
+
+
+class Phase(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class EngineState:
+    name: str
+    phase: Phase = Phase.STOPPED
+    since: float = 0.0
+    running: bool = False  # a process (or unit) is up for this engine
+    pid: int | None = None
+    started_at: float | None = None
+    ready_since: float | None = None
+    restarts: int = 0
+    failures: tuple[float, ...] = ()  # times of recent failures, for crash-loop detection
+    streak: int = 0  # failures since the engine was last ready long enough: drives the backoff
+    next_start_at: float | None = None
+    last_error: str | None = None
+    liveness_failures: int = 0
+    last_traffic_ok: float | None = None
+    probe_latency_ms: float | None = None
+
+    def to(self, phase: Phase, now: float, **changes: object) -> EngineState:
+        return replace(self, phase=phase, since=now, **changes)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the supervisor saw this tick. None: not looked at this time."""
+
+    exited: int | None = None  # exit code (negative: signal) of a process that ended by itself
+    start_error: str | None = None  # the start itself failed (port taken, no binary)
+    ready: bool | None = None  # readiness probe result
+    alive: bool | None = None  # liveness probe result
+    probe_latency_ms: float | None = None
+    log_tail: str = ""
+
+
+@dataclass(frozen=True)
+class Start:
+    name: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    name: str
+    reason: str
+
+
+Action = Start | Stop
+
+
+def backoff_delay(streak: int, policy: Policy) -> float:
+    """Delay before start number `streak + 1` after `streak` failures in a row: doubling, capped."""
+    return min(policy.backoff_initial_s * 2 ** max(streak - 1, 0), policy.backoff_max_s)
+
+
+def _fail(state: EngineState, reason: str, now: float, policy: Policy) -> EngineState:
+    failures = (*tuple(t for t in state.failures if now - t < policy.crash_loop_window_s), now)
+    streak = state.streak + 1
+    if len(failures) >= policy.crash_loop_failures:
+        window = f"{policy.crash_loop_window_s:.0f}s"
+        return state.to(
+            Phase.FAILED,
+            now,
+            failures=failures,
+            streak=streak,
+            next_start_at=None,
+            last_error=f"crash loop: {len(failures)} failures in {window}; last: {reason}",
+            ready_since=None,
+            liveness_failures=0,
+        )
+    return state.to(
+        Phase.BACKOFF,
+        now,
+        failures=failures,
+        streak=streak,
+        next_start_at=now + backoff_delay(streak, policy),
+        last_error=reason,
+        ready_since=None,
+        liveness_failures=0,
+    )
+
+
+def observe(state: EngineState, seen: Observation, now: float, policy: Policy) -> EngineState:
+    """Fold one observation into an engine's state."""
+    if seen.probe_latency_ms is not None:
+        state = replace(state, probe_latency_ms=seen.probe_latency_ms)
+    if seen.start_error is not None:
+        return _fail(replace(state, running=False, pid=None), seen.start_error, now, policy)
+    if seen.exited is not None:
+        state = replace(state, running=False, pid=None)
+        if state.phase == Phase.STOPPING:
+            return state.to(Phase.STOPPED, now)
+        if state.phase in (Phase.STARTING, Phase.READY):
+            tail = f"; last log: {seen.log_tail}" if seen.log_tail else ""
+            return _fail(state, f"exited with {_exit_text(seen.exited)}{tail}", now, policy)
+        return state
+    if state.phase == Phase.STARTING:
+        if seen.ready:
+            return state.to(Phase.READY, now, ready_since=now, liveness_failures=0)
+        if state.started_at is not None and now - state.started_at > policy.startup_timeout_s:
+            return _fail(state, f"not ready {policy.startup_timeout_s:.0f}s after start", now, policy)
+    elif state.phase == Phase.READY:
+        if state.ready_since is not None and now - state.ready_since >= policy.backoff_reset_after_s:
+            state = replace(state, streak=0)
+        if seen.alive is False:
+            state = replace(state, liveness_failures=state.liveness_failures + 1)
+            if state.liveness_failures >= policy.liveness_failures:
+                return _fail(
+                    state,
+                    f"hung: {state.liveness_failures} liveness probes (a one-token request) got no answer",
+                    now,
+                    policy,
+                )
+        elif seen.alive:
+            state = replace(state, liveness_failures=0)
+    return state
+
+
+def _exit_text(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"code {code}"
+
+
+def liveness_due(state: EngineState, last_probe: float | None, now: float, policy: Policy) -> bool:
+    """A one-token request is sent only to a ready engine, and not when real traffic vouched for it."""
+    if state.phase != Phase.READY:
+        return False
+    if state.last_traffic_ok is not None and now - state.last_traffic_ok < policy.traffic_grace_s:
+        return False
+    return last_probe is None or now - last_probe >= policy.liveness_interval_s
+
+
+def decide(desired: Iterable[str], states: Mapping[str, EngineState], now: float) -> list[Action]:
+    """What to start and stop so that exactly the desired engines run.
+
+    Engines leaving are stopped first; none is started while one that leaves still holds its GPUs,
+    so two profiles' engines never run at once.
+    """
+    wanted = set(desired)
+    actions: list[Action] = []
+    leaving = [s for s in states.values() if s.name not in wanted and s.running]
+    for state in leaving:
+        if state.phase != Phase.STOPPING:
+            actions.append(Stop(state.name, "not in the active profile"))
+    for state in states.values():
+        if state.name in wanted and state.running and state.phase in (Phase.BACKOFF, Phase.FAILED):
+            actions.append(Stop(state.name, state.last_error or "failed"))  # hung or never ready: kill
+    if leaving:
+        return actions
+    for name in sorted(wanted):
+        state = states[name]
+        if state.running:
+            continue
+        if state.phase == Phase.STOPPED or (
+            state.phase == Phase.BACKOFF and state.next_start_at is not None and now >= state.next_start_at
+        ):
+            actions.append(Start(name))
+    return actions
+
+
+def started(state: EngineState, pid: int | None, now: float) -> EngineState:
+    restarts = state.restarts + (1 if state.phase == Phase.BACKOFF else 0)
+    return state.to(
+        Phase.STARTING,
+        now,
+        running=True,
+        pid=pid,
+        started_at=now,
+        next_start_at=None,
+        restarts=restarts,
+        ready_since=None,
+        liveness_failures=0,
+    )
+
+
+def stopping(state: EngineState, now: float) -> EngineState:
+    """A stop was issued. Failed/backoff engines keep their phase: only their process goes."""
+    if state.phase in (Phase.BACKOFF, Phase.FAILED):
+        return state
+    return state.to(Phase.STOPPING, now)
+
+
+def reset(state: EngineState, now: float) -> EngineState:
+    """An operator's restart: forget the failures, start afresh."""
+    return state.to(
+        Phase.STOPPED if not state.running else state.phase,
+        now,
+        failures=(),
+        streak=0,
+        next_start_at=None,
+        last_error=None,
+    )

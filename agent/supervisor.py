@@ -1,0 +1,238 @@
+"""The reconcile loop: observe engines, fold observations in (reconcile.observe), act (reconcile.decide).
+
+Decisions are pure; this module only polls the backend, runs probes and carries actions out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+
+from aiinfra.agent import probes
+from aiinfra.agent.config import AgentConfig
+from aiinfra.agent.effects import Backend, StartError
+from aiinfra.agent.engines import Launch, launch
+from aiinfra.agent.reconcile import (
+    EngineState,
+    Observation,
+    Phase,
+    Start,
+    Stop,
+    decide,
+    liveness_due,
+    observe,
+    reset,
+    started,
+    stopping,
+)
+
+log = logging.getLogger("aiinfra.agent")
+
+
+class Supervisor:
+    def __init__(self, config: AgentConfig, backend: Backend, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.policy = config.policy
+        self.backend = backend
+        self.clock = clock
+        self.launches: dict[str, Launch] = {name: launch(name, config) for name in config.engines}
+        self.states: dict[str, EngineState] = {name: EngineState(name) for name in config.engines}
+        self.profile = config.default_profile
+        self.stops: dict[str, asyncio.Task[None]] = {}
+        self.ready_probes: dict[str, asyncio.Task[tuple[bool, float]]] = {}
+        self.live_probes: dict[str, asyncio.Task[bool]] = {}
+        self.last_ready_probe: dict[str, float] = {}
+        self.last_live_probe: dict[str, float] = {}
+        self.events: deque[dict[str, Any]] = deque(maxlen=200)
+        self.last_tick: float | None = None
+        self.session: aiohttp.ClientSession | None = None
+
+    # -- what the operator asks for ----------------------------------------------------------------
+
+    def desired(self) -> list[str]:
+        return self.config.profile_engines(self.profile)
+
+    def switch(self, profile: str) -> list[str]:
+        if profile not in self.config.profiles:
+            raise KeyError(profile)
+        self.profile = profile
+        now = self.clock()
+        for name, state in self.states.items():
+            if name not in self.desired() and not state.running and state.phase != Phase.STOPPED:
+                self.states[name] = state.to(Phase.STOPPED, now)
+        self._event(None, "profile", f"switching to profile {profile}")
+        return self.desired()
+
+    def restart(self, name: str) -> None:
+        if name not in self.states:
+            raise KeyError(name)
+        now = self.clock()
+        state = reset(self.states[name], now)
+        self.states[name] = state
+        if state.running:
+            self._stop(name, "restart asked for by the operator")
+        self._event(name, "restart", "restart asked for by the operator")
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    async def adopt(self) -> None:
+        now = self.clock()
+        for name, pid in (await self.backend.adopt()).items():
+            if name in self.states:
+                self.states[name] = started(self.states[name], pid, now)
+                self._event(name, "adopted", f"found running (pid {pid}); probing it")
+
+    async def tick(self) -> None:
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        now = self.clock()
+        for name, state in list(self.states.items()):
+            seen = await self._observe(name, state)
+            new = observe(state, seen, now, self.policy)
+            if new.phase != state.phase:
+                self._event(
+                    name,
+                    new.phase.value,
+                    new.last_error
+                    if new.phase in (Phase.BACKOFF, Phase.FAILED)
+                    else f"{state.phase.value} → {new.phase.value}",
+                )
+            self.states[name] = new
+        for action in decide(self.desired(), self.states, now):
+            if isinstance(action, Stop):
+                self._stop(action.name, action.reason)
+            elif isinstance(action, Start):
+                await self._start(action.name, now)
+        self._schedule_probes(now)
+        self.last_tick = now
+
+    async def run(self, stop: asyncio.Event, on_tick: Callable[[], None] = lambda: None) -> None:
+        while not stop.is_set():
+            await self.tick()
+            on_tick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.policy.tick_s)
+
+    async def close(self, stop_engines: bool) -> None:
+        for task in [*self.ready_probes.values(), *self.live_probes.values()]:
+            task.cancel()
+        if stop_engines:
+            for name, state in self.states.items():
+                if state.running:
+                    self._stop(name, "agent shutting down")
+        if self.stops:
+            await asyncio.gather(*self.stops.values(), return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    # -- effects -----------------------------------------------------------------------------------
+
+    async def _observe(self, name: str, state: EngineState) -> Observation:
+        if not state.running:
+            return Observation()
+        code = await self.backend.poll(name)
+        if code is not None:
+            tail = "" if state.phase == Phase.STOPPING else self.backend.log_tail(name)
+            return Observation(exited=code, log_tail=tail)
+        ready = latency = alive = None
+        task = self.ready_probes.get(name)
+        if task is not None and task.done():
+            del self.ready_probes[name]
+            ready, latency = task.result()
+        live = self.live_probes.get(name)
+        if live is not None and live.done():
+            del self.live_probes[name]
+            alive = live.result()
+        return Observation(ready=ready, alive=alive, probe_latency_ms=latency)
+
+    async def _start(self, name: str, now: float) -> None:
+        try:
+            pid = await self.backend.start(self.launches[name])
+        except StartError as exc:
+            self.states[name] = observe(self.states[name], Observation(start_error=str(exc)), now, self.policy)
+            self._event(name, "start_failed", str(exc))
+            return
+        self.states[name] = started(self.states[name], pid, now)
+        self.last_ready_probe.pop(name, None)
+        self.last_live_probe.pop(name, None)
+        self._event(name, "started", f"pid {pid}")
+
+    def _stop(self, name: str, reason: str) -> None:
+        if name in self.stops and not self.stops[name].done():
+            return
+        self.states[name] = stopping(self.states[name], self.clock())
+        for probes_of in (self.ready_probes, self.live_probes):
+            task = probes_of.pop(name, None)
+            if task is not None:
+                task.cancel()
+        self._event(name, "stopping", reason)
+        self.stops[name] = asyncio.create_task(self.backend.stop(name, self.policy.stop_grace_s))
+
+    def _schedule_probes(self, now: float) -> None:
+        assert self.session is not None
+        for name, state in self.states.items():
+            target = self.launches[name]
+            if state.phase == Phase.STARTING and name not in self.ready_probes:
+                last = self.last_ready_probe.get(name)
+                if last is None or now - last >= self.policy.readiness_interval_s:
+                    self.last_ready_probe[name] = now
+                    self.ready_probes[name] = asyncio.create_task(
+                        probes.readiness(self.session, target, self.policy.probe_timeout_s)
+                    )
+            if name not in self.live_probes and liveness_due(state, self.last_live_probe.get(name), now, self.policy):
+                self.last_live_probe[name] = now
+                self.live_probes[name] = asyncio.create_task(
+                    probes.liveness(self.session, target, self.policy.liveness_timeout_s)
+                )
+
+    def traffic_ok(self, name: str) -> None:
+        """Real traffic succeeded (the router says so): it stands in for the liveness probe."""
+        self.states[name] = replace(self.states[name], last_traffic_ok=self.clock())
+
+    def _event(self, engine: str | None, event: str, message: str | None) -> None:
+        record = {"time": time.time(), "engine": engine, "event": event, "message": message or ""}
+        self.events.append(record)
+        level = logging.WARNING if event in ("backoff", "failed", "start_failed") else logging.INFO
+        log.log(
+            level,
+            "%s%s",
+            f"{engine}: " if engine else "",
+            message or event,
+            extra={"ENGINE": engine or "", "EVENT": event},
+        )
+
+    # -- reporting ---------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now, wall = self.clock(), time.time()
+        desired = set(self.desired())
+        engines = {}
+        for name, state in self.states.items():
+            target = self.launches[name]
+            engines[name] = {
+                "runtime": target.runtime,
+                "phase": state.phase.value,
+                "desired": name in desired,
+                "pid": state.pid,
+                "port": target.port,
+                "served": target.served,
+                "since": round(wall - (now - state.since), 3) if state.since else None,
+                "restarts": state.restarts,
+                "last_error": state.last_error,
+                "probe_latency_ms": None if state.probe_latency_ms is None else round(state.probe_latency_ms, 1),
+                "next_start_in_s": None if state.next_start_at is None else round(max(state.next_start_at - now, 0), 1),
+            }
+        return {
+            "profile": self.profile,
+            "profiles": self.config.profiles,
+            "backend": self.backend.name,
+            "engines": engines,
+        }
