@@ -235,4 +235,5 @@ class Supervisor:
             "profiles": self.config.profiles,
             "backend": self.backend.name,
             "engines": engines,
+            "events": list(self.events)[-50:],
         }

@@ -1,0 +1,186 @@
+"""The agent supervising stub engines as real processes, observed through its real HTTP status."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import psutil
+
+from tests.agent.conftest import free_port, pid_alive, vllm
+
+
+def started_times(status: dict, engine: str) -> list[float]:
+    return [e["time"] for e in status["events"] if e["engine"] == engine and e["event"] == "started"]
+
+
+def test_a_slow_start_is_not_killed_inside_the_startup_window(make_agent):
+    port = free_port()
+    agent = make_agent(
+        {"slow": vllm(port, "--startup-delay", "2")}, {"p": ["slow"]}, "p", policy={"startup_timeout_s": 6}
+    ).start()
+    agent.wait_phase("slow", "starting", timeout=5)
+    ready = agent.wait_phase("slow", "ready", timeout=10)["engines"]["slow"]
+    assert ready["restarts"] == 0 and ready["last_error"] is None
+    assert ready["probe_latency_ms"] is not None
+
+
+def test_a_crash_restarts_with_doubling_backoff(make_agent):
+    port = free_port()
+    agent = make_agent(
+        {"crashy": vllm(port, "--crash-after", "0.2")},
+        {"p": ["crashy"]},
+        "p",
+        policy={"backoff_initial_s": 0.5, "backoff_max_s": 2},
+    ).start()
+    status = agent.wait(lambda s: len(started_times(s, "crashy")) >= 5, timeout=30, what="five starts")
+    starts = started_times(status, "crashy")
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # each gap: the run until the crash (~0.2 s after listening, plus start-up) and the backoff
+    expected = [0.5, 1.0, 2.0, 2.0]
+    for gap, backoff in zip(gaps, expected, strict=False):
+        assert backoff + 0.2 <= gap <= backoff + 2.5, (gaps, expected)
+    engine = status["engines"]["crashy"]
+    assert engine["restarts"] >= 4
+    assert "exited with code 3" in (engine["last_error"] or "") or engine["phase"] != "backoff"
+
+
+def test_a_crash_loop_ends_in_failed_with_the_reason(make_agent):
+    port = free_port()
+    agent = make_agent(
+        {"broken": vllm(port, "--crash-after", "0")},
+        {"p": ["broken"]},
+        "p",
+        policy={"backoff_initial_s": 0.1, "backoff_max_s": 0.2, "crash_loop_failures": 3},
+    ).start()
+    engine = agent.wait_phase("broken", "failed", timeout=20)["engines"]["broken"]
+    assert engine["last_error"].startswith("crash loop: 3 failures in 60s; last: exited with code 3")
+    assert "CUDA error: an illegal memory access" in engine["last_error"]  # the engine's own last words
+    assert engine["pid"] is None
+    time.sleep(1)
+    assert agent.engine("broken")["phase"] == "failed"  # no more restarts by itself
+
+    result = agent.cli("restart", "broken", "--socket", agent.socket)
+    assert result.returncode == 0, result.stderr
+    agent.wait(lambda s: s["engines"]["broken"]["phase"] in ("starting", "backoff"), 5, "a fresh start")
+
+
+def test_a_hung_engine_is_found_by_the_liveness_probe_and_restarted(make_agent):
+    port = free_port()
+    agent = make_agent({"hangs": vllm(port, "--hang-after", "0.5")}, {"p": ["hangs"]}, "p").start()
+    agent.wait_phase("hangs", "ready", timeout=10)
+    status = agent.wait(lambda s: s["engines"]["hangs"]["restarts"] >= 1, timeout=20, what="a restart")
+    reasons = [e["message"] for e in status["events"] if e["engine"] == "hangs" and e["event"] == "backoff"]
+    assert reasons and reasons[0].startswith("hung: 2 liveness probes")
+
+
+def test_a_taken_port_is_a_clear_failure(make_agent):
+    port = free_port()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        agent = make_agent({"e": vllm(port)}, {"p": ["e"]}, "p").start()
+        status = agent.wait(lambda s: s["engines"]["e"]["last_error"], timeout=10, what="an error")
+        assert status["engines"]["e"]["last_error"].startswith(f"port {port} is already in use by another process")
+        assert status["engines"]["e"]["phase"] == "backoff"
+    agent.wait_phase("e", "ready", timeout=15)  # the port freed: the next attempt works
+
+
+def test_an_engine_ignoring_sigterm_is_killed_after_the_grace_period(make_agent):
+    a, b = free_port(), free_port()
+    agent = make_agent(
+        {"stubborn": vllm(a, "--ignore-sigterm"), "other": vllm(b)},
+        {"one": ["stubborn"], "two": ["other"]},
+        "one",
+        policy={"stop_grace_s": 1.5},
+    ).start()
+    pid = agent.wait_phase("stubborn", "ready")["engines"]["stubborn"]["pid"]
+    asked = time.monotonic()
+    result = agent.cli("profile", "two", "--socket", agent.socket, "--listen", agent.listen, "--timeout", "20")
+    assert result.returncode == 0, result.stderr
+    while pid_alive(pid) and time.monotonic() - asked < 10:
+        time.sleep(0.05)
+    took = time.monotonic() - asked
+    assert not pid_alive(pid)
+    assert 1.5 <= took < 6, took
+    assert "SIGTERM ignored" in (agent.tmp / "state" / "engines" / "stubborn.log").read_text()
+
+
+def test_killing_the_agent_leaves_no_orphaned_engine(make_agent):
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p").start()
+    pid = agent.wait_phase("e", "ready")["engines"]["e"]["pid"]
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait()
+    deadline = time.monotonic() + 5
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(pid), "engine outlived the agent"
+
+
+def test_a_profile_switch_never_runs_two_profiles_at_once(make_agent):
+    a, b = free_port(), free_port()
+    agent = make_agent(
+        {"small": vllm(a, "--ignore-sigterm"), "big": vllm(b, gpus=[0, 1])},
+        {"fast": ["small"], "deep": ["big"]},
+        "fast",
+        policy={"stop_grace_s": 1},
+    ).start()
+    agent.wait_phase("small", "ready")
+    result_holder = []
+    proc = psutil.Popen([agent.proc.args[0], "profile", "deep", "--socket", agent.socket, "--listen", agent.listen])
+    overlaps, seen_big = 0, False
+    deadline = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < deadline:
+        ports = _engine_ports(agent.proc.pid)
+        seen_big |= b in ports
+        overlaps += a in ports and b in ports
+        time.sleep(0.02)
+    result_holder.append(proc.wait(5))
+    assert result_holder == [0]
+    assert seen_big and overlaps == 0
+    status = agent.status()
+    assert status["profile"] == "deep"
+    assert status["engines"]["big"]["phase"] == "ready" and status["engines"]["small"]["phase"] == "stopped"
+
+
+def _engine_ports(agent_pid: int) -> set[int]:
+    """Ports named on the command lines of the agent's live engine processes."""
+    ports = set()
+    for child in psutil.Process(agent_pid).children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            cmd = child.cmdline()
+        except psutil.Error:
+            continue
+        if "--port" in cmd:
+            ports.add(int(cmd[cmd.index("--port") + 1]))
+    return ports
+
+
+def test_ollama_is_ready_on_its_version_endpoint(make_agent):
+    port = free_port()
+    engines = {"ollama": {"runtime": "ollama", "gpus": [0], "port": port, "keep_alive": "30m"}}
+    agent = make_agent(engines, {"home": ["ollama"]}, "home").start()
+    engine = agent.wait_phase("ollama", "ready")["engines"]["ollama"]
+    log = (agent.tmp / "state" / "engines" / "ollama.log").read_text()
+    assert f"on 127.0.0.1:{port}" in log and "test double for ollama" in log
+    assert engine["pid"] and pid_alive(engine["pid"])
+
+
+def test_status_cli_lists_the_engines(make_agent):
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p").start()
+    agent.wait_phase("e", "ready")
+    table = agent.cli("status", "--listen", agent.listen)
+    assert table.returncode == 0
+    assert table.stdout.splitlines()[0] == "profile p (backend process)"
+    assert table.stdout.splitlines()[2].split()[:2] == ["e", "ready"]
+    unknown = agent.cli("profile", "nope", "--socket", agent.socket)
+    assert unknown.returncode == 2 and "unknown profile; profiles: p" in unknown.stderr
+
+
+def test_the_control_socket_is_private(make_agent):
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p").start()
+    assert oct(os.stat(agent.socket).st_mode & 0o777) == "0o660"

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""TEST DOUBLE for the vLLM and Ollama servers (hardware kit): no GPU, no model, same HTTP surfaces.
+
+It stands where `vllm serve MODEL --port P ...` or `ollama serve` (OLLAMA_HOST) would run, takes
+their command lines, and answers /health, /v1/models, /v1/completions, /v1/chat/completions
+(streaming too), /v1/embeddings, and Ollama's /api/version, /api/tags, /api/generate. Its own flags,
+anywhere on its command line, make it misbehave on purpose: slow start, crash, hang, ignore SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
+    own = argparse.ArgumentParser(prog="stub_engine")
+    own.add_argument("--runtime", choices=["vllm", "ollama"], default="vllm")
+    own.add_argument("--startup-delay", type=float, default=0.0, help="seconds of 'model loading' before listening")
+    own.add_argument("--crash-after", type=float, help="exit this many seconds after listening")
+    own.add_argument("--crash-once", type=Path, help="crash only if this file does not exist yet (then create it)")
+    own.add_argument("--exit-code", type=int, default=3)
+    own.add_argument("--hang-after", type=float, help="after this many seconds inference never answers")
+    own.add_argument("--ignore-sigterm", action="store_true")
+    own.add_argument("--chunk-delay", type=float, default=0.05, help="seconds between streamed chunks")
+    # Its own flags may stand anywhere (before `serve`, or among vLLM's as an engine's extra_args).
+    opts, rest = own.parse_known_args(argv)
+    engine = argparse.ArgumentParser(prog="serve")
+    engine.add_argument("command", choices=["serve"])
+    engine.add_argument("model", nargs="?")
+    engine.add_argument("--served-model-name", nargs="+")
+    engine.add_argument("--host", default="127.0.0.1")
+    engine.add_argument("--port", type=int, default=8000)
+    served, _unknown = engine.parse_known_args(rest)
+    if opts.runtime == "ollama":
+        host, _, port = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434").rpartition(":")
+        served.host, served.port = host, int(port)
+    return opts, served
+
+
+class Stub:
+    def __init__(self, opts: argparse.Namespace, served: argparse.Namespace) -> None:
+        self.opts = opts
+        self.names = served.served_model_name or ([served.model] if served.model else ["stub-model"])
+        self.listening_at: float | None = None
+        self.requests = 0
+
+    def hung(self) -> bool:
+        after = self.opts.hang_after
+        return after is not None and self.listening_at is not None and time.monotonic() - self.listening_at >= after
+
+    async def _infer_gate(self) -> None:
+        self.requests += 1
+        if self.hung():
+            await asyncio.Event().wait()  # never answers, like a wedged CUDA kernel
+
+    async def health(self, _: web.Request) -> web.Response:
+        return web.Response(text="")  # a hung vLLM still answers this with 200
+
+    async def models(self, _: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": n, "object": "model"} for n in self.names]})
+
+    def _usage(self, prompt: str, completion: int) -> dict:
+        return {
+            "prompt_tokens": len(prompt.split()),
+            "completion_tokens": completion,
+            "total_tokens": len(prompt.split()) + completion,
+        }
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        await self._infer_gate()
+        body = await request.json()
+        words = _reply_words(body.get("max_tokens"))
+        if body.get("stream"):
+            return await self._stream(request, [{"text": w, "index": 0} for w in words], "text_completion")
+        return web.json_response(
+            {
+                "id": "cmpl-stub",
+                "object": "text_completion",
+                "model": body.get("model"),
+                "choices": [{"index": 0, "text": "".join(words), "finish_reason": "length"}],
+                "usage": self._usage(str(body.get("prompt", "")), len(words)),
+            }
+        )
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        await self._infer_gate()
+        body = await request.json()
+        words = _reply_words(body.get("max_tokens") or body.get("max_completion_tokens"))
+        if body.get("stream"):
+            chunks = [{"index": 0, "delta": {"role": "assistant", "content": w}} for w in words]
+            return await self._stream(request, chunks, "chat.completion.chunk")
+        prompt = " ".join(str(m.get("content", "")) for m in body.get("messages", []))
+        return web.json_response(
+            {
+                "id": "chatcmpl-stub",
+                "object": "chat.completion",
+                "model": body.get("model"),
+                "choices": [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "".join(words)}}
+                ],
+                "usage": self._usage(prompt, len(words)),
+            }
+        )
+
+    async def _stream(self, request: web.Request, chunks: list[dict], kind: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for chunk in chunks:
+            event = {"id": "stub", "object": kind, "created": int(time.time()), "choices": [chunk]}
+            await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+            await asyncio.sleep(self.opts.chunk_delay)
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        await self._infer_gate()
+        body = await request.json()
+        inputs = body.get("input")
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i, _ in enumerate(inputs)]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+            }
+        )
+
+    async def ollama_version(self, _: web.Request) -> web.Response:
+        return web.json_response({"version": "0.0.0-stub"})
+
+    async def ollama_tags(self, _: web.Request) -> web.Response:
+        return web.json_response({"models": [{"name": n} for n in self.names]})
+
+    async def ollama_generate(self, request: web.Request) -> web.Response:
+        await self._infer_gate()
+        body = await request.json()
+        return web.json_response({"model": body.get("model"), "response": "pong", "done": True})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/api/version", self.ollama_version)
+        app.router.add_get("/api/tags", self.ollama_tags)
+        app.router.add_post("/api/generate", self.ollama_generate)
+        return app
+
+
+def _reply_words(max_tokens: object) -> list[str]:
+    words = ["Hello", " from", " the", " stub", " engine", "."]
+    return words[:max_tokens] if isinstance(max_tokens, int) and max_tokens > 0 else words
+
+
+async def main(argv: list[str]) -> int:
+    opts, served = parse(argv)
+    stub = Stub(opts, served)
+    print(
+        f"stub engine (test double for {opts.runtime}) serving {stub.names} on {served.host}:{served.port}", flush=True
+    )
+    if opts.ignore_sigterm:
+        signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM ignored", flush=True))
+    await asyncio.sleep(opts.startup_delay)
+    runner = web.AppRunner(stub.app(), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, served.host, served.port).start()
+    except OSError as exc:
+        print(f"ERROR: cannot listen on {served.host}:{served.port}: {exc}", flush=True)
+        return 1
+    stub.listening_at = time.monotonic()
+    crash = opts.crash_after is not None
+    if crash and opts.crash_once is not None:
+        crash = not opts.crash_once.exists()
+        opts.crash_once.touch()
+    if crash:
+        await asyncio.sleep(opts.crash_after)
+        print(f"CUDA error: an illegal memory access was encountered (stub crash, exit {opts.exit_code})", flush=True)
+        os._exit(opts.exit_code)
+    await asyncio.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))
