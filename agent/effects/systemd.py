@@ -30,6 +30,7 @@ def write_launch_file(state_dir: Path, launch: Launch) -> None:
     """What the unit's `aiinfra-agent exec-engine NAME` runs: argv and environment, nothing else."""
     path = launch_file(state_dir, launch.name)
     path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o755)  # the engine unit runs as the unprivileged user; the agent's umask is 027
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"argv": launch.argv, "env": launch.env}))
     os.chmod(tmp, 0o644)

@@ -1,0 +1,172 @@
+"""The agent under a real systemd (a lab container): Type=notify, the engine template unit,
+engines adopted across an agent restart, an engine's death noticed, journald fields, hardening."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.lab.conftest import podman, require_lab
+
+pytestmark = pytest.mark.lab
+HOST = "agenttest"
+CONTAINER = f"aiinfra-lab-{HOST}"
+AIINFRA = str(Path(sys.executable).with_name("aiinfra"))
+AGENT_BIN = "/opt/aiinfra/bin/aiinfra-agent"
+CONFIG = {
+    "backend": "systemd",
+    "model_storage_mount": "/var/lib/aiinfra/models",
+    "vllm_command": ["/opt/aiinfra/bin/python", "/opt/aiinfra/stub_engine.py"],
+    "engines": {
+        "alpha": {
+            "runtime": "vllm",
+            "model": "Qwen/Qwen2.5-7B-Instruct",
+            "served_name": "alpha",
+            "gpus": [0],
+            "port": 8101,
+        },
+        "beta": {
+            "runtime": "vllm",
+            "model": "Qwen/Qwen2.5-14B-Instruct-AWQ",
+            "served_name": "beta",
+            "gpus": [0],
+            "port": 8102,
+        },
+    },
+    "profiles": {"one": ["alpha"], "two": ["beta"]},
+    "default_profile": "one",
+    "policy": {
+        "tick_s": 0.2,
+        "readiness_interval_s": 0.3,
+        "backoff_initial_s": 0.5,
+        "backoff_max_s": 2,
+        "liveness_interval_s": 1,
+        "liveness_timeout_s": 2,
+    },
+}
+
+
+def sh(command: str, check: bool = True) -> str:
+    proc = podman("exec", CONTAINER, "bash", "-c", command)
+    if check:
+        assert proc.returncode == 0, f"{command}: {proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+def status() -> dict:
+    return json.loads(sh(f"{AGENT_BIN} status --json"))
+
+
+def wait(predicate, timeout: float, what: str) -> dict:
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        out = podman("exec", CONTAINER, AGENT_BIN, "status", "--json")
+        if out.returncode == 0:
+            last = json.loads(out.stdout)
+            if predicate(last):
+                return last
+        time.sleep(0.2)
+    journal = sh("journalctl -u aiinfra-agent -n 30 --no-pager", check=False)
+    raise AssertionError(f"timed out waiting for {what}: {last}\n{journal}")
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    """A lab container with aiinfra installed as the aiinfra_agent role will: a wheel in /opt/aiinfra."""
+    require_lab()
+    tmp = tmp_path_factory.mktemp("agentbox")
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp / "state")}
+    up = subprocess.run([AIINFRA, "lab", "up", HOST], capture_output=True, text=True, env=env, check=False)
+    assert up.returncode == 0, up.stderr
+    wheels = tmp / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    assert podman("cp", str(wheels), f"{CONTAINER}:/tmp/wheels").returncode == 0
+    assert (
+        podman("cp", str(ROOT / "tests" / "kit" / "stub_engine.py"), f"{CONTAINER}:/opt/stub_engine.py").returncode == 0
+    )
+    for unit in ("aiinfra-agent.service", "aiinfra-engine@.service"):
+        assert podman("cp", str(ROOT / "systemd" / unit), f"{CONTAINER}:/etc/systemd/system/{unit}").returncode == 0
+    sh(
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-systemd"
+        " >/dev/null"
+    )
+    sh(
+        "python3 -m venv --system-site-packages /opt/aiinfra"
+        " && /opt/aiinfra/bin/pip install -q --no-index --find-links /tmp/wheels aiinfra"
+        " && mv /opt/stub_engine.py /opt/aiinfra/stub_engine.py"
+        " && (getent passwd aiinfra || useradd --system --home /var/lib/aiinfra --shell /usr/sbin/nologin aiinfra)"
+        " && mkdir -p /etc/aiinfra /var/lib/aiinfra/models && chown -R aiinfra: /var/lib/aiinfra"
+    )
+    sh(f"cat > /etc/aiinfra/agent.yml <<'EOF'\n{yaml.safe_dump(CONFIG)}EOF")
+    sh("systemctl daemon-reload && systemctl start aiinfra-agent")  # Type=notify: returns at READY=1
+    yield
+    subprocess.run([AIINFRA, "lab", "down", HOST], capture_output=True, env=env, check=False)
+
+
+def test_start_returns_at_ready_and_the_engine_runs_unprivileged_in_its_unit(box):
+    assert sh("systemctl is-active aiinfra-agent").strip() == "active"
+    assert re.search(r"StatusText=profile one: \d/1 engines ready", sh("systemctl show -p StatusText aiinfra-agent"))
+    report = wait(lambda s: s["engines"]["alpha"]["phase"] == "ready", 30, "alpha ready")
+    assert report["backend"] == "systemd"
+    pid = report["engines"]["alpha"]["pid"]
+    assert sh("systemctl is-active aiinfra-engine@alpha").strip() == "active"
+    assert sh("systemctl show -p MainPID --value aiinfra-engine@alpha").strip() == str(pid)
+    assert sh(f"stat -c %U /proc/{pid}").strip() == "aiinfra"
+    fetch = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8101/v1/models').read().decode())"
+    assert json.loads(sh(f'/opt/aiinfra/bin/python -c "{fetch}"'))["data"][0]["id"] == "alpha"
+
+
+def test_engines_are_adopted_across_an_agent_restart(box):
+    before = wait(lambda s: s["engines"]["alpha"]["phase"] == "ready", 30, "alpha ready")["engines"]["alpha"]
+    sh("systemctl restart aiinfra-agent")
+    after = wait(lambda s: s["engines"]["alpha"]["phase"] == "ready", 30, "alpha ready again")
+    assert after["engines"]["alpha"]["pid"] == before["pid"]  # the same process: adopted, not restarted
+    assert any(e["event"] == "adopted" and e["engine"] == "alpha" for e in after["events"])
+    assert after["engines"]["alpha"]["restarts"] == 0
+
+
+def test_an_engine_death_is_noticed_and_restarted(box):
+    pid = wait(lambda s: s["engines"]["alpha"]["phase"] == "ready", 30, "alpha ready")["engines"]["alpha"]["pid"]
+    sh(f"kill -9 {pid}")
+    report = wait(
+        lambda s: s["engines"]["alpha"]["restarts"] == 1 and s["engines"]["alpha"]["phase"] == "ready", 30, "a restart"
+    )
+    assert report["engines"]["alpha"]["pid"] != pid
+    backoff = [e for e in report["events"] if e["event"] == "backoff" and e["engine"] == "alpha"]
+    assert backoff[-1]["message"].startswith("exited with signal 9")
+
+
+def test_a_profile_switch_stops_the_unit_of_the_leaving_engine(box):
+    wait(lambda s: s["engines"]["alpha"]["phase"] == "ready", 30, "alpha ready")
+    out = sh(f"{AGENT_BIN} profile two --timeout 60")
+    assert "profile two ready: beta" in out
+    assert sh("systemctl is-active aiinfra-engine@alpha", check=False).strip() in ("inactive", "failed")
+    assert sh("systemctl is-active aiinfra-engine@beta").strip() == "active"
+
+
+def test_journald_gets_structured_engine_events(box):
+    lines = sh("journalctl -u aiinfra-agent ENGINE=beta -o json --no-pager").splitlines()
+    events = {json.loads(line).get("EVENT") for line in lines}
+    assert "started" in events
+
+
+def test_security_exposure_of_the_agent_unit(box):
+    out = sh("systemd-analyze security aiinfra-agent.service --no-pager")
+    score = float(re.search(r"Overall exposure level for aiinfra-agent.service: ([\d.]+)", out).group(1))
+    print(f"systemd-analyze security aiinfra-agent.service: {score}")
+    assert score <= 5.0

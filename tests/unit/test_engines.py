@@ -1,0 +1,127 @@
+"""Exact command lines and environments for vLLM and Ollama."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiinfra.agent.config import ConfigError, parse
+from aiinfra.agent.engines import launch
+
+CONFIG = {
+    "model_storage_mount": "/mnt/nvme",
+    "engines": {
+        "qwen7b": {
+            "runtime": "vllm",
+            "model": "Qwen/Qwen2.5-7B-Instruct",
+            "gpus": [0],
+            "port": 8001,
+            "max_model_len": 32768,
+            "gpu_memory_utilization": 0.88,
+            "max_num_seqs": 32,
+        },
+        "qwen32b": {
+            "runtime": "vllm",
+            "model": "Qwen/Qwen2.5-32B-Instruct-AWQ",
+            "quantization": "awq",
+            "gpus": [0, 1],
+            "port": 8003,
+            "served_name": "qwen32b",
+            "enable_prefix_caching": False,
+            "extra_args": ["--kv-cache-dtype", "fp8"],
+        },
+        "ollama": {"runtime": "ollama", "gpus": [1], "port": 11434, "keep_alive": "30m", "models": ["llama3.1:8b"]},
+    },
+    "profiles": {"fast": ["qwen7b", "ollama"], "deep": ["qwen32b"]},
+    "default_profile": "fast",
+}
+
+
+def test_vllm_single_gpu():
+    run = launch("qwen7b", parse(CONFIG))
+    assert run.argv == [
+        "/opt/aiinfra/vllm/bin/vllm",
+        "serve",
+        "Qwen/Qwen2.5-7B-Instruct",
+        "--served-model-name",
+        "Qwen/Qwen2.5-7B-Instruct",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8001",
+        "--gpu-memory-utilization",
+        "0.88",
+        "--tensor-parallel-size",
+        "1",
+        "--dtype",
+        "auto",
+        "--max-model-len",
+        "32768",
+        "--max-num-seqs",
+        "32",
+        "--enable-prefix-caching",
+        "--enable-chunked-prefill",
+        "--disable-custom-all-reduce",
+    ]
+    assert run.env == {
+        "CUDA_VISIBLE_DEVICES": "0",
+        "HF_HOME": "/mnt/nvme/hf-cache",
+        "VLLM_NO_USAGE_STATS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    assert run.served == ["Qwen/Qwen2.5-7B-Instruct"]
+
+
+def test_vllm_tensor_parallel_awq_with_extra_args():
+    run = launch("qwen32b", parse(CONFIG))
+    assert run.argv == [
+        "/opt/aiinfra/vllm/bin/vllm",
+        "serve",
+        "Qwen/Qwen2.5-32B-Instruct-AWQ",
+        "--served-model-name",
+        "qwen32b",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8003",
+        "--gpu-memory-utilization",
+        "0.9",
+        "--tensor-parallel-size",
+        "2",
+        "--dtype",
+        "auto",
+        "--quantization",
+        "awq",
+        "--no-enable-prefix-caching",
+        "--enable-chunked-prefill",
+        "--disable-custom-all-reduce",
+        "--kv-cache-dtype",
+        "fp8",
+    ]
+    assert run.env["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+def test_ollama():
+    run = launch("ollama", parse(CONFIG))
+    assert run.argv == ["/usr/local/bin/ollama", "serve"]
+    assert run.env == {
+        "CUDA_VISIBLE_DEVICES": "1",
+        "OLLAMA_HOST": "127.0.0.1:11434",
+        "OLLAMA_MODELS": "/mnt/nvme/ollama",
+        "OLLAMA_KEEP_ALIVE": "30m",
+    }
+    assert run.served == ["llama3.1:8b"]
+
+
+@pytest.mark.parametrize(
+    ("change", "line"),
+    [
+        ({"backend": "docker"}, "backend: input should be 'auto', 'systemd' or 'process' (got 'docker')"),
+        ({"policy": {"tick_s": 0}}, "policy.tick_s: Input should be greater than 0"),
+        ({"policy": {"backof_max_s": 5}}, "policy.backof_max_s: unknown key; did you mean 'backoff_max_s'?"),
+        ({"default_profile": "turbo"}, "default_profile: 'turbo' is not one of the profiles (fast, deep)"),
+    ],
+)
+def test_config_errors_are_one_line_each(change, line):
+    with pytest.raises(ConfigError) as caught:
+        parse({**CONFIG, **change})
+    assert caught.value.lines == [line]
