@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 from typing import Any
 
 DEFAULT_STATUS_URL = "127.0.0.1:8079"
@@ -16,6 +17,10 @@ DEFAULT_CONTROL_SOCKET = "/run/aiinfra/control.sock"
 
 class AgentUnavailable(Exception):
     """No agent answers where it was looked for."""
+
+
+class Refused(Exception):
+    """The agent refused the request (unknown profile or engine)."""
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -53,3 +58,46 @@ def control(
     method: str, path: str, body: Any = None, socket_path: str = DEFAULT_CONTROL_SOCKET, timeout: float = 10
 ) -> tuple[int, Any]:
     return _request(_UnixConnection(socket_path, timeout), method, path, body)
+
+
+def format_status(report: dict) -> str:
+    lines = [
+        f"profile {report['profile']} (backend {report['backend']})",
+        f"{'ENGINE':<12} {'PHASE':<9} {'PID':>7} {'PORT':>5} {'RESTARTS':>8} {'FOR':>7}  LAST ERROR",
+    ]
+    for name, e in report["engines"].items():
+        if not e["desired"] and e["phase"] == "stopped":
+            continue
+        age = f"{time.time() - e['since']:.0f}s" if e["since"] else "-"
+        lines.append(
+            f"{name:<12} {e['phase']:<9} {e['pid'] or '-':>7} {e['port']:>5} {e['restarts']:>8} {age:>7}  "
+            f"{e['last_error'] or ''}"
+        )
+    return "\n".join(lines)
+
+
+def switch_profile(
+    name: str,
+    socket_path: str = DEFAULT_CONTROL_SOCKET,
+    listen: str = DEFAULT_STATUS_URL,
+    timeout: float = 900,
+    wait: bool = True,
+) -> tuple[bool, str]:
+    """Ask for profile NAME, then (with wait) follow status until its engines are ready and no other
+    engine runs. Returns (ok, what to tell the operator)."""
+    code, body = control("POST", "/profile", {"profile": name}, socket_path)
+    if code != 202:
+        raise Refused(body.get("error", f"HTTP {code}") if isinstance(body, dict) else f"HTTP {code}")
+    if not wait:
+        return True, f"switching to {name}: {', '.join(body['engines'])}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        report = status(listen)
+        desired = {n: e for n, e in report["engines"].items() if e["desired"]}
+        others = [n for n, e in report["engines"].items() if not e["desired"] and e["phase"] != "stopped"]
+        if any(e["phase"] == "failed" for e in desired.values()):
+            return False, format_status(report)
+        if not others and all(e["phase"] == "ready" for e in desired.values()):
+            return True, f"profile {name} ready: {', '.join(desired)}"
+        time.sleep(0.5)
+    return False, f"profile {name} not ready after {timeout:.0f}s"

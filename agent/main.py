@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -165,23 +164,7 @@ def status(listen: str, as_json: bool) -> None:
     except client.AgentUnavailable as exc:
         click.echo(f"aiinfra-agent: no agent at {listen}: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
-    click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
-
-
-def format_status(report: dict) -> str:
-    lines = [
-        f"profile {report['profile']} (backend {report['backend']})",
-        f"{'ENGINE':<12} {'PHASE':<9} {'PID':>7} {'PORT':>5} {'RESTARTS':>8} {'FOR':>7}  LAST ERROR",
-    ]
-    for name, e in report["engines"].items():
-        if not e["desired"] and e["phase"] == "stopped":
-            continue
-        age = f"{time.time() - e['since']:.0f}s" if e["since"] else "-"
-        lines.append(
-            f"{name:<12} {e['phase']:<9} {e['pid'] or '-':>7} {e['port']:>5} {e['restarts']:>8} {age:>7}  "
-            f"{e['last_error'] or ''}"
-        )
-    return "\n".join(lines)
+    click.echo(json.dumps(report, indent=2) if as_json else client.format_status(report))
 
 
 @main.command()
@@ -192,27 +175,16 @@ def format_status(report: dict) -> str:
 @click.option("--no-wait", is_flag=True, help="Return once the switch is under way.")
 def profile(name: str, socket_path: str, listen: str, timeout: float, no_wait: bool) -> None:
     """Switch to profile NAME: stop the engines that leave, start the new ones, wait for ready."""
-    code, body = _control("POST", "/profile", {"profile": name}, socket_path)
-    if code != 202:
-        click.echo(f"aiinfra-agent: {body.get('error', code)}", err=True)
+    try:
+        ok, message = client.switch_profile(name, socket_path, listen, timeout, wait=not no_wait)
+    except client.AgentUnavailable as exc:
+        click.echo(f"aiinfra-agent: no agent on {socket_path}: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    except client.Refused as exc:
+        click.echo(f"aiinfra-agent: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-    if no_wait:
-        click.echo(f"switching to {name}: {', '.join(body['engines'])}")
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        report = client.status(listen)
-        desired = {n: e for n, e in report["engines"].items() if e["desired"]}
-        others = [n for n, e in report["engines"].items() if not e["desired"] and e["phase"] != "stopped"]
-        if any(e["phase"] == "failed" for e in desired.values()):
-            click.echo(format_status(report), err=True)
-            sys.exit(1)
-        if not others and all(e["phase"] == "ready" for e in desired.values()):
-            click.echo(f"profile {name} ready: {', '.join(desired)}")
-            return
-        time.sleep(0.5)
-    click.echo(f"aiinfra-agent: profile {name} not ready after {timeout:.0f}s", err=True)
-    sys.exit(1)
+    click.echo(message, err=not ok)
+    sys.exit(0 if ok else 1)
 
 
 @main.command()

@@ -9,11 +9,13 @@ from typing import NoReturn
 
 import click
 
-from aiinfra.installer import lab
+from aiinfra.agent import client
+from aiinfra.installer import lab, remote
 from aiinfra.installer.inventory import Inventory, InventoryError, load, resolve_path
 from aiinfra.installer.run import (
     EXIT_ENVIRONMENT,
     EXIT_SPEC,
+    EXIT_UNREACHABLE,
     EnvironmentProblem,
     Progress,
     RunSummary,
@@ -144,6 +146,70 @@ def print_summary(summary: RunSummary) -> None:
             "(reboot when convenient, or re-run with --allow-reboot)"
         )
     click.echo(f"log: {Path(summary.run_dir) / 'artifacts' / 'ansible' / 'stdout'}")
+
+
+@main.command()
+@click.option("--host", "pattern", help="Ask the agent on these inventory hosts (default: this machine's).")
+@click.option("-i", "--inventory", help=INVENTORY_HELP)
+@click.option("--listen", default=client.DEFAULT_STATUS_URL, show_default=True, help="Local agent's status address.")
+@click.option("--json", "as_json", is_flag=True, help="Print the agents' status as JSON.")
+def status(pattern: str | None, inventory: str | None, listen: str, as_json: bool) -> None:
+    """Show the engines the agent supervises: phase, pid, restarts, last error.
+
+    Exit codes: 0 every agent answered, 3 an agent or host did not answer.
+    """
+    if pattern is None:
+        try:
+            reports = {"localhost": client.status(listen)}
+        except client.AgentUnavailable as exc:
+            fail(f"no agent answers at {listen}: {exc}", EXIT_UNREACHABLE)
+    else:
+        inv, hosts = load_hosts(inventory, pattern)
+        reports, missing = {}, []
+        for host, answer in remote.agent_command(inv.path, hosts, ["status", "--json"]).items():
+            if answer.rc == 0:
+                reports[host] = json.loads(answer.stdout)
+            else:
+                missing.append(f"{host}: {'unreachable' if answer.rc is None else 'no agent'}: {answer.error}")
+        for line in missing:
+            click.echo(f"aiinfra: {line}", err=True)
+        if missing and not reports:
+            sys.exit(EXIT_UNREACHABLE)
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+    else:
+        for host, report in reports.items():
+            click.echo(f"== {host}: {client.format_status(report)}")
+    if pattern is not None and missing:
+        sys.exit(EXIT_UNREACHABLE)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--host", "pattern", help="Switch the agent on these inventory hosts (default: this machine's).")
+@click.option("-i", "--inventory", help=INVENTORY_HELP)
+@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for ready.")
+def profile(name: str, pattern: str | None, inventory: str | None, timeout: float) -> None:
+    """Switch to profile NAME: stop the engines that leave, start the new ones, wait until ready.
+
+    Exit codes: 0 ready, 1 an engine failed or the wait timed out, 2 unknown profile, 3 no agent.
+    """
+    if pattern is None:
+        try:
+            ok, message = client.switch_profile(name, timeout=timeout)
+        except client.AgentUnavailable as exc:
+            fail(f"no agent on {client.DEFAULT_CONTROL_SOCKET}: {exc}", EXIT_UNREACHABLE)
+        except client.Refused as exc:
+            fail(str(exc), EXIT_SPEC)
+        click.echo(message, err=not ok)
+        sys.exit(0 if ok else 1)
+    inv, hosts = load_hosts(inventory, pattern)
+    worst = 0
+    for host, answer in remote.agent_command(inv.path, hosts, ["profile", name, "--timeout", str(timeout)]).items():
+        click.echo(f"{host}: {(answer.stdout or answer.error).strip()}")
+        code = EXIT_UNREACHABLE if answer.rc is None else answer.rc
+        worst = max(worst, code)
+    sys.exit(worst)
 
 
 @main.group("lab")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 
@@ -185,3 +189,18 @@ def test_status_cli_lists_the_engines(make_agent):
 def test_the_control_socket_is_private(make_agent):
     agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p").start()
     assert oct(os.stat(agent.socket).st_mode & 0o777) == "0o660"
+
+
+def test_the_installer_status_command_reads_a_local_agent(make_agent):
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p").start()
+    agent.wait_phase("e", "ready")
+    aiinfra = str(Path(sys.executable).with_name("aiinfra"))
+    proc = subprocess.run(
+        [aiinfra, "status", "--listen", agent.listen, "--json"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)["localhost"]
+    assert report["engines"]["e"]["phase"] == "ready" and report["profile"] == "p"
+    agent.stop()
+    gone = subprocess.run([aiinfra, "status", "--listen", agent.listen], capture_output=True, text=True, check=False)
+    assert gone.returncode == 3 and "no agent answers" in gone.stderr

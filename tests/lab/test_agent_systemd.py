@@ -114,7 +114,7 @@ def box(tmp_path_factory):
     )
     sh(f"cat > /etc/aiinfra/agent.yml <<'EOF'\n{yaml.safe_dump(CONFIG)}EOF")
     sh("systemctl daemon-reload && systemctl start aiinfra-agent")  # Type=notify: returns at READY=1
-    yield
+    yield {"inventory": up.stdout.strip(), "env": env}
     subprocess.run([AIINFRA, "lab", "down", HOST], capture_output=True, env=env, check=False)
 
 
@@ -170,3 +170,25 @@ def test_security_exposure_of_the_agent_unit(box):
     score = float(re.search(r"Overall exposure level for aiinfra-agent.service: ([\d.]+)", out).group(1))
     print(f"systemd-analyze security aiinfra-agent.service: {score}")
     assert score <= 5.0
+
+
+def test_aiinfra_status_reads_the_agent_through_the_inventory(box):
+    wait(lambda s: any(e["phase"] == "ready" for e in s["engines"].values()), 60, "an engine ready")
+    proc = subprocess.run(
+        [AIINFRA, "status", "--host", HOST, "-i", box["inventory"], "--json"],
+        capture_output=True,
+        text=True,
+        env=box["env"],
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)[HOST]
+    assert report["backend"] == "systemd" and set(report["engines"]) == {"alpha", "beta"}
+    table = subprocess.run(
+        [AIINFRA, "status", "--host", HOST, "-i", box["inventory"]],
+        capture_output=True,
+        text=True,
+        env=box["env"],
+        check=False,
+    )
+    assert table.stdout.startswith(f"== {HOST}: profile ")
