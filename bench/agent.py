@@ -63,7 +63,8 @@ def death(tmp: Path, rounds: int) -> None:
         {"a": vllm(free_port())},
         {"p": ["a"]},
         "p",
-        policy={"tick_s": 0.5, "backoff_initial_s": backoff, "crash_loop_failures": 100},
+        # backoff_reset_after_s: each death meets the first backoff, not one doubled by the last death
+        policy={"tick_s": 0.5, "backoff_initial_s": backoff, "crash_loop_failures": 100, "backoff_reset_after_s": 1},
     )
     agent.tmp.mkdir()
     noticed, issued = [], []
@@ -71,6 +72,7 @@ def death(tmp: Path, rounds: int) -> None:
         agent.start()
         for _ in range(rounds):
             pid = agent.wait_phase("a", "ready", 30)["engines"]["a"]["pid"]
+            time.sleep(1.5)  # past backoff_reset_after_s
             time.sleep(1.5)  # past backoff_reset_after_s
             killed = time.time()
             os.kill(pid, signal.SIGKILL)
