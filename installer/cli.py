@@ -189,16 +189,26 @@ def status(pattern: str | None, inventory: str | None, listen: str, as_json: boo
 @click.option("--host", "pattern", help="Switch the agent on these inventory hosts (default: this machine's).")
 @click.option("-i", "--inventory", help=INVENTORY_HELP)
 @click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for ready.")
-def profile(name: str, pattern: str | None, inventory: str | None, timeout: float) -> None:
+@click.option(
+    "--socket",
+    "socket_path",
+    default=client.DEFAULT_CONTROL_SOCKET,
+    show_default=True,
+    help="Local agent's control socket.",
+)
+@click.option("--listen", default=client.DEFAULT_STATUS_URL, show_default=True, help="Local agent's status address.")
+def profile(
+    name: str, pattern: str | None, inventory: str | None, timeout: float, socket_path: str, listen: str
+) -> None:
     """Switch to profile NAME: stop the engines that leave, start the new ones, wait until ready.
 
     Exit codes: 0 ready, 1 an engine failed or the wait timed out, 2 unknown profile, 3 no agent.
     """
     if pattern is None:
         try:
-            ok, message = client.switch_profile(name, timeout=timeout)
+            ok, message = client.switch_profile(name, socket_path, listen, timeout)
         except client.AgentUnavailable as exc:
-            fail(f"no agent on {client.DEFAULT_CONTROL_SOCKET}: {exc}", EXIT_UNREACHABLE)
+            fail(f"no agent on {socket_path}: {exc}", EXIT_UNREACHABLE)
         except client.Refused as exc:
             fail(str(exc), EXIT_SPEC)
         click.echo(message, err=not ok)

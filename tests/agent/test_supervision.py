@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -204,3 +205,45 @@ def test_the_installer_status_command_reads_a_local_agent(make_agent):
     agent.stop()
     gone = subprocess.run([aiinfra, "status", "--listen", agent.listen], capture_output=True, text=True, check=False)
     assert gone.returncode == 3 and "no agent answers" in gone.stderr
+
+
+def test_a_crash_after_some_requests_is_restarted(make_agent):
+    port = free_port()
+    agent = make_agent(
+        {"e": vllm(port, "--crash-after-requests", "2")}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 0.2}
+    ).start()
+    # the liveness probe's one-token requests are real inference: the third one kills the engine
+    status = agent.wait(lambda s: s["engines"]["e"]["restarts"] >= 1, timeout=20, what="a restart")
+    reasons = [e["message"] for e in status["events"] if e["event"] == "backoff"]
+    assert "CUDA error: out of memory (stub crash after 2 requests)" in reasons[0]
+
+
+def test_healthz_answers_while_the_loop_runs(make_agent):
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p").start()
+    body = urllib.request.urlopen(f"http://{agent.listen}/healthz", timeout=5).read()
+    assert json.loads(body) == {"status": "ok"}
+
+
+def test_engines_left_by_a_killed_agent_are_removed_at_the_next_start(make_agent, tmp_path):
+    leftover = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p")
+    engines_dir = agent.tmp / "state" / "engines"
+    engines_dir.mkdir(parents=True)
+    (engines_dir / "old.pgid").write_text(json.dumps({"pgid": leftover.pid, "argv0": "/usr/bin/sleep"}))
+    agent.start()
+    assert leftover.wait(timeout=10) == -signal.SIGKILL
+    assert not (engines_dir / "old.pgid").exists()
+
+
+def test_the_installer_profile_command_switches_and_waits(make_agent):
+    a, b = free_port(), free_port()
+    agent = make_agent({"x": vllm(a), "y": vllm(b)}, {"one": ["x"], "two": ["y"]}, "one").start()
+    agent.wait_phase("x", "ready")
+    aiinfra = str(Path(sys.executable).with_name("aiinfra"))
+    common = ["--socket", agent.socket, "--listen", agent.listen]
+    done = subprocess.run([aiinfra, "profile", "two", *common], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "profile two ready: y"
+    assert agent.engine("x")["phase"] == "stopped"
+    unknown = subprocess.run([aiinfra, "profile", "three", *common], capture_output=True, text=True, check=False)
+    assert unknown.returncode == 2 and "unknown profile; profiles: one, two" in unknown.stderr

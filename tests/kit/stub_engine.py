@@ -26,6 +26,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
     own.add_argument("--runtime", choices=["vllm", "ollama"], default="vllm")
     own.add_argument("--startup-delay", type=float, default=0.0, help="seconds of 'model loading' before listening")
     own.add_argument("--crash-after", type=float, help="exit this many seconds after listening")
+    own.add_argument("--crash-after-requests", type=int, help="exit after answering this many inference requests")
     own.add_argument("--crash-once", type=Path, help="crash only if this file does not exist yet (then create it)")
     own.add_argument("--exit-code", type=int, default=3)
     own.add_argument("--hang-after", type=float, help="after this many seconds inference never answers")
@@ -59,6 +60,10 @@ class Stub:
 
     async def _infer_gate(self) -> None:
         self.requests += 1
+        limit = self.opts.crash_after_requests
+        if limit is not None and self.requests > limit:
+            print(f"CUDA error: out of memory (stub crash after {limit} requests)", flush=True)
+            os._exit(self.opts.exit_code)
         if self.hung():
             await asyncio.Event().wait()  # never answers, like a wedged CUDA kernel
 

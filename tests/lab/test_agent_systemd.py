@@ -192,3 +192,12 @@ def test_aiinfra_status_reads_the_agent_through_the_inventory(box):
         check=False,
     )
     assert table.stdout.startswith(f"== {HOST}: profile ")
+
+
+def test_the_watchdog_is_fed(box):
+    def stamp() -> int:
+        return int(sh("systemctl show -p WatchdogTimestampMonotonic --value aiinfra-agent").strip() or 0)
+
+    first = stamp()
+    time.sleep(1.5)
+    assert stamp() > first > 0
