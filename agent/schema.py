@@ -26,6 +26,17 @@ class EngineBase(Strict):
     port: Port
 
 
+class ModelFacts(Strict):
+    """What capacity planning needs of a model the built-in table does not know."""
+
+    params_b: Annotated[float, Field(gt=0, strict=False)]  # billions of parameters
+    layers: Annotated[int, Field(ge=1)]
+    attention_heads: Annotated[int, Field(ge=1)]
+    kv_heads: Annotated[int, Field(ge=1)]
+    head_dim: Annotated[int, Field(ge=1)]
+    max_context: Annotated[int, Field(ge=256)]
+
+
 class VllmEngine(EngineBase):
     runtime: Literal["vllm"]
     model: Annotated[str, Field(min_length=1)]
@@ -38,6 +49,8 @@ class VllmEngine(EngineBase):
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     extra_args: list[str] = []
+    model_facts: ModelFacts | None = None  # for a model capacity planning does not know
+    skip_fit_check: bool = False  # the operator knows better than the sizing model
 
     @property
     def served(self) -> str:

@@ -10,7 +10,7 @@ from typing import NoReturn
 import click
 
 from aiinfra.agent import client
-from aiinfra.installer import lab, remote
+from aiinfra.installer import lab, plan, remote
 from aiinfra.installer.inventory import Inventory, InventoryError, load, resolve_path
 from aiinfra.installer.run import (
     EXIT_ENVIRONMENT,
@@ -21,7 +21,7 @@ from aiinfra.installer.run import (
     RunSummary,
     run_playbook,
 )
-from aiinfra.installer.spec import SpecError, validate
+from aiinfra.installer.spec import HostSpec, SpecError, validate
 
 INVENTORY_HELP = "Ansible inventory (default: ./inventory, then /etc/aiinfra/inventory)."
 
@@ -146,6 +146,105 @@ def print_summary(summary: RunSummary) -> None:
             "(reboot when convenient, or re-run with --allow-reboot)"
         )
     click.echo(f"log: {Path(summary.run_dir) / 'artifacts' / 'ansible' / 'stdout'}")
+
+
+@main.command("plan")
+@click.option("--host", "pattern", required=True, help="Host, group, or comma-separated hosts.")
+@click.option("-i", "--inventory", help=INVENTORY_HELP)
+@click.option("--profile", "only", help="Plan this profile only (default: every profile).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_cmd(pattern: str, inventory: str | None, only: str | None, as_json: bool) -> None:
+    """Size each profile's engines against their GPUs: weights, KV cache, overhead, what fits.
+
+    Exit codes: 0 planned, 2 bad spec, unknown profile, model or GPU memory.
+    """
+    inv, hosts = load_hosts(inventory, pattern)
+    report: dict[str, dict[str, list[dict]]] = {}
+    for host in hosts:
+        spec, errors = validate(host, inv.hostvars[host])
+        if spec is None:
+            for error in errors:
+                click.echo(str(error), err=True)
+            fail(f"{host}: spec invalid; fix it before planning", EXIT_SPEC)
+        if only is not None and only not in spec.profiles:
+            fail(f"{host}: profile {only!r} not in profiles ({', '.join(spec.profiles) or 'none'})", EXIT_SPEC)
+        try:
+            report[host] = {p: profile_fits(spec, p) for p in spec.profiles if only in (None, p)}
+        except plan.PlanError as exc:
+            fail(f"{host}: {exc}", EXIT_SPEC)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for host, profiles in report.items():
+        for name, rows in profiles.items():
+            click.echo(f"{host} profile {name}")
+            click.echo(plan_table(rows))
+
+
+def profile_fits(spec: HostSpec, profile: str) -> list[dict]:
+    from aiinfra.agent.schema import VllmEngine
+
+    gpu_gib = plan.gpu_memory_gib(spec.gpu_model, spec.gpu_memory_gb)
+    rows: list[dict] = []
+    for name in spec.profiles[profile]:
+        engine = spec.engines[name]
+        if isinstance(engine, VllmEngine):
+            rows += [f.as_dict() for f in plan.fit(name, engine, plan.model_facts(engine, spec.model_mirror), gpu_gib)]
+        else:
+            rows += [{"engine": name, "gpu": gpu, "sized": False} for gpu in engine.gpus]
+    return rows
+
+
+def plan_table(rows: list[dict]) -> str:
+    header = (
+        "GPU",
+        "ENGINE",
+        "BUDGET",
+        "WEIGHTS",
+        "OVERHEAD",
+        "KV CACHE",
+        "FREE",
+        "CONFIGURED",
+        "MAX CONTEXT",
+        "SEQS@CTX",
+        "CTX@SEQS",
+    )
+    table = [header]
+    for r in rows:
+        if not r.get("sized", True):
+            table.append((str(r["gpu"]), r["engine"], "ollama: sized by the model it loads, not planned"))
+            continue
+        table.append(
+            (
+                str(r["gpu"]),
+                r["engine"],
+                *(
+                    f"{r[k]:.1f}"
+                    for k in ("budget_gib", "weights_gib", "overhead_gib", "kv_configured_gib", "free_gib")
+                ),
+                f"{r['context']} x {r['concurrency']}",
+                str(r["max_context"]),
+                str(r["max_concurrency_at_context"]),
+                str(r["max_context_at_concurrency"]),
+            )
+        )
+    widths = [max(len(row[i]) for row in table if len(row) == len(header)) for i in range(len(header))]
+    lines = [
+        "  "
+        + "  ".join(
+            cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) if len(row) > 3 else cell
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in table
+    ]
+    return "\n".join(
+        [
+            *lines,
+            "  GiB. KV CACHE and FREE at the CONFIGURED context x sequences; a negative FREE means vLLM queues and",
+            "  preempts beyond SEQS@CTX full-length sequences. MAX CONTEXT: one sequence alone. CTX@SEQS: context",
+            "  each configured sequence can have when all run at once.",
+        ]
+    )
 
 
 @main.command()

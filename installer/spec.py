@@ -16,11 +16,13 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from aiinfra.agent.schema import (
     Engine,
     Strict,
+    VllmEngine,
     did_you_mean,
     engine_problems,
     engines_model_at,
     error_lines,
 )
+from aiinfra.installer import plan
 
 # A variable of the operator's other roles passes; one that looks like ours does not.
 OUR_PREFIXES = (
@@ -120,12 +122,15 @@ class HostSpec(Strict):
     nvidia_driver_version: str | None = None
     gpu_expected_count: Annotated[int, Field(ge=0, le=16)] | None = None
     gpu_persistence_mode: bool = True
+    gpu_model: str | None = None  # a card capacity planning knows (installer/plan.py), e.g. rtx3090
+    gpu_memory_gb: Annotated[float, Field(gt=0, le=1024, strict=False)] | None = None  # GiB per GPU
     gpu_power_limit_watts: Watts | dict[GpuKey, Watts] | None = None  # all GPUs, or per GPU index
 
     # network and storage (roles network_vlans, model_storage)
     vlans: list[Vlan] = []
     model_storage_mount: str = "/mnt/nvme"
     model_storage_device: str | None = None
+    model_mirror: str | None = None  # local copy of the models (config.json read for planning)
 
     # engines and the agent
     engines: dict[str, Engine] = {}
@@ -140,7 +145,7 @@ class HostSpec(Strict):
             raise ValueError(f'{value!r} is not an exact driver version; write it quoted in full, e.g. "580.105.08"')
         return value
 
-    _paths = field_validator("model_storage_mount", "model_storage_device")(_absolute)
+    _paths = field_validator("model_storage_mount", "model_storage_device", "model_mirror")(_absolute)
 
     @field_validator("router_listen")
     @classmethod
@@ -179,9 +184,35 @@ def _cross_checks(spec: HostSpec) -> list[str]:
                 problems.append(
                     f"gpu_power_limit_watts: GPU {gpu} does not exist; the host has {gpus} (gpu_expected_count)"
                 )
+    problems += _fit_problems(spec)
     ids = [vlan.id for vlan in spec.vlans]
     for vlan_id in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"vlans: VLAN id {vlan_id} is listed more than once")
+    return problems
+
+
+def _fit_problems(spec: HostSpec) -> list[str]:
+    """Tensor parallelism against the model's heads, and whether each vLLM engine fits its GPUs."""
+    if spec.gpu_model is not None and spec.gpu_model not in plan.GPU_MEMORY_GIB:
+        return [
+            f"gpu_model: unknown card {spec.gpu_model!r}{did_you_mean(spec.gpu_model, plan.GPU_MEMORY_GIB)} "
+            f"(known: {', '.join(plan.GPU_MEMORY_GIB)}); or set gpu_memory_gb"
+        ]
+    try:
+        gpu_gib = plan.gpu_memory_gib(spec.gpu_model, spec.gpu_memory_gb)
+    except plan.PlanError:
+        gpu_gib = None  # nothing to size against: only the tensor-parallel check runs
+    problems: list[str] = []
+    for name, engine in spec.engines.items():
+        if not isinstance(engine, VllmEngine) or (engine.skip_fit_check and gpu_gib is None):
+            continue
+        try:
+            facts = plan.model_facts(engine, spec.model_mirror)
+        except plan.PlanError as exc:
+            if gpu_gib is not None and not engine.skip_fit_check:
+                problems.append(f"engines.{name}.model: {exc}")
+            continue
+        problems += plan.problems(name, engine, facts, gpu_gib)
     return problems
 
 
