@@ -45,6 +45,13 @@ class AgentConfig(Strict):
     control_group: str = "aiinfra"
     state_dir: str = "/run/aiinfra"  # engine launch files, logs, the process backend's records
     engine_user: str | None = "aiinfra"  # engines run unprivileged; None: as the agent's user
+    router_listen: str | None = "0.0.0.0:8000"  # the OpenAI-compatible endpoint; None: no router
+    router_auth: bool = True  # API keys required; false is an explicit choice that /status shows
+    keys_file: str = "/etc/aiinfra/keys.json"
+    router_timeout_s: Annotated[float, Field(gt=0, strict=False)] = 600
+    router_max_body_mb: Annotated[float, Field(gt=0, strict=False)] = 16
+    audit_log: str | None = "/var/log/aiinfra/audit.log"  # one JSON line per request; None: none
+    audit_include_text: bool = False  # prompts stay out of the audit log unless this says otherwise
     vllm_command: list[str] = ["/opt/aiinfra/vllm/bin/vllm"]
     ollama_command: list[str] = ["/usr/local/bin/ollama"]
     policy: Policy = Policy()

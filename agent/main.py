@@ -7,6 +7,7 @@ import contextlib
 import grp
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +19,10 @@ from aiinfra.agent.config import DEFAULT_PATH, AgentConfig, ConfigError, load
 from aiinfra.agent.effects import Backend
 from aiinfra.agent.effects.process import ProcessBackend
 from aiinfra.agent.effects.systemd import SystemdBackend, available, launch_file
+from aiinfra.agent.http import keys as keyfile
+from aiinfra.agent.http.keys import KeyRing
+from aiinfra.agent.http.router import Router
+from aiinfra.agent.metrics import Metrics
 from aiinfra.agent.notify import notify, setup_logging, watchdog_enabled
 from aiinfra.agent.supervisor import Supervisor
 
@@ -48,14 +53,28 @@ async def serve(config: AgentConfig) -> None:
     backend = choose_backend(config)
     supervisor = Supervisor(config, backend)
     await supervisor.adopt()
+    metrics = Metrics()
+    metrics.watch_engines(supervisor.status)
     runners = [
-        web.AppRunner(status_app(supervisor), access_log=None),
+        web.AppRunner(status_app(supervisor, metrics, router_info(config)), access_log=None),
         web.AppRunner(control_app(supervisor), access_log=None),
     ]
     for runner in runners:
         await runner.setup()
     host, _, port = config.status_listen.rpartition(":")
     await web.TCPSite(runners[0], host, int(port)).start()
+    if config.router_listen is not None:
+        keyring = KeyRing(Path(config.keys_file)) if config.router_auth else None
+        router = Router(supervisor, keyring, metrics, config.router_timeout_s, config.audit_include_text)
+        # handler_cancellation: a client that goes away cancels its upstream request too
+        runners.append(
+            web.AppRunner(
+                router.app(int(config.router_max_body_mb * 2**20)), access_log=None, handler_cancellation=True
+            )
+        )
+        await runners[-1].setup()
+        host, _, port = config.router_listen.rpartition(":")
+        await web.TCPSite(runners[-1], host.strip("[]"), int(port)).start()
     sock = Path(config.control_socket)
     sock.parent.mkdir(parents=True, exist_ok=True)
     sock.unlink(missing_ok=True)
@@ -82,6 +101,15 @@ async def serve(config: AgentConfig) -> None:
         for runner in runners:
             await runner.cleanup()
         sock.unlink(missing_ok=True)
+
+
+def router_info(config: AgentConfig) -> dict:
+    return {
+        "listen": config.router_listen,
+        "auth": config.router_auth,
+        "audit_log": config.audit_log,
+        "audit_include_text": config.audit_include_text,
+    }
 
 
 def _restrict_socket(sock: Path, group: str) -> None:
@@ -121,7 +149,7 @@ CONFIG = click.option(
 def run(config_path: Path) -> None:
     """Run the agent (what the systemd unit starts)."""
     config = _load(config_path)
-    setup_logging()
+    setup_logging(audit_log=config.audit_log)
     asyncio.run(serve(config))
 
 
@@ -205,3 +233,70 @@ def _control(method: str, path: str, body: object, socket_path: str) -> tuple[in
     except client.AgentUnavailable as exc:
         click.echo(f"aiinfra-agent: no agent on {socket_path}: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
+
+
+@main.group()
+def keys() -> None:
+    """API keys of the router (the file keeps only their hashes)."""
+
+
+KEYS_FILE = click.option(
+    "--file",
+    "keys_path",
+    type=click.Path(path_type=Path),
+    default=Path("/etc/aiinfra/keys.json"),
+    show_default=True,
+    help="The keys file the agent reads.",
+)
+
+
+@keys.command("add")
+@click.argument("name")
+@click.option("--models", default="", help="Comma-separated models the key may use (default: all).")
+@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute.")
+@click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute.")
+@KEYS_FILE
+def keys_add(name: str, models: str, rpm: int | None, tpm: int | None, keys_path: Path) -> None:
+    """Create key NAME and print it, this once."""
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+        click.echo("aiinfra-agent: key names are letters, digits and . _ @ - (64 at most)", err=True)
+        sys.exit(EXIT_CONFIG)
+    try:
+        token = keyfile.add(keys_path, name, [m for m in models.split(",") if m], rpm, tpm)
+    except keyfile.KeysFileError as exc:
+        click.echo(f"aiinfra-agent: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    click.echo(token)
+    click.echo(f"key {name!r} created; it is shown only now, store it safely", err=True)
+
+
+@keys.command("list")
+@KEYS_FILE
+@click.option("--json", "as_json", is_flag=True)
+def keys_list(keys_path: Path, as_json: bool) -> None:
+    """List the keys (names, limits, hints; never the keys)."""
+    found = keyfile.load(keys_path)
+    if as_json:
+        click.echo(
+            json.dumps([{k: v for k, v in vars(key).items() if k != "sha256"} for key in found.values()], indent=2)
+        )
+        return
+    click.echo(f"{'NAME':<16} {'HINT':<14} {'RPM':>6} {'TPM':>8}  MODELS")
+    for key in found.values():
+        click.echo(
+            f"{key.name:<16} {key.hint + '…':<14} {key.rpm or '-':>6} {key.tpm or '-':>8}  "
+            f"{', '.join(key.models) or 'all'}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("name")
+@KEYS_FILE
+def keys_revoke(name: str, keys_path: Path) -> None:
+    """Remove key NAME; the router refuses it from its next request on."""
+    try:
+        keyfile.revoke(keys_path, name)
+    except keyfile.KeysFileError as exc:
+        click.echo(f"aiinfra-agent: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    click.echo(f"key {name!r} revoked")

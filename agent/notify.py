@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
+from pathlib import Path
 
 try:
     from systemd import daemon as sd_daemon
@@ -29,8 +31,18 @@ class _Fields(logging.Formatter):
         return f"{record.levelname.lower()} {record.getMessage()}" + (f" [{extra}]" if extra else "")
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """Journald with ENGINE= and EVENT= fields when run by systemd, else one line per event on stderr."""
+def setup_logging(level: int = logging.INFO, audit_log: str | None = None) -> None:
+    """Journald with ENGINE= and EVENT= fields when run by systemd, else one line per event on stderr.
+    The router's audit lines go to their own rotated file."""
+    audit = logging.getLogger("aiinfra.audit")
+    audit.handlers.clear()
+    audit.propagate = False
+    if audit_log:
+        Path(audit_log).parent.mkdir(parents=True, exist_ok=True)
+        rotating = logging.handlers.RotatingFileHandler(audit_log, maxBytes=50 * 2**20, backupCount=5)
+        rotating.setFormatter(logging.Formatter("%(message)s"))
+        audit.addHandler(rotating)
+        audit.setLevel(logging.INFO)
     logger = logging.getLogger("aiinfra.agent")
     logger.setLevel(level)
     logger.handlers.clear()

@@ -11,6 +11,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -191,6 +192,10 @@ class Supervisor:
                 self.live_probes[name] = asyncio.create_task(
                     probes.liveness(self.session, target, self.policy.liveness_timeout_s)
                 )
+
+    def traffic_ok(self, name: str) -> None:
+        """Real traffic succeeded (the router says so): it stands in for the liveness probe."""
+        self.states[name] = replace(self.states[name], last_traffic_ok=self.clock())
 
     def _event(self, engine: str | None, event: str, message: str | None) -> None:
         record = {"time": time.time(), "engine": engine, "event": event, "message": message or ""}

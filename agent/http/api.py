@@ -12,9 +12,12 @@ from typing import Any
 
 from aiohttp import web
 
+from aiinfra.agent.metrics import Metrics
 from aiinfra.agent.supervisor import Supervisor
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
+METRICS = web.AppKey("metrics", Metrics)
+ROUTER = web.AppKey("router", dict)
 STARTED = web.AppKey("started", float)
 
 
@@ -47,15 +50,25 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
-    return web.json_response({"agent": agent_info(request.app), **supervisor.status()})
+    return web.json_response(
+        {"agent": agent_info(request.app), "router": request.app.get(ROUTER), **supervisor.status()}
+    )
 
 
-def status_app(supervisor: Supervisor) -> web.Application:
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def status_app(supervisor: Supervisor, metrics_of: Metrics, router: dict) -> web.Application:
     app = web.Application()
     app[SUPERVISOR] = supervisor
+    app[METRICS] = metrics_of
+    app[ROUTER] = router
     app[STARTED] = time.time()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

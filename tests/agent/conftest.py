@@ -82,6 +82,10 @@ class Agent:
             "model_storage_mount": str(tmp / "models"),
             "engine_user": None,
             "policy": {**FAST_POLICY, **(policy or {})},
+            "router_listen": f"127.0.0.1:{free_port()}",
+            "keys_file": str(tmp / "keys.json"),
+            "audit_log": str(tmp / "audit.log"),
+            "router_timeout_s": 5,
             "vllm_command": stub(),
             "ollama_command": stub(runtime="ollama"),
         }

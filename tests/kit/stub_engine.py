@@ -32,6 +32,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
     own.add_argument("--hang-after", type=float, help="after this many seconds inference never answers")
     own.add_argument("--ignore-sigterm", action="store_true")
     own.add_argument("--chunk-delay", type=float, default=0.05, help="seconds between streamed chunks")
+    own.add_argument("--chunks", type=int, default=6, help="chunks in a streamed answer")
     # Its own flags may stand anywhere (before `serve`, or among vLLM's as an engine's extra_args).
     opts, rest = own.parse_known_args(argv)
     engine = argparse.ArgumentParser(prog="serve")
@@ -53,6 +54,7 @@ class Stub:
         self.names = served.served_model_name or ([served.model] if served.model else ["stub-model"])
         self.listening_at: float | None = None
         self.requests = 0
+        self.aborted = 0  # streams whose client went away before the end
 
     def hung(self) -> bool:
         after = self.opts.hang_after
@@ -101,6 +103,7 @@ class Stub:
         body = await request.json()
         words = _reply_words(body.get("max_tokens") or body.get("max_completion_tokens"))
         if body.get("stream"):
+            words = (words * self.opts.chunks)[: self.opts.chunks]
             chunks = [{"index": 0, "delta": {"role": "assistant", "content": w}} for w in words]
             return await self._stream(request, chunks, "chat.completion.chunk")
         prompt = " ".join(str(m.get("content", "")) for m in body.get("messages", []))
@@ -119,12 +122,19 @@ class Stub:
     async def _stream(self, request: web.Request, chunks: list[dict], kind: str) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for chunk in chunks:
-            event = {"id": "stub", "object": kind, "created": int(time.time()), "choices": [chunk]}
-            await resp.write(f"data: {json.dumps(event)}\n\n".encode())
-            await asyncio.sleep(self.opts.chunk_delay)
-        await resp.write(b"data: [DONE]\n\n")
+        try:
+            for chunk in chunks:
+                event = {"id": "stub", "object": kind, "created": int(time.time()), "choices": [chunk]}
+                await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+                await asyncio.sleep(self.opts.chunk_delay)
+            await resp.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.aborted += 1
+            raise
         return resp
+
+    async def stats(self, _: web.Request) -> web.Response:
+        return web.json_response({"requests": self.requests, "aborted": self.aborted})
 
     async def embeddings(self, request: web.Request) -> web.Response:
         await self._infer_gate()
@@ -162,6 +172,7 @@ class Stub:
         app.router.add_get("/api/version", self.ollama_version)
         app.router.add_get("/api/tags", self.ollama_tags)
         app.router.add_post("/api/generate", self.ollama_generate)
+        app.router.add_get("/stub/stats", self.stats)
         return app
 
 

@@ -1,0 +1,283 @@
+"""One OpenAI-compatible endpoint in front of the engines: route by `model`, pass streams through.
+
+Errors use OpenAI's shape ({"error": {"message", "type", "code"}}) so that clients raise their own
+typed errors: 401 no or bad key, 403 model not allowed for the key, 404 unknown model, 413 body too
+large, 429 rate limited, 503 model known but not ready (Retry-After), 502 engine error, 504 timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from aiinfra.agent.engines import Launch
+from aiinfra.agent.http.keys import Key, KeyRing, RateLimiter
+from aiinfra.agent.metrics import Metrics
+from aiinfra.agent.reconcile import Phase
+from aiinfra.agent.supervisor import Supervisor
+
+audit_log = logging.getLogger("aiinfra.audit")
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+class Refusal(Exception):
+    def __init__(self, status: int, message: str, code: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.retry_after = status, code, retry_after
+
+    def response(self) -> web.Response:
+        kind = {
+            401: "authentication_error",
+            403: "permission_error",
+            404: "not_found_error",
+            429: "rate_limit_error",
+        }.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
+        headers = {"Retry-After": str(max(1, round(self.retry_after)))} if self.retry_after is not None else None
+        return web.json_response(
+            {"error": {"message": str(self), "type": kind, "code": self.code}}, status=self.status, headers=headers
+        )
+
+
+@dataclass
+class Exchange:
+    """What the audit line and the metrics need of one request."""
+
+    started: float
+    key: str = "-"
+    model: str = "-"
+    engine: str = "-"
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float | None = None
+
+
+class Router:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        keys: KeyRing | None,
+        metrics: Metrics,
+        timeout_s: float,
+        include_text: bool = False,
+    ) -> None:
+        self.supervisor = supervisor
+        self.keys = keys  # None: authentication turned off by configuration
+        self.limiter = RateLimiter()
+        self.metrics = metrics
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=5)
+        self.include_text = include_text
+        self.session: aiohttp.ClientSession | None = None
+
+    def app(self, max_body_bytes: int) -> web.Application:
+        app = web.Application(client_max_size=max_body_bytes)
+        app.router.add_get("/v1/models", self.models)
+        for route in ROUTES:
+            app.router.add_post(route, self.proxy)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _close(self, _: web.Application) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # -- who, what, where ---------------------------------------------------------------------------
+
+    def _authenticate(self, request: web.Request) -> Key | None:
+        if self.keys is None:
+            return None
+        header = request.headers.get("Authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        key = self.keys.lookup(token) if token else None
+        if key is None:
+            raise Refusal(
+                401,
+                "missing or invalid API key: send 'Authorization: Bearer <key>' (aiinfra keys add NAME makes one)",
+                "invalid_api_key",
+            )
+        return key
+
+    def _serving(self) -> dict[str, tuple[Launch, bool]]:
+        """Model name → (engine, ready) for the active profile's engines."""
+        served: dict[str, tuple[Launch, bool]] = {}
+        for name in self.supervisor.desired():
+            launch = self.supervisor.launches[name]
+            ready = self.supervisor.states[name].phase == Phase.READY
+            for model in launch.served:
+                if ready or model not in served:
+                    served[model] = (launch, ready)
+        return served
+
+    def _find(self, model: str) -> tuple[Launch, bool]:
+        served = self._serving()
+        if model not in served:
+            known = ", ".join(sorted(served)) or "none"
+            raise Refusal(404, f"model {model!r} does not exist here; models: {known}", "model_not_found")
+        return served[model]
+
+    def _not_ready(self, model: str, launch: Launch) -> Refusal:
+        phase = self.supervisor.states[launch.name].phase.value
+        return Refusal(
+            503,
+            f"model {model!r} is not ready (engine {launch.name} is {phase}); retry shortly",
+            "model_not_ready",
+            retry_after=10,
+        )
+
+    # -- handlers ----------------------------------------------------------------------------------
+
+    async def models(self, request: web.Request) -> web.Response:
+        try:
+            self._authenticate(request)
+        except Refusal as refusal:
+            return refusal.response()
+        data = [
+            {"id": model, "object": "model", "owned_by": launch.name, "ready": ready}
+            for model, (launch, ready) in sorted(self._serving().items())
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def proxy(self, request: web.Request) -> web.StreamResponse:
+        exchange = Exchange(started=time.monotonic())
+        body_text: str | None = None
+        try:
+            key = self._authenticate(request)
+            exchange.key = key.name if key else "-"
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge as exc:
+                raise Refusal(413, f"request body over {exc.max_size} bytes", "request_too_large") from None
+            try:
+                body = json.loads(raw)
+                model = body["model"]
+            except (ValueError, KeyError, TypeError):
+                raise Refusal(400, "the body must be JSON with a 'model'", "invalid_request") from None
+            exchange.model = str(model)
+            body_text = raw.decode(errors="replace") if self.include_text else None
+            launch, ready = self._find(exchange.model)
+            exchange.engine = launch.name
+            if key is not None and not key.allows(exchange.model):
+                raise Refusal(403, f"key {key.name!r} may not use model {exchange.model!r}", "model_not_allowed")
+            if not ready:
+                raise self._not_ready(exchange.model, launch)
+            if key is not None:
+                wait = self.limiter.admit(key)
+                if wait is not None:
+                    self.metrics.rate_limited.labels(key=key.name).inc()
+                    raise Refusal(429, f"rate limit of key {key.name!r} reached", "rate_limited", retry_after=wait)
+            response = await self._forward(request, launch, raw, bool(body.get("stream")), exchange)
+            if key is not None:
+                self.limiter.charge_tokens(key, exchange.prompt_tokens + exchange.completion_tokens)
+            return response
+        except Refusal as refusal:
+            exchange.status = refusal.status
+            return refusal.response()
+        finally:
+            self._record(exchange, body_text)
+
+    async def _forward(
+        self, request: web.Request, launch: Launch, raw: bytes, stream: bool, exchange: Exchange
+    ) -> web.StreamResponse:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+        url = launch.base_url + request.path
+        # A client that disconnects cancels this handler (handler_cancellation): leaving `async with`
+        # closes the upstream connection, and the engine aborts the request.
+        try:
+            async with self.session.post(
+                url, data=raw, timeout=self.timeout, headers={"Content-Type": "application/json"}
+            ) as upstream:
+                if upstream.status >= 500:
+                    detail = (await upstream.text())[:500]
+                    raise Refusal(
+                        502, f"engine {launch.name} failed (HTTP {upstream.status}): {detail}", "engine_error"
+                    )
+                if stream and upstream.status == 200:
+                    return await self._stream(request, upstream, exchange, launch)
+                data = await upstream.read()
+                exchange.ttft_s = time.monotonic() - exchange.started
+                exchange.status = upstream.status
+                if upstream.status == 200:
+                    self._count_usage(exchange, data)
+                    self.supervisor.traffic_ok(launch.name)
+                return web.Response(
+                    body=data, status=upstream.status, content_type=upstream.content_type or "application/json"
+                )
+        except aiohttp.ClientConnectorError:
+            raise Refusal(
+                503, f"engine {launch.name} is not answering; retry shortly", "model_not_ready", retry_after=5
+            ) from None
+        except TimeoutError:
+            raise Refusal(
+                504, f"engine {launch.name} did not answer within {self.timeout.total:.0f}s", "engine_timeout"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise Refusal(502, f"engine {launch.name} failed: {exc}", "engine_error") from None
+
+    async def _stream(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange, launch: Launch
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        exchange.status = 200
+        chunks = 0
+        async for chunk in upstream.content.iter_any():  # as it arrives: no buffering
+            if exchange.ttft_s is None:
+                exchange.ttft_s = time.monotonic() - exchange.started
+            await response.write(chunk)
+            chunks += chunk.count(b"data: {")
+            if b'"usage"' in chunk:
+                self._count_usage(exchange, chunk)
+        if not exchange.completion_tokens:
+            exchange.completion_tokens = chunks  # one token a chunk, when the engine sent no usage
+        await response.write_eof()
+        self.supervisor.traffic_ok(launch.name)
+        return response
+
+    @staticmethod
+    def _count_usage(exchange: Exchange, data: bytes) -> None:
+        """Token counts from a JSON body, or from the SSE event ("data: {...}") that carries usage."""
+        for part in data.split(b"data: ") if b"data: " in data else [data]:
+            if b'"usage"' not in part:
+                continue
+            try:
+                usage = json.loads(part).get("usage") or {}
+            except (ValueError, AttributeError):
+                continue
+            exchange.prompt_tokens = usage.get("prompt_tokens") or exchange.prompt_tokens
+            exchange.completion_tokens = usage.get("completion_tokens") or exchange.completion_tokens
+
+    def _record(self, exchange: Exchange, body_text: str | None) -> None:
+        if exchange.status == 0:  # the client went away before an answer
+            exchange.status = 499
+        latency = time.monotonic() - exchange.started
+        self.metrics.observe_request(
+            exchange.model,
+            exchange.status,
+            latency,
+            exchange.ttft_s,
+            exchange.prompt_tokens,
+            exchange.completion_tokens,
+        )
+        line: dict[str, Any] = {
+            "time": round(time.time(), 3),
+            "key": exchange.key,
+            "model": exchange.model,
+            "engine": exchange.engine,
+            "status": exchange.status,
+            "prompt_tokens": exchange.prompt_tokens,
+            "completion_tokens": exchange.completion_tokens,
+            "ttft_ms": None if exchange.ttft_s is None else round(exchange.ttft_s * 1000, 1),
+            "latency_ms": round(latency * 1000, 1),
+        }
+        if body_text is not None:
+            line["request"] = body_text
+        audit_log.info(json.dumps(line))

@@ -1,0 +1,86 @@
+"""Prometheus metrics of the agent and its router, in a registry of the agent's own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+PHASES = ("stopped", "starting", "ready", "backoff", "stopping", "failed")
+
+
+class EngineCollector(Collector):
+    """Engine state read from the supervisor at scrape time."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Any]:
+        report = self.status()
+        phase = GaugeMetricFamily(
+            "aiinfra_engine_phase", "1 for the engine's current phase", labels=["engine", "phase"]
+        )
+        desired = GaugeMetricFamily(
+            "aiinfra_engine_desired", "1 if the active profile runs the engine", labels=["engine"]
+        )
+        restarts = CounterMetricFamily("aiinfra_engine_restarts", "Restarts by the agent", labels=["engine"])
+        latency = GaugeMetricFamily(
+            "aiinfra_engine_probe_latency_seconds", "Last readiness probe latency", labels=["engine"]
+        )
+        for name, engine in report["engines"].items():
+            for p in PHASES:
+                phase.add_metric([name, p], 1.0 if engine["phase"] == p else 0.0)
+            desired.add_metric([name], 1.0 if engine["desired"] else 0.0)
+            restarts.add_metric([name], engine["restarts"])
+            if engine["probe_latency_ms"] is not None:
+                latency.add_metric([name], engine["probe_latency_ms"] / 1000)
+        yield from (phase, desired, restarts, latency)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "aiinfra_router_requests", "Requests through the router", ["model", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "aiinfra_router_request_duration_seconds",
+            "Time to the whole answer",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "aiinfra_router_time_to_first_token_seconds",
+            "Time to the first byte of the answer",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "aiinfra_router_tokens", "Tokens through the router", ["model", "direction"], registry=self.registry
+        )
+        self.rate_limited = Counter(
+            "aiinfra_router_rate_limited", "Requests refused by a key's rate limit", ["key"], registry=self.registry
+        )
+
+    def watch_engines(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.registry.register(EngineCollector(status))
+
+    def observe_request(
+        self, model: str, status: int, latency_s: float, ttft_s: float | None, prompt: int, completion: int
+    ) -> None:
+        self.requests.labels(model=model, status=str(status)).inc()
+        if status == 200:
+            self.latency.labels(model=model).observe(latency_s)
+            if ttft_s is not None:
+                self.ttft.labels(model=model).observe(ttft_s)
+            self.tokens.labels(model=model, direction="prompt").inc(prompt)
+            self.tokens.labels(model=model, direction="completion").inc(completion)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
