@@ -150,7 +150,12 @@ def run(config_path: Path) -> None:
     """Run the agent (what the systemd unit starts)."""
     config = _load(config_path)
     setup_logging(audit_log=config.audit_log)
-    asyncio.run(serve(config))
+    try:
+        import uvloop  # about twice the proxy throughput of the default loop (bench/router.py)
+    except ImportError:
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))
 
 
 @main.command("check-config")

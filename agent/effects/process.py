@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import pwd
@@ -19,9 +20,14 @@ from aiinfra.agent.engines import Launch
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child: the kernel kills the engine if the agent dies, even by SIGKILL."""
+def _child_setup(user: str | None) -> None:
+    """In the child, before exec: die with the agent (even by SIGKILL), then drop to the engine user."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.initgroups(user, entry.pw_gid)
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
 
 
 class ProcessBackend:
@@ -39,24 +45,28 @@ class ProcessBackend:
             raise StartError(f"{launch.argv[0]}: no such program; install the {launch.runtime} engine")
         log = open(self.dir / f"{launch.name}.log", "ab")  # noqa: SIM115 - the child keeps it open
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *launch.argv,
-                env={**_base_env(), **launch.env},
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-                user=self.user,
-                group=_group_of(self.user),
-                cwd="/",
-            )
+            proc = await self._spawn(launch, log)
+        except OSError as exc:  # the exec itself failed: permissions, a bad interpreter
+            as_user = f" as {self.user}" if self.user else ""
+            raise StartError(f"cannot run {launch.argv[0]}{as_user}: {exc.strerror or exc}") from None
         finally:
             log.close()
         self.procs[launch.name] = proc
         record = {"pgid": proc.pid, "argv0": launch.argv[0]}
         (self.dir / f"{launch.name}.pgid").write_text(json.dumps(record))
         return proc.pid
+
+    async def _spawn(self, launch: Launch, log: object) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *launch.argv,
+            env={**_base_env(), **launch.env},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=functools.partial(_child_setup, self.user),
+            cwd="/",
+        )
 
     async def poll(self, name: str) -> int | None:
         proc = self.procs.get(name)
@@ -113,10 +123,6 @@ def _leader_runs(pid: int, argv0: str) -> bool:
     except OSError:
         return False
     return bool(cmdline) and Path(argv0).name.encode() in b" ".join(cmdline)
-
-
-def _group_of(user: str | None) -> int | None:
-    return pwd.getpwnam(user).pw_gid if user else None
 
 
 def _base_env() -> dict[str, str]:

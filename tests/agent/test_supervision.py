@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.agent.conftest import free_port, pid_alive, vllm
 
@@ -247,3 +249,36 @@ def test_the_installer_profile_command_switches_and_waits(make_agent):
     assert agent.engine("x")["phase"] == "stopped"
     unknown = subprocess.run([aiinfra, "profile", "three", *common], capture_output=True, text=True, check=False)
     assert unknown.returncode == 2 and "unknown profile; profiles: one, two" in unknown.stderr
+
+
+def _nobody_can_run_python() -> bool:
+    if os.geteuid() != 0:
+        return False
+    return (
+        subprocess.run(
+            ["runuser", "-u", "nobody", "--", sys.executable, "-c", "import aiohttp"], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+
+
+@pytest.mark.skipif(not _nobody_can_run_python(), reason="needs root, and a Python 'nobody' may run (not one in /root)")
+def test_engines_run_as_the_unprivileged_engine_user(make_agent):
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p")
+    agent.config["engine_user"] = "nobody"
+    agent.start()
+    pid = agent.wait_phase("e", "ready")["engines"]["e"]["pid"]
+    assert os.stat(f"/proc/{pid}").st_uid == pwd.getpwnam("nobody").pw_uid
+    assert agent.proc.pid != pid and os.stat(f"/proc/{agent.proc.pid}").st_uid == 0
+
+
+def test_an_engine_that_cannot_be_executed_is_a_clear_failure(make_agent, tmp_path):
+    broken = tmp_path / "vllm"
+    broken.write_text("#!/nonexistent/interpreter\n")
+    broken.chmod(0o755)
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p")
+    agent.config["vllm_command"] = [str(broken)]
+    agent.start()
+    status = agent.wait(lambda s: s["engines"]["e"]["last_error"], 10, "an error")
+    assert status["engines"]["e"]["last_error"].startswith(f"cannot run {broken}: No such file or directory")
+    assert agent.proc.poll() is None  # the agent itself carries on
