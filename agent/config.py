@@ -34,6 +34,22 @@ class Policy(Strict):
     stop_grace_s: Seconds = 30  # SIGTERM, then SIGKILL of the whole process group / cgroup
 
 
+GpuKey = Annotated[int, Field(ge=0, le=15, strict=False)]
+
+
+class GpuConfig(Strict):
+    """GPU settings the agent keeps in place, and the driver it expects (from the host spec)."""
+
+    power_limit_watts: (
+        Annotated[int, Field(ge=50, le=1000)] | dict[GpuKey, Annotated[int, Field(ge=50, le=1000)]] | None
+    ) = None
+    persistence_mode: bool | None = True  # None: leave it alone
+    driver_version: str | None = None  # the pinned driver (nvidia_driver_version); another loaded is drift
+    expected_count: Annotated[int, Field(ge=0)] | None = None
+    interval_s: Seconds = 5
+    reapply_min_interval_s: Seconds = 60  # a setting that will not stick is retried at most this often
+
+
 class AgentConfig(Strict):
     engines: dict[str, Engine] = {}
     profiles: dict[str, list[str]] = {}
@@ -55,6 +71,7 @@ class AgentConfig(Strict):
     vllm_command: list[str] = ["/opt/aiinfra/vllm/bin/vllm"]
     ollama_command: list[str] = ["/usr/local/bin/ollama"]
     policy: Policy = Policy()
+    gpu: GpuConfig | None = GpuConfig()  # None: no GPU layer (a developer's machine); engines start regardless
 
     @model_validator(mode="after")
     def _consistent(self) -> AgentConfig:

@@ -19,6 +19,9 @@ from aiinfra.agent.config import DEFAULT_PATH, AgentConfig, ConfigError, load
 from aiinfra.agent.effects import Backend
 from aiinfra.agent.effects.process import ProcessBackend
 from aiinfra.agent.effects.systemd import SystemdBackend, available, launch_file
+from aiinfra.agent.gpu.monitor import GpuMonitor
+from aiinfra.agent.gpu.nvml import Nvml
+from aiinfra.agent.gpu.policy import Refused, SetPowerLimit, settings_actions
 from aiinfra.agent.http import keys as keyfile
 from aiinfra.agent.http.keys import KeyRing
 from aiinfra.agent.http.router import Router
@@ -42,6 +45,8 @@ def status_line(supervisor: Supervisor) -> str:
     ready = sum(1 for n in desired if supervisor.states[n].phase.value == "ready")
     failed = [n for n in desired if supervisor.states[n].phase.value == "failed"]
     text = f"profile {supervisor.profile}: {ready}/{len(desired)} engines ready"
+    if supervisor.gpu is not None and supervisor.gpu.verdict.hold:
+        text += f"; engines held: {supervisor.gpu.verdict.state}"
     return text + (f"; failed: {', '.join(failed)}" if failed else "")
 
 
@@ -51,7 +56,8 @@ async def serve(config: AgentConfig) -> None:
     from aiinfra.agent.http.api import control_app, status_app
 
     backend = choose_backend(config)
-    supervisor = Supervisor(config, backend)
+    gpu = GpuMonitor(config.gpu, Path(config.state_dir)) if config.gpu is not None else None
+    supervisor = Supervisor(config, backend, gpu=gpu)
     await supervisor.adopt()
     metrics = Metrics()
     metrics.watch_engines(supervisor.status)
@@ -305,3 +311,82 @@ def keys_revoke(name: str, keys_path: Path) -> None:
         click.echo(f"aiinfra-agent: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
     click.echo(f"key {name!r} revoked")
+
+
+@main.group()
+def gpu() -> None:
+    """The GPUs: read them, and apply the power limit and persistence mode (the boot unit's job)."""
+
+
+@gpu.command("apply")
+@CONFIG
+def gpu_apply(config_path: Path) -> None:
+    """Apply power limits and persistence mode now, read them back; exit 1 if any did not stick."""
+    config = _load(config_path)
+    if config.gpu is None:
+        click.echo("aiinfra-agent: the configuration turns the GPU layer off (gpu: null)", err=True)
+        sys.exit(EXIT_CONFIG)
+    nvml = Nvml()
+    snapshot = nvml.read()
+    if snapshot.state != "ok":
+        click.echo(f"aiinfra-agent: {snapshot.state}: {snapshot.message}", err=True)
+        sys.exit(1)
+    actions = settings_actions(snapshot, config.gpu.power_limit_watts, config.gpu.persistence_mode, {}, 0, 0)
+    refused = [a.reason for a in actions if isinstance(a, Refused)]
+    for reason in refused:
+        click.echo(f"aiinfra-agent: {reason}; nothing changed on that GPU", err=True)
+    for action in actions:
+        if isinstance(action, SetPowerLimit):
+            nvml.set_power_limit(action.gpu, action.watts)
+        elif not isinstance(action, Refused):
+            nvml.set_persistence(action.gpu, action.enabled)
+    after = nvml.read()
+    left = [
+        a
+        for a in settings_actions(after, config.gpu.power_limit_watts, config.gpu.persistence_mode, {}, 0, 0)
+        if not isinstance(a, Refused)
+    ]
+    nvml.shutdown()
+    for g in after.gpus:
+        click.echo(
+            f"GPU {g.index} {g.name}: power limit {g.power_limit_w:.0f} W, "
+            f"persistence {'on' if g.persistence else 'off'}"
+        )
+    if left or refused:
+        click.echo(f"aiinfra-agent: not in place: {left or refused}", err=True)
+        sys.exit(1)
+
+
+@gpu.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def gpu_status(as_json: bool) -> None:
+    """Read the GPUs and the driver through NVML, once."""
+    nvml = Nvml()
+    snapshot = nvml.read()
+    nvml.shutdown()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "state": snapshot.state,
+                    "message": snapshot.message,
+                    "driver": snapshot.driver,
+                    "library": snapshot.library,
+                    "kernel_module": snapshot.kernel_module,
+                    "gpus": [vars(g) for g in snapshot.gpus],
+                },
+                indent=2,
+            )
+        )
+    else:
+        click.echo(
+            f"{snapshot.state}: driver {snapshot.driver}, library {snapshot.library}, kernel module "
+            f"{snapshot.kernel_module} {snapshot.message}".rstrip()
+        )
+        for g in snapshot.gpus:
+            click.echo(
+                f"GPU {g.index} {g.name} {g.bus_id}: {g.memory_used / 2**30:.1f}/{g.memory_total / 2**30:.1f} GiB, "
+                f"{g.utilization}% busy, {g.temperature} °C, {g.power_draw_w:.0f}/{g.power_limit_w:.0f} W, "
+                f"persistence {'on' if g.persistence else 'off'}"
+            )
+    sys.exit(0 if snapshot.state == "ok" else 1)

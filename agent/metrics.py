@@ -41,6 +41,64 @@ class EngineCollector(Collector):
         yield from (phase, desired, restarts, latency)
 
 
+class GpuCollector(Collector):
+    """GPU readings and the driver's state, in the style of the common GPU exporters."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Any]:
+        gpu = self.status().get("gpu")
+        if gpu is None:
+            return
+        labels = ["gpu", "uuid", "name"]
+        series = {
+            "power_watts": ("power_draw_w", "Power draw"),
+            "power_limit_watts": ("power_limit_w", "Power limit"),
+            "temperature_celsius": ("temperature", "GPU temperature"),
+            "memory_used_bytes": ("memory_used", "Memory used"),
+            "memory_total_bytes": ("memory_total", "Memory"),
+            "utilization_ratio": ("utilization", "Share of time a kernel ran (0-1)"),
+            "persistence_mode": ("persistence", "1 if persistence mode is on"),
+        }
+        families = {
+            name: GaugeMetricFamily(f"aiinfra_gpu_{name}", help_, labels=labels) for name, (_, help_) in series.items()
+        }
+        xids = CounterMetricFamily("aiinfra_gpu_xid_errors", "XID errors seen", labels=labels)
+        for g in gpu["gpus"]:
+            key = [str(g["index"]), g["uuid"], g["name"]]
+            for name, (field, _) in series.items():
+                value = float(g[field]) / (100 if field == "utilization" else 1)
+                families[name].add_metric(key, value)
+            xids.add_metric(key, g["xid_errors"])
+        yield from families.values()
+        yield xids
+        up = GaugeMetricFamily("aiinfra_nvml_up", "1 if NVML answered on the last read", labels=["state"])
+        up.add_metric([gpu["state"]], 1.0 if gpu["state"] == "ok" else 0.0)
+        yield up
+        if gpu["nvml_last_success"] is not None:
+            yield GaugeMetricFamily(
+                "aiinfra_nvml_last_success_timestamp_seconds", "Last good NVML read", value=gpu["nvml_last_success"]
+            )
+        driver = gpu["driver"]
+        info = GaugeMetricFamily(
+            "aiinfra_driver_info",
+            "The NVIDIA driver: loaded, library, kernel module, pinned",
+            labels=["loaded", "library", "kernel_module", "pinned"],
+        )
+        info.add_metric([str(driver[k] or "") for k in ("loaded", "library", "kernel_module", "pinned")], 1.0)
+        yield info
+        reapplied = CounterMetricFamily("aiinfra_gpu_reapplied", "Settings re-applied after drift", labels=["setting"])
+        for setting in ("power", "persistence"):
+            reapplied.add_metric([setting], gpu["reapplied"].get(setting, 0))
+        yield reapplied
+        yield CounterMetricFamily(
+            "aiinfra_driver_drift_restarts",
+            "Coordinated engine restarts after a driver change",
+            value=gpu["drift_restarts"],
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -70,6 +128,7 @@ class Metrics:
 
     def watch_engines(self, status: Callable[[], dict[str, Any]]) -> None:
         self.registry.register(EngineCollector(status))
+        self.registry.register(GpuCollector(status))
 
     def observe_request(
         self, model: str, status: int, latency_s: float, ttft_s: float | None, prompt: int, completion: int

@@ -153,11 +153,14 @@ def liveness_due(state: EngineState, last_probe: float | None, now: float, polic
     return last_probe is None or now - last_probe >= policy.liveness_interval_s
 
 
-def decide(desired: Iterable[str], states: Mapping[str, EngineState], now: float) -> list[Action]:
+def decide(
+    desired: Iterable[str], states: Mapping[str, EngineState], now: float, may_start: bool = True
+) -> list[Action]:
     """What to start and stop so that exactly the desired engines run.
 
     Engines leaving are stopped first; none is started while one that leaves still holds its GPUs,
-    so two profiles' engines never run at once.
+    so two profiles' engines never run at once. may_start=False (no GPU, a reboot pending) holds
+    every start: stops still happen.
     """
     wanted = set(desired)
     actions: list[Action] = []
@@ -168,7 +171,7 @@ def decide(desired: Iterable[str], states: Mapping[str, EngineState], now: float
     for state in states.values():
         if state.name in wanted and state.running and state.phase in (Phase.BACKOFF, Phase.FAILED):
             actions.append(Stop(state.name, state.last_error or "failed"))  # hung or never ready: kill
-    if leaving:
+    if leaving or not may_start:
         return actions
     for name in sorted(wanted):
         state = states[name]

@@ -20,6 +20,7 @@ from aiinfra.agent import probes
 from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.effects import Backend, StartError
 from aiinfra.agent.engines import Launch, launch
+from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.reconcile import (
     EngineState,
     Observation,
@@ -38,7 +39,13 @@ log = logging.getLogger("aiinfra.agent")
 
 
 class Supervisor:
-    def __init__(self, config: AgentConfig, backend: Backend, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        backend: Backend,
+        clock: Callable[[], float] = time.monotonic,
+        gpu: GpuMonitor | None = None,
+    ) -> None:
         self.config = config
         self.policy = config.policy
         self.backend = backend
@@ -54,6 +61,7 @@ class Supervisor:
         self.events: deque[dict[str, Any]] = deque(maxlen=200)
         self.last_tick: float | None = None
         self.session: aiohttp.ClientSession | None = None
+        self.gpu: GpuMonitor | None = gpu
 
     # -- what the operator asks for ----------------------------------------------------------------
 
@@ -106,13 +114,32 @@ class Supervisor:
                     else f"{state.phase.value} → {new.phase.value}",
                 )
             self.states[name] = new
-        for action in decide(self.desired(), self.states, now):
+        may_start = await self._gpu_tick(now)
+        for action in decide(self.desired(), self.states, now, may_start):
             if isinstance(action, Stop):
                 self._stop(action.name, action.reason)
             elif isinstance(action, Start):
                 await self._start(action.name, now)
         self._schedule_probes(now)
         self.last_tick = now
+
+    async def _gpu_tick(self, now: float) -> bool:
+        """Read the GPUs when due; restart the engines once if the driver changed. False: hold starts."""
+        if self.gpu is None:
+            return True
+        before = self.gpu.verdict.state
+        if self.gpu.due(now):
+            verdict = await self.gpu.tick(now)
+            if verdict.state != before:
+                self._event(None, f"gpu_{verdict.state}", verdict.message or f"GPUs {verdict.state}")
+            if verdict.restart_engines:
+                self.gpu.drift_restarts += 1
+                self._event(None, "driver_changed", verdict.message + "; restarting the engines")
+                for name, state in self.states.items():
+                    if state.running:
+                        self._stop(name, verdict.message)
+                self.gpu.engines_started()  # the restart below happens under the new driver
+        return not self.gpu.verdict.hold
 
     async def run(self, stop: asyncio.Event, on_tick: Callable[[], None] = lambda: None) -> None:
         while not stop.is_set():
@@ -161,6 +188,8 @@ class Supervisor:
             self._event(name, "start_failed", str(exc))
             return
         self.states[name] = started(self.states[name], pid, now)
+        if self.gpu is not None:
+            self.gpu.engines_started()
         self.last_ready_probe.pop(name, None)
         self.last_live_probe.pop(name, None)
         self._event(name, "started", f"pid {pid}")
@@ -235,5 +264,6 @@ class Supervisor:
             "profiles": self.config.profiles,
             "backend": self.backend.name,
             "engines": engines,
+            "gpu": None if self.gpu is None else self.gpu.status(),
             "events": list(self.events)[-50:],
         }

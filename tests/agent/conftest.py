@@ -88,8 +88,10 @@ class Agent:
             "router_timeout_s": 5,
             "vllm_command": stub(),
             "ollama_command": stub(runtime="ollama"),
+            "gpu": None,  # no GPU layer, unless a test gives it the fake NVML
         }
         self.proc: subprocess.Popen[str] | None = None
+        self.env: dict[str, str] = {}
 
     def write_config(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config))
@@ -98,7 +100,11 @@ class Agent:
         self.write_config()
         self.log = open(self.tmp / "agent.log", "a")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [AGENT, "run", "--config", str(self.config_path)], stdout=self.log, stderr=subprocess.STDOUT, text=True
+            [AGENT, "run", "--config", str(self.config_path)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **self.env},
         )
         self.wait(lambda s: True, timeout=15, what="the agent to answer")
         return self

@@ -44,6 +44,7 @@ CONFIG = {
     },
     "profiles": {"one": ["alpha"], "two": ["beta"]},
     "default_profile": "one",
+    "gpu": None,  # a container has no GPU; tests/agent/test_gpu.py covers the GPU layer
     "policy": {
         "tick_s": 0.2,
         "readiness_interval_s": 0.3,

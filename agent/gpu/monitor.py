@@ -1,0 +1,112 @@
+"""The GPU layer's part of the reconcile loop: read NVML, re-apply drifted settings, judge the driver."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from aiinfra.agent.gpu.nvml import Nvml, Snapshot
+from aiinfra.agent.gpu.policy import Refused, SetPersistence, SetPowerLimit, Verdict, driver_verdict, settings_actions
+
+log = logging.getLogger("aiinfra.agent")
+REBOOT_MARKER = Path("/run/reboot-required")
+
+
+class GpuMonitor:
+    def __init__(self, config: Any, state_dir: Path, nvml: Nvml | None = None) -> None:
+        self.config = config  # GpuConfig
+        self.nvml = nvml or Nvml()
+        self.driver_file = state_dir / "engines-driver"  # the driver the engines were started under
+        self.snapshot = Snapshot("unknown", "not read yet")
+        self.verdict = Verdict("unknown", True, False, "not read yet")
+        self.last_try: dict[tuple[int, str], float] = {}
+        self.reapplied: Counter[str] = Counter()
+        self.refused: list[str] = []
+        self.drift_restarts = 0
+        self.xids: Counter[int] = Counter()
+        self.last_success: float | None = None
+        self.last_read: float | None = None
+
+    @property
+    def engines_driver(self) -> str | None:
+        try:
+            return self.driver_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def engines_started(self) -> None:
+        """Engines now run under the loaded driver: remember which."""
+        if self.snapshot.driver and self.engines_driver != self.snapshot.driver:
+            self.driver_file.parent.mkdir(parents=True, exist_ok=True)
+            self.driver_file.write_text(self.snapshot.driver + "\n")
+
+    def due(self, now: float) -> bool:
+        return self.last_read is None or now - self.last_read >= self.config.interval_s
+
+    async def tick(self, now: float) -> Verdict:
+        self.last_read = now
+        self.snapshot = await asyncio.to_thread(self.nvml.read)
+        if self.snapshot.state == "ok":
+            self.last_success = time.time()
+        for gpu, xid in self.snapshot.xids:
+            self.xids[gpu] += 1
+            log.warning("GPU %s: XID %s", gpu, xid, extra={"EVENT": "xid"})
+        actions = settings_actions(
+            self.snapshot,
+            self.config.power_limit_watts,
+            self.config.persistence_mode,
+            self.last_try,
+            now,
+            self.config.reapply_min_interval_s,
+        )
+        self.refused = [a.reason for a in actions if isinstance(a, Refused)]
+        for action in actions:
+            if not isinstance(action, Refused):
+                await asyncio.to_thread(self._apply, action, now)
+        self.verdict = driver_verdict(
+            self.snapshot,
+            self.engines_driver,
+            self.config.driver_version,
+            self.config.expected_count,
+            REBOOT_MARKER.exists(),
+        )
+        return self.verdict
+
+    def _apply(self, action: SetPowerLimit | SetPersistence, now: float) -> None:
+        kind = "power" if isinstance(action, SetPowerLimit) else "persistence"
+        self.last_try[(action.gpu, kind)] = now
+        try:
+            if isinstance(action, SetPowerLimit):
+                self.nvml.set_power_limit(action.gpu, action.watts)
+                what = f"power limit {action.watts} W"
+            else:
+                self.nvml.set_persistence(action.gpu, action.enabled)
+                what = f"persistence mode {'on' if action.enabled else 'off'}"
+        except Exception as exc:  # NVML says no (permissions, a lost GPU): report, retry later
+            log.warning("GPU %s: could not apply %s: %s", action.gpu, kind, exc, extra={"EVENT": "gpu_apply_failed"})
+            return
+        self.reapplied[kind] += 1
+        log.info("GPU %s: re-applied %s", action.gpu, what, extra={"EVENT": "gpu_reapplied"})
+
+    def status(self) -> dict[str, Any]:
+        snap, verdict = self.snapshot, self.verdict
+        return {
+            "state": verdict.state,
+            "message": verdict.message,
+            "warnings": list(verdict.warnings) + self.refused,
+            "driver": {
+                "loaded": snap.driver,
+                "library": snap.library,
+                "kernel_module": snap.kernel_module,
+                "pinned": self.config.driver_version,
+                "engines_started_under": self.engines_driver,
+            },
+            "gpus": [vars(g) | {"xid_errors": self.xids[g.index]} for g in snap.gpus],
+            "reapplied": dict(self.reapplied),
+            "drift_restarts": self.drift_restarts,
+            "nvml_last_success": self.last_success,
+        }

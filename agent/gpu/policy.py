@@ -1,0 +1,105 @@
+"""Pure GPU decisions: which settings to re-apply, and what the driver's state means for the engines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiinfra.agent.gpu.nvml import Snapshot
+
+
+@dataclass(frozen=True)
+class SetPowerLimit:
+    gpu: int
+    watts: int
+
+
+@dataclass(frozen=True)
+class SetPersistence:
+    gpu: int
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class Refused:
+    gpu: int
+    reason: str
+
+
+GpuAction = SetPowerLimit | SetPersistence | Refused
+
+
+def wanted_power(power: int | dict[int, int] | None, gpu: int) -> int | None:
+    return power.get(gpu) if isinstance(power, dict) else power
+
+
+def settings_actions(
+    snapshot: Snapshot,
+    power: int | dict[int, int] | None,
+    persistence: bool | None,
+    last_try: dict[tuple[int, str], float],
+    now: float,
+    min_interval_s: float,
+) -> list[GpuAction]:
+    """Settings that drifted from the desired ones, at most once per min_interval_s per GPU and setting."""
+    actions: list[GpuAction] = []
+    for gpu in snapshot.gpus:
+        if gpu.lost:
+            continue
+        watts = wanted_power(power, gpu.index)
+        if watts is not None and abs(gpu.power_limit_w - watts) >= 1:
+            if not gpu.power_min_w <= watts <= gpu.power_max_w:
+                actions.append(
+                    Refused(
+                        gpu.index,
+                        f"power limit {watts} W is outside what GPU {gpu.index} allows "
+                        f"({gpu.power_min_w:.0f}-{gpu.power_max_w:.0f} W)",
+                    )
+                )
+            elif now - last_try.get((gpu.index, "power"), float("-inf")) >= min_interval_s:
+                actions.append(SetPowerLimit(gpu.index, watts))
+        if (
+            persistence is not None
+            and gpu.persistence != persistence
+            and (now - last_try.get((gpu.index, "persistence"), float("-inf")) >= min_interval_s)
+        ):
+            actions.append(SetPersistence(gpu.index, persistence))
+    return actions
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: str  # ok, no_gpu, reboot_required, gpu_lost, error
+    hold: bool  # engines may not start now
+    restart_engines: bool  # the loaded driver changed under running engines: restart them once
+    message: str = ""
+    warnings: tuple[str, ...] = ()
+
+
+def driver_verdict(
+    snapshot: Snapshot, engines_driver: str | None, pinned: str | None, expected_count: int | None, marker: bool
+) -> Verdict:
+    """What the driver and GPUs mean for the engines.
+
+    A kernel module and user-space library that disagree hold every start: restarting engines cannot
+    help until a reboot, and a loop of restarts (the failure seen elsewhere) only hides it.
+    """
+    warnings = []
+    if marker:
+        warnings.append("the host asks for a reboot (/run/reboot-required)")
+    if snapshot.state == "mismatch":
+        return Verdict("reboot_required", True, False, snapshot.message, tuple(warnings))
+    if snapshot.state != "ok":
+        return Verdict(snapshot.state, True, False, snapshot.message, tuple(warnings))
+    if pinned is not None and snapshot.driver != pinned:
+        warnings.append(f"driver drift: {snapshot.driver} is loaded, {pinned} is pinned")
+    if snapshot.kernel_module and snapshot.library and snapshot.kernel_module != snapshot.library:
+        message = (
+            f"kernel module {snapshot.kernel_module} and library {snapshot.library} differ: reboot to load "
+            "the installed driver"
+        )
+        return Verdict("reboot_required", True, False, message, tuple(warnings))
+    if expected_count is not None and len(snapshot.gpus) != expected_count:
+        warnings.append(f"{len(snapshot.gpus)} GPUs found, {expected_count} expected")
+    changed = engines_driver is not None and snapshot.driver != engines_driver
+    message = f"driver changed {engines_driver} → {snapshot.driver}" if changed else ""
+    return Verdict("ok", False, changed, message, tuple(warnings))

@@ -1,0 +1,222 @@
+"""The GPU layer against the fake pynvml (hardware kit): the agent's real NVML code runs on top of it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.agent.conftest import AGENT, free_port, vllm
+
+FAKE = str(Path(__file__).resolve().parent.parent / "kit" / "fake_nvml")
+RTX3090 = {
+    "name": "NVIDIA GeForce RTX 3090",
+    "memory_total": 25769803776,
+    "memory_used": 1073741824,
+    "power_limit_mw": 350000,
+    "power_min_mw": 100000,
+    "power_max_mw": 390000,
+    "power_default_mw": 350000,
+    "power_usage_mw": 31000,
+    "persistence": 1,
+    "temperature": 41,
+    "utilization": 7,
+    "sm_clock": 210,
+    "throttle": 0,
+    "lost": False,
+    "xid": [],
+}
+
+
+class FakeGpus:
+    def __init__(self, path: Path, count: int = 2, driver: str = "580.105.08") -> None:
+        self.path = path
+        self.write(
+            {
+                "driver": driver,
+                "library": driver,
+                "init_error": None,
+                "gpus": [dict(RTX3090, uuid=f"GPU-{i}") for i in range(count)],
+            }
+        )
+
+    def read(self) -> dict:
+        return json.loads(self.path.read_text())
+
+    def write(self, state: dict) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.path)
+
+    def change(self, fn) -> None:
+        state = self.read()
+        fn(state)
+        self.write(state)
+
+
+@pytest.fixture
+def gpu_agent(make_agent, tmp_path):
+    """An agent with the GPU layer on, reading the fake NVML; one engine on GPU 0."""
+    fake = FakeGpus(tmp_path / "nvml.json")
+
+    def make(start: bool = True, **gpu):
+        agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
+        agent.config["gpu"] = {
+            "power_limit_watts": 350,
+            "persistence_mode": True,
+            "driver_version": "580.105.08",
+            "expected_count": 2,
+            "interval_s": 0.2,
+            "reapply_min_interval_s": 0.5,
+            **gpu,
+        }
+        agent.env = {"PYTHONPATH": FAKE, "AIINFRA_FAKE_NVML": str(fake.path)}
+        return agent.start() if start else agent
+
+    return make, fake
+
+
+def gpu_status(agent) -> dict:
+    return agent.status()["gpu"]
+
+
+def test_a_power_limit_reset_and_persistence_off_are_reapplied(gpu_agent):
+    make, fake = gpu_agent
+    agent = make()
+    agent.wait_phase("e", "ready")
+
+    def driver_reload(state):  # a reload resets both to the card's defaults
+        for g in state["gpus"]:
+            g["power_limit_mw"], g["persistence"] = 390000, 0
+
+    fake.change(driver_reload)
+    agent.wait(lambda s: s["gpu"]["reapplied"] == {"power": 2, "persistence": 2}, 10, "re-applied settings")
+    assert [(g["power_limit_mw"], g["persistence"]) for g in fake.read()["gpus"]] == [(350000, 1), (350000, 1)]
+    time.sleep(1)
+    assert gpu_status(agent)["reapplied"] == {"power": 2, "persistence": 2}  # nothing more once in place
+    assert agent.engine("e")["restarts"] == 0
+
+
+def test_a_limit_outside_the_card_is_refused_and_not_set(gpu_agent):
+    make, fake = gpu_agent
+    agent = make(power_limit_watts=500)
+    status = agent.wait(lambda s: s["gpu"]["warnings"], 10, "a warning")["gpu"]
+    assert "power limit 500 W is outside what GPU 0 allows (100-390 W)" in status["warnings"]
+    assert all("set_power_calls" not in g for g in fake.read()["gpus"])
+
+
+def test_a_library_kernel_mismatch_holds_restarts_until_it_clears(gpu_agent):
+    make, fake = gpu_agent
+    agent = make()
+    pid = agent.wait_phase("e", "ready")["engines"]["e"]["pid"]
+    fake.change(lambda s: s.update(init_error=18, library="580.126.09"))
+    agent.wait(lambda s: s["gpu"]["state"] == "reboot_required", 10, "reboot required")
+    subprocess.run(["kill", "-9", str(pid)], check=True)
+    agent.wait_phase("e", "backoff", timeout=10)
+    time.sleep(3)  # several backoffs' worth: still no restart
+    engine = agent.engine("e")
+    assert engine["restarts"] == 0 and engine["pid"] is None
+    assert "reboot" in gpu_status(agent)["message"]
+    fake.change(lambda s: s.update(init_error=None, library="580.105.08"))  # "after the reboot"
+    agent.wait_phase("e", "ready", timeout=15)
+
+
+def test_a_driver_change_restarts_the_engines_exactly_once(gpu_agent):
+    make, fake = gpu_agent
+    agent = make()
+    pid = agent.wait_phase("e", "ready")["engines"]["e"]["pid"]
+    fake.change(lambda s: s.update(driver="580.126.09", library="580.126.09"))
+    status = agent.wait(
+        lambda s: s["engines"]["e"]["phase"] == "ready" and s["engines"]["e"]["pid"] != pid,
+        15,
+        "a restart under the new driver",
+    )
+    time.sleep(1.5)
+    status = agent.status()
+    assert [e["event"] for e in status["events"]].count("driver_changed") == 1
+    assert status["gpu"]["drift_restarts"] == 1
+    assert status["gpu"]["driver"]["engines_started_under"] == "580.126.09"
+    assert "driver drift: 580.126.09 is loaded, 580.105.08 is pinned" in status["gpu"]["warnings"]
+    assert status["engines"]["e"]["restarts"] == 0  # a planned restart, not a failure
+
+
+def test_without_a_driver_the_agent_runs_and_starts_no_engine(gpu_agent):
+    make, fake = gpu_agent
+    fake.path.unlink()
+    agent = make()
+    status = agent.wait(lambda s: s["gpu"]["state"] == "no_gpu", 10, "no GPU")
+    time.sleep(1)
+    assert agent.engine("e")["phase"] == "stopped" and agent.engine("e")["pid"] is None
+    assert urllib.request.urlopen(f"http://{agent.listen}/healthz", timeout=5).status == 200
+    assert status["gpu"]["message"].startswith("no NVIDIA driver")
+
+
+def test_a_lost_gpu_is_reported_and_nvml_comes_back(gpu_agent):
+    make, fake = gpu_agent
+    agent = make()
+    agent.wait_phase("e", "ready")
+    fake.change(lambda s: s["gpus"][1].update(lost=True))
+    status = agent.wait(lambda s: s["gpu"]["state"] == "gpu_lost", 10, "GPU lost")
+    assert "fell off the bus" in status["gpu"]["message"]
+    fake.change(lambda s: s["gpus"][1].update(lost=False))
+    agent.wait(lambda s: s["gpu"]["state"] == "ok", 10, "NVML back")
+
+
+def test_metrics_have_the_documented_gpu_series(gpu_agent):
+    make, fake = gpu_agent
+    fake.change(lambda s: s["gpus"][0].update(xid=[79]))
+    agent = make()
+    agent.wait(lambda s: s["gpu"]["gpus"] and s["gpu"]["gpus"][0]["xid_errors"] == 1, 10, "an XID")
+    body = urllib.request.urlopen(f"http://{agent.listen}/metrics", timeout=5).read().decode()
+    samples = {(s.name, s.labels.get("gpu")): s.value for f in text_string_to_metric_families(body) for s in f.samples}
+    assert samples[("aiinfra_gpu_power_watts", "0")] == 31.0
+    assert samples[("aiinfra_gpu_power_limit_watts", "1")] == 350.0
+    assert samples[("aiinfra_gpu_temperature_celsius", "0")] == 41.0
+    assert samples[("aiinfra_gpu_memory_total_bytes", "0")] == 25769803776
+    assert samples[("aiinfra_gpu_utilization_ratio", "0")] == 0.07
+    assert samples[("aiinfra_gpu_persistence_mode", "0")] == 1.0
+    assert samples[("aiinfra_gpu_xid_errors_total", "0")] == 1.0
+    names = {name for name, _ in samples}
+    assert {
+        "aiinfra_nvml_up",
+        "aiinfra_nvml_last_success_timestamp_seconds",
+        "aiinfra_driver_info",
+        "aiinfra_gpu_reapplied_total",
+        "aiinfra_driver_drift_restarts_total",
+    } <= names
+
+
+def test_gpu_apply_sets_and_reads_back(gpu_agent, tmp_path):
+    make, fake = gpu_agent
+    agent = make(start=False)
+    agent.write_config()
+    env = {**__import__("os").environ, **agent.env}
+    fake.change(lambda s: [g.update(power_limit_mw=390000, persistence=0) for g in s["gpus"]])
+    done = subprocess.run(
+        [AGENT, "gpu", "apply", "--config", str(agent.config_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "GPU 0 NVIDIA GeForce RTX 3090: power limit 350 W, persistence on"
+    assert [g["power_limit_mw"] for g in fake.read()["gpus"]] == [350000, 350000]
+
+    agent.config["gpu"]["power_limit_watts"] = 50
+    agent.write_config()
+    refused = subprocess.run(
+        [AGENT, "gpu", "apply", "--config", str(agent.config_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert "power limit 50 W is outside what GPU 0 allows (100-390 W); nothing changed on that GPU" in refused.stderr
+    assert [g["power_limit_mw"] for g in fake.read()["gpus"]] == [350000, 350000]
