@@ -73,6 +73,16 @@ def format_status(report: dict) -> str:
             f"{name:<12} {e['phase']:<9} {e['pid'] or '-':>7} {e['port']:>5} {e['restarts']:>8} {age:>7}  "
             f"{e['last_error'] or ''}"
         )
+    gpu = report.get("gpu")
+    if gpu is not None:
+        lines.append(
+            f"gpus: {gpu['state']}, driver {gpu['driver']['loaded'] or '-'}"
+            + (f": {gpu['message']}" if gpu["message"] else "")
+        )
+        lines += [f"  warning: {w}" for w in gpu["warnings"]]
+    router = report.get("router")
+    if router and router.get("listen"):
+        lines.append(f"endpoint: {router['listen']}, keys {'required' if router['auth'] else 'OFF'}")
     return "\n".join(lines)
 
 
