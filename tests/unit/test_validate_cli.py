@@ -90,3 +90,19 @@ def test_power_limit_per_gpu_index(tmp_path, cli):
     spec["gpu_power_limit_watts"] = {0: "max"}
     result = cli("validate", "--host", "thor", "-i", str(write_inventory(tmp_path / "c", spec)))
     assert result.stderr.splitlines()[0] == "thor: gpu_power_limit_watts.0: input should be a valid integer (got 'max')"
+
+
+def test_keys_add_list_revoke_keep_only_hashes(tmp_path, cli):
+    path = str(tmp_path / "keys.json")
+    added = cli("keys", "add", "webui", "--models", "a,b", "--rpm", "30", "--file", path)
+    assert added.exit_code == 0, added.output
+    token = added.stdout.strip()
+    assert token.startswith("aiinfra-") and token not in (tmp_path / "keys.json").read_text()
+    assert "shown only now" in added.stderr
+    listed = cli("keys", "list", "--file", path).stdout
+    assert listed.startswith("webui") and "rpm 30" in listed and "models a, b" in listed and token not in listed
+    again = cli("keys", "add", "webui", "--file", path)
+    assert again.exit_code == 2 and "a key named 'webui' exists" in again.stderr
+    assert cli("keys", "revoke", "webui", "--file", path).exit_code == 0
+    gone = cli("keys", "revoke", "webui", "--file", path)
+    assert gone.exit_code == 2 and "no key named 'webui'" in gone.stderr
