@@ -42,7 +42,7 @@ def load_hosts(inventory: str | None, pattern: str) -> tuple[Inventory, list[str
         fail(str(exc), EXIT_ENVIRONMENT)
 
 
-INSTALLED_GROUPS = ("inference",)  # the groups playbooks/site.yml installs
+INSTALLED_GROUPS = ("inference", "proxmox_hosts")  # the groups playbooks/site.yml installs
 
 
 def check_specs(inv: Inventory, hosts: list[str]) -> list[SpecError]:
@@ -53,7 +53,7 @@ def check_specs(inv: Inventory, hosts: list[str]) -> list[SpecError]:
                 SpecError(
                     host,
                     "groups",
-                    f"not in group {INSTALLED_GROUPS[0]!r}, the hosts "
+                    f"not in group {' or '.join(map(repr, INSTALLED_GROUPS))}, the hosts "
                     "site.yml installs: add it to that group in the inventory",
                 )
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -132,6 +132,16 @@ class HostSpec(Strict):
     model_storage_device: str | None = None
     model_mirror: str | None = None  # local copy of the models (config.json read for planning)
 
+    # role proxmox_passthrough (hosts of group proxmox_hosts)
+    proxmox_passthrough_enabled: bool = False
+    proxmox_passthrough_cpu_vendor: Literal["auto", "intel", "amd"] = "auto"
+    proxmox_passthrough_extra_kernel_args: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,:=/-]+$")]] = []
+    proxmox_passthrough_bootloader: Literal["auto", "grub", "proxmox-boot-tool"] = "auto"
+    proxmox_passthrough_gpu_ids: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")]] = []
+    proxmox_passthrough_hugepages_1g: Annotated[int, Field(ge=0, le=4096)] = 0
+    proxmox_passthrough_vm_id: Annotated[int, Field(ge=100, le=999999999)] | None = None
+    proxmox_passthrough_sysfs_root: str = "/sys"
+
     # engines and the agent
     engines: dict[str, Engine] = {}
     profiles: dict[str, list[str]] = {}
@@ -145,7 +155,9 @@ class HostSpec(Strict):
             raise ValueError(f'{value!r} is not an exact driver version; write it quoted in full, e.g. "580.105.08"')
         return value
 
-    _paths = field_validator("model_storage_mount", "model_storage_device", "model_mirror")(_absolute)
+    _paths = field_validator(
+        "model_storage_mount", "model_storage_device", "model_mirror", "proxmox_passthrough_sysfs_root"
+    )(_absolute)
 
     @field_validator("router_listen")
     @classmethod
