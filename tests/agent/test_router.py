@@ -75,7 +75,7 @@ def test_a_stream_arrives_chunk_by_chunk(served):
         assert chunk.choices[0].delta.content
     assert len(arrivals) == 5
     # the engine sends a chunk every 0.2 s: the client sees them spread out, not all at the end
-    assert arrivals[0] < 0.5 and arrivals[-1] - arrivals[0] >= 0.6
+    assert arrivals[-1] - arrivals[0] >= 0.6 and arrivals[0] < 1.0
 
 
 def test_errors_surface_as_the_clients_typed_errors(served):
