@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -10,7 +11,6 @@ from typing import NoReturn
 import click
 
 from aiinfra.agent import client
-from aiinfra.agent.http import keys as keyfile
 from aiinfra.installer import lab, plan, remote
 from aiinfra.installer.inventory import Inventory, InventoryError, load, resolve_path
 from aiinfra.installer.run import (
@@ -322,77 +322,30 @@ def profile(
     sys.exit(worst)
 
 
-@main.group("keys")
-def keys_group() -> None:
-    """The router's API keys: on this machine (--file), or on inventory hosts (--host)."""
-
-
-KEYS_FILE = click.option(
-    "--file", "keys_path", default="/etc/aiinfra/keys.json", show_default=True, help="Keys file (local use)."
-)
-KEYS_HOST = click.option("--host", "pattern", help="Manage the keys on these inventory hosts, through Ansible.")
-
-
-def keys_on_hosts(inventory: str | None, pattern: str, args: list[str]) -> None:
-    inv, hosts = load_hosts(inventory, pattern)
-    worst = 0
-    for host, answer in remote.agent_command(inv.path, hosts, ["keys", *args]).items():
-        click.echo(f"{host}: {(answer.stdout or answer.error).strip()}")
-        worst = max(worst, EXIT_UNREACHABLE if answer.rc is None else answer.rc)
-    sys.exit(worst)
-
-
-@keys_group.command("add")
-@click.argument("name")
-@click.option("--models", default="", help="Comma-separated models the key may use (default: all).")
-@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute.")
-@click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute.")
-@KEYS_FILE
-@KEYS_HOST
+@main.command("keys", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--host", "pattern", help="Manage the keys on these inventory hosts, through Ansible.")
 @click.option("-i", "--inventory", help=INVENTORY_HELP)
-def keys_add(
-    name: str, models: str, rpm: int | None, tpm: int | None, keys_path: str, pattern: str | None, inventory: str | None
-) -> None:
-    """Create key NAME and print it once; only its hash is stored."""
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def keys(pattern: str | None, inventory: str | None, args: tuple[str, ...]) -> None:
+    """The router's API keys, on this machine or on inventory hosts: the agent's own commands,
+
+    \b
+      aiinfra keys add NAME [--models m1,m2] [--rpm N] [--tpm N] [--file PATH]
+      aiinfra keys list [--json]
+      aiinfra keys revoke NAME
+    """
     if pattern is not None:
-        extra = [f"--models={models}"] * bool(models) + [f"--rpm={rpm}"] * bool(rpm) + [f"--tpm={tpm}"] * bool(tpm)
-        keys_on_hosts(inventory, pattern, ["add", name, *extra])
-    try:
-        click.echo(keyfile.add(Path(keys_path), name, [m for m in models.split(",") if m], rpm, tpm))
-    except keyfile.KeysFileError as exc:
-        fail(str(exc), EXIT_SPEC)
-    click.echo(f"key {name!r} created; it is shown only now, store it safely", err=True)
-
-
-@keys_group.command("list")
-@KEYS_FILE
-@KEYS_HOST
-@click.option("-i", "--inventory", help=INVENTORY_HELP)
-def keys_list(keys_path: str, pattern: str | None, inventory: str | None) -> None:
-    """List the keys: names, hints, limits, models (never the keys)."""
-    if pattern is not None:
-        keys_on_hosts(inventory, pattern, ["list"])
-    for key in keyfile.load(Path(keys_path)).values():
-        click.echo(
-            f"{key.name:<16} {key.hint + '…':<14} rpm {key.rpm or '-'} tpm {key.tpm or '-'} "
-            f"models {', '.join(key.models) or 'all'}"
-        )
-
-
-@keys_group.command("revoke")
-@click.argument("name")
-@KEYS_FILE
-@KEYS_HOST
-@click.option("-i", "--inventory", help=INVENTORY_HELP)
-def keys_revoke(name: str, keys_path: str, pattern: str | None, inventory: str | None) -> None:
-    """Remove key NAME; the router refuses it from its next request on."""
-    if pattern is not None:
-        keys_on_hosts(inventory, pattern, ["revoke", name])
-    try:
-        keyfile.revoke(Path(keys_path), name)
-    except keyfile.KeysFileError as exc:
-        fail(str(exc), EXIT_SPEC)
-    click.echo(f"key {name!r} revoked")
+        inv, hosts = load_hosts(inventory, pattern)
+        worst = 0
+        for host, answer in remote.agent_command(inv.path, hosts, ["keys", *args]).items():
+            click.echo(f"{host}: {(answer.stdout or answer.error).strip()}")
+            worst = max(worst, EXIT_UNREACHABLE if answer.rc is None else answer.rc)
+        sys.exit(worst)
+    agent = Path(sys.executable).with_name("aiinfra-agent")
+    proc = subprocess.run([str(agent), "keys", *args], capture_output=True, text=True, check=False)
+    click.echo(proc.stdout, nl=False)
+    click.echo(proc.stderr, nl=False, err=True)
+    sys.exit(proc.returncode)
 
 
 @main.group("lab")

@@ -88,10 +88,26 @@ CASES: dict[str, tuple[Mutate, str, str]] = {
     "negative huge pages": (setter("host_base_hugepages", -1), "host_base_hugepages", "greater than or equal to 0"),
     "sysctl as a list": (setter("host_base_sysctl", ["vm.swappiness=10"]), "host_base_sysctl", "valid dictionary"),
     "service user with spaces": (setter("aiinfra_user", "ai infra"), "aiinfra_user", "pattern"),
-    "passthrough id not vendor:device": (setter("proxmox_passthrough_gpu_ids", ["10de-2204"]), "proxmox_passthrough_gpu_ids.0", "pattern"),
-    "unknown bootloader": (setter("proxmox_passthrough_bootloader", "lilo"), "proxmox_passthrough_bootloader", "'auto', 'grub' or 'proxmox-boot-tool'"),
-    "VM id below Proxmox's range": (setter("proxmox_passthrough_vm_id", 42), "proxmox_passthrough_vm_id", "greater than or equal to 100"),
-    "misspelt passthrough variable": (setter("proxmox_passthrough_enable", True), "proxmox_passthrough_enable", "did you mean 'proxmox_passthrough_enabled'"),
+    "passthrough id not vendor:device": (
+        setter("proxmox_passthrough_gpu_ids", ["10de-2204"]),
+        "proxmox_passthrough_gpu_ids.0",
+        "pattern",
+    ),
+    "unknown bootloader": (
+        setter("proxmox_passthrough_bootloader", "lilo"),
+        "proxmox_passthrough_bootloader",
+        "'auto', 'grub' or 'proxmox-boot-tool'",
+    ),
+    "VM id below Proxmox's range": (
+        setter("proxmox_passthrough_vm_id", 42),
+        "proxmox_passthrough_vm_id",
+        "greater than or equal to 100",
+    ),
+    "misspelt passthrough variable": (
+        setter("proxmox_passthrough_enable", True),
+        "proxmox_passthrough_enable",
+        "did you mean 'proxmox_passthrough_enabled'",
+    ),
     "journal size without unit": (
         setter("host_base_journald_max_use", "2000"),
         "host_base_journald_max_use",
