@@ -1,0 +1,235 @@
+"""TEST DOUBLE for NVIDIA's driver packages (hardware kit): tiny .debs with the real Ubuntu package
+names and versions, in a flat apt repository, so that a driver role's real apt, pin, hold and
+upgrade paths run where no GPU or Ubuntu archive is.
+
+    python3 tests/kit/fake_nvidia_driver.py REPO_DIR 580.105.08 580.126.09 [--flavour server]
+
+builds, per version, nvidia-driver-580[-server] (the metapackage), nvidia-utils-580[-server] (a fake
+`nvidia-smi`), libnvidia-compute-580[-server], nvidia-compute-utils-580[-server] (a fake
+`nvidia-persistenced` and its unit) and nvidia-dkms-580[-server] (empty), all at
+VERSION-0ubuntu0.24.04.1, then writes the repository's Packages index. Use it with
+`deb [trusted=yes] file:REPO_DIR ./`.
+
+The fake nvidia-smi keeps GPU state in /var/lib/fake-nvidia/state.json, in the same format as the
+fake pynvml (tests/kit/fake_nvml), so the agent's NVML code and the roles' nvidia-smi calls see one
+machine. Its driver version is the installed package's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import tempfile
+from pathlib import Path
+
+STATE = "/var/lib/fake-nvidia/state.json"
+
+NVIDIA_SMI = r'''#!/usr/bin/python3
+"""TEST DOUBLE for nvidia-smi (aiinfra hardware kit), driver @VERSION@: GPU state in @STATE@."""
+import json, os, sys
+
+VERSION = "@VERSION@"
+PATH = os.environ.get("AIINFRA_FAKE_NVML", "@STATE@")
+DEFAULT = {"name": "NVIDIA GeForce RTX 3090", "memory_total": 25769803776, "memory_used": 0,
+           "power_limit_mw": 350000, "power_min_mw": 100000, "power_max_mw": 390000,
+           "power_default_mw": 350000, "power_usage_mw": 30000, "persistence": 0, "temperature": 35,
+           "utilization": 0, "sm_clock": 210, "throttle": 0, "lost": False, "xid": []}
+
+
+def load():
+    try:
+        with open(PATH) as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        state = {"gpus": [dict(DEFAULT) for _ in range(int(os.environ.get("FAKE_NVIDIA_GPUS", "2")))]}
+    state["driver"] = state["library"] = VERSION  # the installed package is the driver
+    return state
+
+
+def save(state):
+    os.makedirs(os.path.dirname(PATH), exist_ok=True)
+    with open(PATH + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(PATH + ".tmp", PATH)
+
+
+def query(state, fields, indices):
+    values = {"driver_version": lambda i, g: VERSION, "count": lambda i, g: str(len(state["gpus"])),
+              "index": lambda i, g: str(i), "name": lambda i, g: g["name"],
+              "power.limit": lambda i, g: f"{g['power_limit_mw'] / 1000:.2f}",
+              "power.min_limit": lambda i, g: f"{g['power_min_mw'] / 1000:.2f}",
+              "power.max_limit": lambda i, g: f"{g['power_max_mw'] / 1000:.2f}",
+              "power.default_limit": lambda i, g: f"{g['power_default_mw'] / 1000:.2f}",
+              "persistence_mode": lambda i, g: "Enabled" if g["persistence"] else "Disabled",
+              "memory.total": lambda i, g: str(g["memory_total"] // 2**20)}
+    for i in indices:
+        print(", ".join(values[f](i, state["gpus"][i]) for f in fields))
+
+
+def main(argv):
+    state = load()
+    indices = list(range(len(state["gpus"])))
+    fields, i = None, 0
+    pl = pm = None
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--query-gpu="):
+            fields = arg.split("=", 1)[1].split(",")
+        elif arg in ("-i", "--id"):
+            indices = [int(x) for x in argv[i + 1].split(",")]
+            i += 1
+        elif arg in ("-pl", "--power-limit"):
+            pl = float(argv[i + 1])
+            i += 1
+        elif arg in ("-pm", "--persistence-mode"):
+            pm = int(argv[i + 1])
+            i += 1
+        i += 1
+    if pl is not None:
+        if os.geteuid() != 0:
+            sys.exit("Changing power management limit is not supported in current scope for GPU. "
+                     "Insufficient Permissions")
+        for n in indices:
+            g = state["gpus"][n]
+            if not g["power_min_mw"] <= pl * 1000 <= g["power_max_mw"]:
+                print(f"Provided power limit {pl:.2f} W is not a valid power limit which should be between "
+                      f"{g['power_min_mw'] / 1000:.2f} W and {g['power_max_mw'] / 1000:.2f} W for GPU {n}")
+                sys.exit(2)
+            before = g["power_limit_mw"] / 1000
+            g["power_limit_mw"] = int(pl * 1000)
+            print(f"Power limit for GPU {n} was set to {pl:.2f} W from {before:.2f} W.")
+        save(state)
+        return
+    if pm is not None:
+        for n in indices:
+            state["gpus"][n]["persistence"] = pm
+            print(f"{'Enabled' if pm else 'Disabled'} persistence mode for GPU {n}.")
+        save(state)
+        return
+    if fields:
+        query(state, fields, indices)
+        return
+    print(f"| NVIDIA-SMI {VERSION}    Driver Version: {VERSION}    CUDA Version: 13.0 |")
+    for n, g in enumerate(state["gpus"]):
+        print(f"|   {n}  {g['name']}  {g['power_usage_mw'] // 1000}W / {g['power_limit_mw'] // 1000}W |")
+
+
+main(sys.argv[1:])
+'''
+
+PERSISTENCED = r"""#!/bin/sh
+# TEST DOUBLE for nvidia-persistenced (aiinfra hardware kit): with --persistence-mode it turns
+# persistence on for every fake GPU, as the real daemon does; then it stays, like a daemon.
+case " $* " in
+  *" --persistence-mode "*) /usr/bin/nvidia-smi -pm 1 >/dev/null ;;
+esac
+exec sleep infinity
+"""
+
+PERSISTENCED_UNIT = """[Unit]
+Description=NVIDIA Persistence Daemon (aiinfra test double)
+
+[Service]
+Type=simple
+ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --no-persistence-mode --verbose
+ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def package_names(branch: str, flavour: str) -> dict[str, str]:
+    suffix = f"-{flavour}" if flavour != "desktop" else ""
+    return {
+        kind: f"{kind}-{branch}{suffix}"
+        for kind in ("nvidia-driver", "nvidia-utils", "libnvidia-compute", "nvidia-compute-utils", "nvidia-dkms")
+    }
+
+
+def build_version(repo: Path, version: str, flavour: str) -> list[Path]:
+    branch = version.split(".")[0]
+    full = f"{version}-0ubuntu0.24.04.1"
+    names = package_names(branch, flavour)
+    files = {
+        "nvidia-utils": {
+            "usr/bin/nvidia-smi": (NVIDIA_SMI.replace("@VERSION@", version).replace("@STATE@", STATE), 0o755)
+        },
+        "nvidia-compute-utils": {
+            "usr/bin/nvidia-persistenced": (PERSISTENCED, 0o755),
+            "lib/systemd/system/nvidia-persistenced.service": (PERSISTENCED_UNIT, 0o644),
+        },
+        "libnvidia-compute": {
+            f"usr/share/doc/{names['libnvidia-compute']}/README.test-double": (
+                "Test double: no libnvidia-ml here.\n",
+                0o644,
+            )
+        },
+        "nvidia-dkms": {},
+        "nvidia-driver": {},
+    }
+    depends = {
+        "nvidia-driver": ", ".join(
+            f"{names[k]} (= {full})"
+            for k in ("nvidia-utils", "libnvidia-compute", "nvidia-compute-utils", "nvidia-dkms")
+        )
+    }
+    built = []
+    for kind, name in names.items():
+        with tempfile.TemporaryDirectory() as root:
+            base = Path(root)
+            (base / "DEBIAN").mkdir()
+            control = [
+                f"Package: {name}",
+                f"Version: {full}",
+                "Architecture: all",
+                "Maintainer: aiinfra tests <tests@aiinfra.invalid>",
+                "Section: restricted/libs",
+                "Priority: optional",
+                f"Description: TEST DOUBLE of {name} (aiinfra hardware kit), no driver inside",
+            ]
+            if kind in depends:
+                control.insert(3, f"Depends: {depends[kind]}")
+            (base / "DEBIAN" / "control").write_text("\n".join(control) + "\n")
+            for path, (content, mode) in files[kind].items():
+                target = base / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(content)
+                target.chmod(mode)
+            deb = repo / f"{name}_{full}_all.deb"
+            subprocess.run(
+                ["dpkg-deb", "--root-owner-group", "--build", str(base), str(deb)], check=True, capture_output=True
+            )
+            built.append(deb)
+    return built
+
+
+def write_index(repo: Path) -> None:
+    """The flat repository's Packages file: each .deb's control fields plus where and what it is."""
+    stanzas = []
+    for deb in sorted(repo.glob("*.deb")):
+        control = subprocess.run(
+            ["dpkg-deb", "--field", str(deb)], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        data = deb.read_bytes()
+        stanzas.append(
+            f"{control}\nFilename: ./{deb.name}\nSize: {len(data)}\nSHA256: {hashlib.sha256(data).hexdigest()}"
+        )
+    (repo / "Packages").write_text("\n\n".join(stanzas) + "\n")
+
+
+def build(repo: Path, versions: list[str], flavour: str = "server") -> None:
+    repo.mkdir(parents=True, exist_ok=True)
+    for version in versions:
+        build_version(repo, version, flavour)
+    write_index(repo)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("repo", type=Path)
+    parser.add_argument("versions", nargs="+")
+    parser.add_argument("--flavour", choices=["server", "desktop", "open", "server-open"], default="server")
+    args = parser.parse_args()
+    build(args.repo, args.versions, args.flavour)
