@@ -97,8 +97,6 @@ async def restart_engine(request: web.Request) -> web.Response:
 def control_app(supervisor: Supervisor) -> web.Application:
     app = web.Application()
     app[SUPERVISOR] = supervisor
-    app[STARTED] = time.time()
-    app.router.add_get("/status", status)
     app.router.add_post("/profile", switch_profile)
     app.router.add_post("/engines/{name}/restart", restart_engine)
     return app
