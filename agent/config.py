@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from aiinfra.agent.schema import Engine, Strict, engine_problems, engines_model_at, error_lines
 
 DEFAULT_PATH = Path("/etc/aiinfra/agent.yml")
+GPU_SETTINGS_PATH = Path("/etc/aiinfra/gpu.yml")  # written by the gpu_tuning role; the boot unit reads it too
 Seconds = Annotated[float, Field(gt=0, strict=False)]
 
 
@@ -71,7 +72,9 @@ class AgentConfig(Strict):
     vllm_command: list[str] = ["/opt/aiinfra/vllm/bin/vllm"]
     ollama_command: list[str] = ["/usr/local/bin/ollama"]
     policy: Policy = Policy()
-    gpu: GpuConfig | None = GpuConfig()  # None: no GPU layer (a developer's machine); engines start regardless
+    # None: no GPU layer (a developer's machine), engines start regardless. A path names a file of GPU
+    # settings (gpu.yml): the boot unit's `gpu apply` reads the same file, so the two cannot disagree.
+    gpu: GpuConfig | None = GpuConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> AgentConfig:
@@ -111,11 +114,28 @@ def parse(data: object, path: Path = DEFAULT_PATH) -> AgentConfig:
         raise ConfigError(path, [f"{field}: {message}" for field, message in error_lines(exc, _model_at)]) from None
 
 
-def load(path: Path = DEFAULT_PATH) -> AgentConfig:
+def _read_yaml(path: Path) -> object:
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, [f"not valid YAML: {' '.join(str(exc).split())}"]) from None
+
+
+def load(path: Path = DEFAULT_PATH) -> AgentConfig:
+    data = _read_yaml(path)
+    if isinstance(data, dict) and isinstance(data.get("gpu"), str):
+        data["gpu"] = load_gpu_settings(Path(data["gpu"])).model_dump()
     return parse(data, path)
+
+
+def load_gpu_settings(path: Path = GPU_SETTINGS_PATH) -> GpuConfig:
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["the GPU settings are a mapping, e.g. power_limit_watts: 350"])
+    try:
+        return GpuConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = error_lines(exc, lambda loc: None if loc else GpuConfig)
+        raise ConfigError(path, [f"{field}: {message}" for field, message in lines]) from None

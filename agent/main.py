@@ -15,13 +15,13 @@ from pathlib import Path
 import click
 
 from aiinfra.agent import client
-from aiinfra.agent.config import DEFAULT_PATH, AgentConfig, ConfigError, load
+from aiinfra.agent.config import DEFAULT_PATH, GPU_SETTINGS_PATH, AgentConfig, ConfigError, load, load_gpu_settings
 from aiinfra.agent.effects import Backend
 from aiinfra.agent.effects.process import ProcessBackend
 from aiinfra.agent.effects.systemd import SystemdBackend, available, launch_file
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.gpu.nvml import Nvml
-from aiinfra.agent.gpu.policy import Refused, SetPowerLimit, settings_actions
+from aiinfra.agent.gpu.policy import Refused, SetPersistence, SetPowerLimit, settings_actions
 from aiinfra.agent.http import keys as keyfile
 from aiinfra.agent.http.keys import KeyRing
 from aiinfra.agent.http.router import Router
@@ -319,41 +319,52 @@ def gpu() -> None:
 
 
 @gpu.command("apply")
-@CONFIG
-def gpu_apply(config_path: Path) -> None:
-    """Apply power limits and persistence mode now, read them back; exit 1 if any did not stick."""
-    config = _load(config_path)
-    if config.gpu is None:
-        click.echo("aiinfra-agent: the configuration turns the GPU layer off (gpu: null)", err=True)
+@click.option(
+    "--settings",
+    "settings_path",
+    type=click.Path(path_type=Path),
+    default=GPU_SETTINGS_PATH,
+    show_default=True,
+    help="GPU settings (the gpu_tuning role writes them).",
+)
+def gpu_apply(settings_path: Path) -> None:
+    """Apply power limits and persistence mode now and read them back (the boot unit's job).
+
+    Exit 1 if a setting did not stick, 2 if a wanted limit is outside what a card allows: then
+    nothing is changed on any GPU."""
+    try:
+        settings = load_gpu_settings(settings_path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
     nvml = Nvml()
     snapshot = nvml.read()
     if snapshot.state != "ok":
         click.echo(f"aiinfra-agent: {snapshot.state}: {snapshot.message}", err=True)
         sys.exit(1)
-    actions = settings_actions(snapshot, config.gpu.power_limit_watts, config.gpu.persistence_mode, {}, 0, 0)
+    actions = settings_actions(snapshot, settings.power_limit_watts, settings.persistence_mode, {}, 0, 0)
     refused = [a.reason for a in actions if isinstance(a, Refused)]
-    for reason in refused:
-        click.echo(f"aiinfra-agent: {reason}; nothing changed on that GPU", err=True)
+    if refused:
+        for reason in refused:
+            click.echo(f"aiinfra-agent: {reason}", err=True)
+        click.echo(f"aiinfra-agent: nothing changed; fix {settings_path}", err=True)
+        nvml.shutdown()
+        sys.exit(EXIT_CONFIG)
     for action in actions:
         if isinstance(action, SetPowerLimit):
             nvml.set_power_limit(action.gpu, action.watts)
-        elif not isinstance(action, Refused):
+        elif isinstance(action, SetPersistence):
             nvml.set_persistence(action.gpu, action.enabled)
     after = nvml.read()
-    left = [
-        a
-        for a in settings_actions(after, config.gpu.power_limit_watts, config.gpu.persistence_mode, {}, 0, 0)
-        if not isinstance(a, Refused)
-    ]
+    left = settings_actions(after, settings.power_limit_watts, settings.persistence_mode, {}, 0, 0)
     nvml.shutdown()
     for g in after.gpus:
         click.echo(
             f"GPU {g.index} {g.name}: power limit {g.power_limit_w:.0f} W, "
             f"persistence {'on' if g.persistence else 'off'}"
         )
-    if left or refused:
-        click.echo(f"aiinfra-agent: not in place: {left or refused}", err=True)
+    if left:
+        click.echo(f"aiinfra-agent: did not stick: {left}", err=True)
         sys.exit(1)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent.conftest import AGENT, free_port, vllm
@@ -194,29 +196,42 @@ def test_metrics_have_the_documented_gpu_series(gpu_agent):
 def test_gpu_apply_sets_and_reads_back(gpu_agent, tmp_path):
     make, fake = gpu_agent
     agent = make(start=False)
-    agent.write_config()
-    env = {**__import__("os").environ, **agent.env}
+    settings = tmp_path / "gpu.yml"
+    env = {**os.environ, **agent.env}
+
+    def apply(**wanted):
+        settings.write_text(yaml.safe_dump({"persistence_mode": True, **wanted}))
+        return subprocess.run(
+            [AGENT, "gpu", "apply", "--settings", str(settings)], capture_output=True, text=True, env=env, check=False
+        )
+
     fake.change(lambda s: [g.update(power_limit_mw=390000, persistence=0) for g in s["gpus"]])
-    done = subprocess.run(
-        [AGENT, "gpu", "apply", "--config", str(agent.config_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    done = apply(power_limit_watts=350)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "GPU 0 NVIDIA GeForce RTX 3090: power limit 350 W, persistence on"
     assert [g["power_limit_mw"] for g in fake.read()["gpus"]] == [350000, 350000]
 
-    agent.config["gpu"]["power_limit_watts"] = 50
-    agent.write_config()
-    refused = subprocess.run(
-        [AGENT, "gpu", "apply", "--config", str(agent.config_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
+    # GPU 0's wish is fine, GPU 1's is not: nothing changes anywhere, persistence included.
+    fake.change(lambda s: [g.update(persistence=0) for g in s["gpus"]])
+    refused = apply(power_limit_watts={0: 300, 1: 50})
+    assert refused.returncode == 2
+    assert "power limit 50 W is outside what GPU 1 allows (100-390 W)" in refused.stderr
+    assert f"nothing changed; fix {settings}" in refused.stderr
+    assert [(g["power_limit_mw"], g["persistence"]) for g in fake.read()["gpus"]] == [(350000, 0), (350000, 0)]
+
+
+def test_agent_config_can_name_the_gpu_settings_file(gpu_agent, tmp_path):
+    make, fake = gpu_agent
+    settings = tmp_path / "gpu.yml"
+    settings.write_text(yaml.safe_dump({"power_limit_watts": 300, "interval_s": 0.2, "reapply_min_interval_s": 0.5}))
+    agent = make(start=False)
+    agent.config["gpu"] = str(settings)
+    agent.start()
+    agent.wait(lambda s: [g["power_limit_mw"] for g in fake.read()["gpus"]] == [300000, 300000], 10, "limit 300 W")
+
+    settings.write_text("power_limit_watt: 300\n")
+    checked = subprocess.run(
+        [AGENT, "check-config", "--config", str(agent.config_path)], capture_output=True, text=True, check=False
     )
-    assert refused.returncode == 1
-    assert "power limit 50 W is outside what GPU 0 allows (100-390 W); nothing changed on that GPU" in refused.stderr
-    assert [g["power_limit_mw"] for g in fake.read()["gpus"]] == [350000, 350000]
+    assert checked.returncode == 2
+    assert f"{settings}: power_limit_watt: unknown key; did you mean 'power_limit_watts'?" in checked.stderr
