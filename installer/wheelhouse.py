@@ -1,0 +1,82 @@
+"""Wheels for a box: aiinfra built from this checkout, and its dependencies for the box's Python and
+CPU, downloaded here. The box installs from them offline, so it runs exactly the installer's version
+and needs no package index of its own (role aiinfra_package).
+
+    python -m aiinfra.installer.wheelhouse --source CHECKOUT --dest DIR --python 3.13 --arch x86_64
+
+prints {"wheelhouse": DIR, "wheel": "aiinfra-….whl", "sha256": …} as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Wheels carry file dates; a fixed one makes the same source give the same bytes, so an unchanged
+# checkout copies nothing and reinstalls nothing on the box.
+SOURCE_DATE_EPOCH = "315532800"
+# Every glibc distribution aiinfra supports (Debian 12: 2.36, Ubuntu 24.04: 2.39) runs these.
+MANYLINUX = ("manylinux2014", "manylinux_2_17", "manylinux_2_28")
+
+
+class WheelhouseError(Exception):
+    pass
+
+
+def _pip(*args: str, env: dict[str, str] | None = None) -> None:
+    done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.startswith("ERROR")]
+        raise WheelhouseError(f"pip {args[0]} failed: {' '.join(lines) or done.stderr.strip()[-500:]}")
+
+
+def build(source: Path, dest: Path, python: str, arch: str) -> dict[str, str]:
+    if not (source / "pyproject.toml").is_file():
+        raise WheelhouseError(f"{source} is not an aiinfra checkout (no pyproject.toml)")
+    major, _, minor = python.partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        raise WheelhouseError(f"{python!r} is not a Python version like 3.13")
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("aiinfra-*.whl"):
+        old.unlink()  # pip download keeps a file of the same name; this one must be the fresh build
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
+        _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", tmp, str(source), env=env)
+        (built,) = Path(tmp).glob("aiinfra-*.whl")
+        wheel = dest / built.name
+        shutil.copyfile(built, wheel)
+    tag = f"cp{major}{minor}"
+    platforms = [arg for name in MANYLINUX for arg in ("--platform", f"{name}_{arch}")]
+    _pip(
+        "download", "--quiet", "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+        "--abi", tag, *platforms, "--dest", str(dest), str(wheel),
+    )  # fmt: skip
+    return {
+        "wheelhouse": str(dest),
+        "wheel": wheel.name,
+        "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, required=True, help="aiinfra checkout")
+    parser.add_argument("--dest", type=Path, required=True, help="wheelhouse directory (kept as a cache)")
+    parser.add_argument("--python", required=True, help="the box's Python, e.g. 3.13")
+    parser.add_argument("--arch", required=True, help="the box's CPU, e.g. x86_64 or aarch64")
+    args = parser.parse_args()
+    try:
+        print(json.dumps(build(args.source.resolve(), args.dest, args.python, args.arch)))
+    except WheelhouseError as exc:
+        sys.exit(f"aiinfra wheelhouse: {exc}")
+
+
+if __name__ == "__main__":
+    main()

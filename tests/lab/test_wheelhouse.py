@@ -1,0 +1,26 @@
+"""Wheels for a box: the same checkout gives byte-identical wheels (an unchanged checkout copies and
+reinstalls nothing), and the dependencies are the box's Python's, not the controller's."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+
+from aiinfra.installer import wheelhouse
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.lab  # builds a wheel and asks the package index: seconds, and the network
+
+
+def test_wheels_are_reproducible_and_match_the_box(tmp_path):
+    first = wheelhouse.build(ROOT, tmp_path / "a", "3.13", "x86_64")
+    again = wheelhouse.build(ROOT, tmp_path / "a", "3.13", "x86_64")
+    assert first == again
+    names = {p.name for p in (tmp_path / "a").iterdir()}
+    assert first["wheel"] in names
+    binary = [n for n in names if "-cp3" in n]
+    assert binary and all("-cp313-" in n for n in binary), binary
+    assert any(n.startswith("pydantic_core-") for n in binary)
+    with zipfile.ZipFile(tmp_path / "a" / first["wheel"]) as wheel:
+        assert "aiinfra/agent/gpu/nvml.py" in wheel.namelist()
