@@ -4,7 +4,8 @@ and needs no package index of its own (role aiinfra_package).
 
     python -m aiinfra.installer.wheelhouse --source CHECKOUT --dest DIR --python 3.13 --arch x86_64
 
-prints {"wheelhouse": DIR, "wheel": "aiinfra-….whl", "sha256": …} as JSON.
+prints {"archive": DIR.tar, "wheel": "aiinfra-….whl", "sha256": …} as JSON: the archive holds every
+wheel (one file to copy, where a folder costs a round trip per file), sha256 is the archive's.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -58,11 +60,19 @@ def build(source: Path, dest: Path, python: str, arch: str) -> dict[str, str]:
         "download", "--quiet", "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
         "--abi", tag, *platforms, "--dest", str(dest), str(wheel),
     )  # fmt: skip
-    return {
-        "wheelhouse": str(dest),
-        "wheel": wheel.name,
-        "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
-    }
+    archive = dest.with_name(dest.name + ".tar")
+    _archive(dest, archive)
+    return {"archive": str(archive), "wheel": wheel.name, "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}
+
+
+def _archive(folder: Path, archive: Path) -> None:
+    """The same wheels give the same bytes: sorted names, no dates, no owners."""
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(folder.glob("*.whl")):
+            info = tar.gettarinfo(str(path), arcname=path.name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+            with path.open("rb") as f:
+                tar.addfile(info, f)
 
 
 def main() -> None:

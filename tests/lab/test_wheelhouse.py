@@ -3,6 +3,7 @@ reinstalls nothing), and the dependencies are the box's Python's, not the contro
 
 from __future__ import annotations
 
+import tarfile
 import zipfile
 
 import pytest
@@ -17,7 +18,9 @@ def test_wheels_are_reproducible_and_match_the_box(tmp_path):
     first = wheelhouse.build(ROOT, tmp_path / "a", "3.13", "x86_64")
     again = wheelhouse.build(ROOT, tmp_path / "a", "3.13", "x86_64")
     assert first == again
-    names = {p.name for p in (tmp_path / "a").iterdir()}
+    with tarfile.open(first["archive"]) as tar:
+        names = set(tar.getnames())
+    assert names == {p.name for p in (tmp_path / "a").iterdir()}
     assert first["wheel"] in names
     binary = [n for n in names if "-cp3" in n]
     assert binary and all("-cp313-" in n for n in binary), binary
