@@ -48,6 +48,23 @@ GpuKey = Annotated[int, Field(ge=0, le=15, strict=False)]
 Watts = Annotated[int, Field(ge=50, le=1000)]
 
 
+class DriverRepo(Strict):
+    """nvidia_driver_custom_repo: an apt repository of the driver's packages (deb822 fields)."""
+
+    uris: str
+    suites: str
+    components: str | None = None
+    key_url: str | None = None
+    signed_by: str | None = None
+    trusted: bool = False
+
+    @model_validator(mode="after")
+    def _one_trust(self) -> DriverRepo:
+        if sum((self.key_url is not None, self.signed_by is not None, self.trusted)) != 1:
+            raise ValueError("give exactly one of key_url, signed_by or trusted: true")
+        return self
+
+
 class Vlan(Strict):
     id: Annotated[int, Field(ge=1, le=4094)]
     link: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
@@ -119,12 +136,25 @@ class HostSpec(Strict):
     host_reboot_timeout_s: Annotated[int, Field(ge=60)] = 900
 
     # GPUs and driver (roles nvidia_driver, gpu_tuning)
-    nvidia_driver_version: str | None = None
+    nvidia_driver_version: str | None = None  # None or empty: the driver is left alone
+    nvidia_driver_source: Literal["ubuntu", "cuda", "custom"] = "ubuntu"
+    nvidia_driver_custom_repo: DriverRepo | None = None
+    nvidia_driver_kernel_modules: Literal["open", "proprietary"] = "open"
+    nvidia_driver_flavour: Literal["server", "desktop"] = "server"
+    nvidia_driver_kernel_headers_package: str | None = None
+    nvidia_driver_blacklist_nouveau: bool = True
     gpu_expected_count: Annotated[int, Field(ge=0, le=16)] | None = None
     gpu_persistence_mode: bool = True
     gpu_model: str | None = None  # a card capacity planning knows (installer/plan.py), e.g. rtx3090
     gpu_memory_gb: Annotated[float, Field(gt=0, le=1024, strict=False)] | None = None  # GiB per GPU
     gpu_power_limit_watts: Watts | dict[GpuKey, Watts] | None = None  # all GPUs, or per GPU index
+    gpu_tuning_settings_file: str = "/etc/aiinfra/gpu.yml"
+
+    # role aiinfra_package (aiinfra itself on the box)
+    aiinfra_package_prefix: str = "/opt/aiinfra"
+    aiinfra_package_source: str | None = None
+    aiinfra_package_cache: str | None = None
+    aiinfra_package_wheels_dir: str = "/var/cache/aiinfra/wheels"
 
     # network and storage (roles network_vlans, model_storage)
     vlans: list[Vlan] = []
@@ -151,12 +181,18 @@ class HostSpec(Strict):
     @field_validator("nvidia_driver_version")
     @classmethod
     def _driver_version(cls, value: str | None) -> str | None:
-        if value is not None and not DRIVER_VERSION.match(value):
+        if value and not DRIVER_VERSION.match(value):  # empty: the driver is not managed
             raise ValueError(f'{value!r} is not an exact driver version; write it quoted in full, e.g. "580.105.08"')
         return value
 
     _paths = field_validator(
-        "model_storage_mount", "model_storage_device", "model_mirror", "proxmox_passthrough_sysfs_root"
+        "model_storage_mount",
+        "model_storage_device",
+        "model_mirror",
+        "proxmox_passthrough_sysfs_root",
+        "gpu_tuning_settings_file",
+        "aiinfra_package_prefix",
+        "aiinfra_package_wheels_dir",
     )(_absolute)
 
     @field_validator("router_listen")
@@ -179,6 +215,10 @@ class HostSpec(Strict):
 
 def _cross_checks(spec: HostSpec) -> list[str]:
     problems = engine_problems(spec.engines, spec.profiles, spec.default_profile)
+    if spec.nvidia_driver_source == "custom" and spec.nvidia_driver_custom_repo is None:
+        problems.append(
+            "nvidia_driver_custom_repo: source custom needs the repository, e.g. {uris: ..., suites: ./, key_url: ...}"
+        )
     router_port = int(spec.router_listen.rpartition(":")[2])
     gpus = spec.gpu_expected_count
     for name, engine in spec.engines.items():
@@ -258,6 +298,8 @@ def _model_at(loc: list[str]) -> type[BaseModel] | None:
         return HostSpec
     if loc[0] == "vlans" and len(loc) == 2:
         return Vlan
+    if loc == ["nvidia_driver_custom_repo"]:
+        return DriverRepo
     return engines_model_at(loc)
 
 

@@ -108,6 +108,31 @@ CASES: dict[str, tuple[Mutate, str, str]] = {
         "proxmox_passthrough_enable",
         "did you mean 'proxmox_passthrough_enabled'",
     ),
+    "driver source unknown": (
+        setter("nvidia_driver_source", "ppa"),
+        "nvidia_driver_source",
+        "'ubuntu', 'cuda' or 'custom'",
+    ),
+    "custom driver source without its repository": (
+        setter("nvidia_driver_source", "custom"),
+        "nvidia_driver_custom_repo",
+        "source custom needs the repository",
+    ),
+    "custom repository without a trust choice": (
+        setter("nvidia_driver_custom_repo", {"uris": "http://mirror/nvidia", "suites": "./"}),
+        "nvidia_driver_custom_repo",
+        "exactly one of key_url, signed_by or trusted",
+    ),
+    "custom repository with a misspelt key": (
+        setter("nvidia_driver_custom_repo", {"uri": "http://mirror/nvidia", "suites": "./", "trusted": True}),
+        "nvidia_driver_custom_repo.uri",
+        "did you mean 'uris'",
+    ),
+    "settings file not absolute": (
+        setter("gpu_tuning_settings_file", "gpu.yml"),
+        "gpu_tuning_settings_file",
+        "absolute",
+    ),
     "journal size without unit": (
         setter("host_base_journald_max_use", "2000"),
         "host_base_journald_max_use",
