@@ -94,9 +94,21 @@ def validate_cmd(pattern: str, inventory: str | None, as_json: bool) -> None:
 @click.option("--diff", is_flag=True, help="Show the changes made to files.")
 @click.option("--tags", help="Only run roles/tasks with these tags (comma-separated).")
 @click.option("--allow-reboot", is_flag=True, help="Let the run reboot hosts that need it.")
+@click.option(
+    "--allow-network-change",
+    is_flag=True,
+    help="Apply changed VLANs (with an automatic rollback if the connection is lost); else they are staged.",
+)
 @click.option("--json", "as_json", is_flag=True, help="No live progress; print the summary as JSON.")
 def install(
-    pattern: str, inventory: str | None, check: bool, diff: bool, tags: str | None, allow_reboot: bool, as_json: bool
+    pattern: str,
+    inventory: str | None,
+    check: bool,
+    diff: bool,
+    tags: str | None,
+    allow_reboot: bool,
+    allow_network_change: bool,
+    as_json: bool,
 ) -> None:
     """Validate the spec, then converge the host(s) with playbooks/site.yml.
 
@@ -116,7 +128,14 @@ def install(
         click.echo(f"installing {', '.join(hosts)} from {inv.path}{mode}", err=True)
     try:
         summary = run_playbook(
-            inv.path, ",".join(hosts), check=check, diff=diff, tags=tags, allow_reboot=allow_reboot, progress=progress
+            inv.path,
+            ",".join(hosts),
+            check=check,
+            diff=diff,
+            tags=tags,
+            allow_reboot=allow_reboot,
+            allow_network_change=allow_network_change,
+            progress=progress,
         )
     except EnvironmentProblem as exc:
         fail(str(exc), EXIT_ENVIRONMENT)

@@ -166,6 +166,7 @@ def run_playbook(
     diff: bool = False,
     tags: str | None = None,
     allow_reboot: bool = False,
+    allow_network_change: bool = False,
     progress: Progress,
 ) -> RunSummary:
     import ansible_runner  # the installer extra; imported late so `aiinfra validate` stays quick
@@ -184,7 +185,7 @@ def run_playbook(
         limit=limit,
         tags=tags,
         cmdline=cmdline or None,
-        extravars={"aiinfra_allow_reboot": allow_reboot},
+        extravars={"aiinfra_allow_reboot": allow_reboot, "aiinfra_allow_network_change": allow_network_change},
         envvars={
             # ansible-playbook from the same environment as aiinfra, whatever PATH says
             "PATH": f"{Path(ansible_tool('ansible-playbook')).parent}{os.pathsep}{os.environ.get('PATH', '')}",

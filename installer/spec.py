@@ -31,6 +31,7 @@ OUR_PREFIXES = (
     "nvidia_",
     "gpu_",
     "vlan",
+    "network_vlans_",
     "model_storage_",
     "engine",
     "profile",
@@ -158,6 +159,11 @@ class HostSpec(Strict):
 
     # network and storage (roles network_vlans, model_storage)
     vlans: list[Vlan] = []
+    network_vlans_apply: bool = False  # or `aiinfra install --allow-network-change`, for one run
+    network_vlans_rollback_after_s: Annotated[int, Field(ge=30, le=3600)] = 120
+    network_vlans_netplan_file: Annotated[str, Field(pattern=r"^/etc/netplan/[^/]+\.yaml$")] = (
+        "/etc/netplan/60-aiinfra-vlans.yaml"
+    )
     model_storage_mount: str = "/mnt/nvme"
     model_storage_device: str | None = None
     model_mirror: str | None = None  # local copy of the models (config.json read for planning)
@@ -240,6 +246,9 @@ def _cross_checks(spec: HostSpec) -> list[str]:
     ids = [vlan.id for vlan in spec.vlans]
     for vlan_id in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"vlans: VLAN id {vlan_id} is listed more than once")
+    names = [vlan.name for vlan in spec.vlans]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"vlans: interface name {name!r} is used by more than one VLAN")
     return problems
 
 

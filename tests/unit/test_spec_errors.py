@@ -133,6 +133,26 @@ CASES: dict[str, tuple[Mutate, str, str]] = {
         "gpu_tuning_settings_file",
         "absolute",
     ),
+    "VLAN name used twice": (
+        lambda spec: spec["vlans"].append({**spec["vlans"][0], "id": 999}),
+        "vlans",
+        "interface name 'trusted' is used by more than one VLAN",
+    ),
+    "rollback too quick to reconnect": (
+        setter("network_vlans_rollback_after_s", 5),
+        "network_vlans_rollback_after_s",
+        "greater than or equal to 30",
+    ),
+    "netplan file outside /etc/netplan": (
+        setter("network_vlans_netplan_file", "/etc/aiinfra/vlans.yaml"),
+        "network_vlans_netplan_file",
+        "pattern",
+    ),
+    "misspelt apply switch": (
+        setter("network_vlans_aply", True),
+        "network_vlans_aply",
+        "did you mean 'network_vlans_apply'",
+    ),
     "journal size without unit": (
         setter("host_base_journald_max_use", "2000"),
         "host_base_journald_max_use",

@@ -61,9 +61,13 @@ def test_the_operators_other_variables_pass(tmp_path, cli):
     assert cli("validate", "--host", "thor", "-i", str(inventory)).exit_code == 0
 
 
+# Set by `aiinfra install --allow-reboot / --allow-network-change` for one run, not by the spec.
+RUN_FLAGS = {"aiinfra_allow_reboot", "aiinfra_allow_network_change"}
+
+
 def test_role_variables_are_all_known_to_the_spec():
     """Every variable a role declares can be validated: the schema and the roles do not drift apart."""
-    installer_only = {"aiinfra_allow_reboot"}  # set by `aiinfra install --allow-reboot`, not the spec
+    installer_only = RUN_FLAGS
     for spec_file in sorted(ROOT.glob("roles/*/meta/argument_specs.yml")):
         options = yaml.safe_load(spec_file.read_text())["argument_specs"]["main"]["options"]
         unknown = set(options) - set(HostSpec.model_fields) - installer_only
@@ -73,7 +77,8 @@ def test_role_variables_are_all_known_to_the_spec():
 def test_role_defaults_pass_validation():
     for defaults in sorted(ROOT.glob("roles/*/defaults/main.yml")):
         values = yaml.safe_load(defaults.read_text()) or {}
-        values.pop("aiinfra_allow_reboot", None)
+        for flag in RUN_FLAGS:
+            values.pop(flag, None)
         _, errors = validate("defaults", values)
         assert errors == [], f"{defaults}: {[str(e) for e in errors]}"
 
