@@ -165,6 +165,14 @@ def print_summary(summary: RunSummary) -> None:
             f"reboot required: {', '.join(totals['reboot_required'])} "
             "(reboot when convenient, or re-run with --allow-reboot)"
         )
+    if totals["network_change_staged"]:
+        click.echo(
+            f"network change staged, not applied: {', '.join(totals['network_change_staged'])} "
+            "(re-run with --allow-network-change)"
+        )
+    for host, t in summary.hosts.items():
+        if t.model_storage:
+            click.echo(f"model storage: {host} {t.model_storage}")
     click.echo(f"log: {Path(summary.run_dir) / 'artifacts' / 'ansible' / 'stdout'}")
 
 

@@ -52,6 +52,8 @@ class HostTally:
     unreachable: int = 0
     skipped: int = 0
     reboot_required: bool = False
+    network_change_staged: bool = False  # role network_vlans: a VLAN change waits for --allow-network-change
+    model_storage: str = ""  # role model_storage: the mount and its free space
 
 
 @dataclass
@@ -77,6 +79,7 @@ class RunSummary:
             "exit_code": self.exit_code,
             "changed": sum(t.changed for t in self.hosts.values()),
             "reboot_required": sorted(h for h, t in self.hosts.items() if t.reboot_required),
+            "network_change_staged": sorted(h for h, t in self.hosts.items() if t.network_change_staged),
         }
 
 
@@ -107,10 +110,14 @@ class Progress:
             if kind == "runner_on_ok":
                 tally.ok += 1
                 tally.changed += bool(result.get("changed"))
-                # role host_reboot reports through set_stats; its result carries the data per host
+                # roles report through set_stats; its result carries the data per host
                 stats = (result.get("ansible_stats") or {}).get("data") or {}
                 if "aiinfra_reboot_required" in stats:
                     tally.reboot_required = str(stats["aiinfra_reboot_required"]).lower() == "true"
+                if "aiinfra_network_change_staged" in stats:
+                    tally.network_change_staged = str(stats["aiinfra_network_change_staged"]).lower() == "true"
+                if "aiinfra_model_storage" in stats:
+                    tally.model_storage = str(stats["aiinfra_model_storage"]).strip()
             elif kind == "runner_on_skipped":
                 tally.skipped += 1
             elif kind == "runner_on_unreachable":

@@ -166,6 +166,12 @@ class HostSpec(Strict):
     )
     model_storage_mount: str = "/mnt/nvme"
     model_storage_device: str | None = None
+    model_storage_mount_options: Annotated[str, Field(pattern=r"^[a-z0-9_=,.-]+$")] = "noatime,nofail"
+    model_storage_fstype: Literal["ext4", "xfs"] = "ext4"
+    model_storage_format: bool = False  # only ever a blank device
+    model_storage_label: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")] = "aiinfra-models"
+    model_storage_dirs: dict[str, Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] = {}
+    model_storage_dir_mode: Annotated[str, Field(pattern=r"^0?[0-7]{3}$")] = "0750"
     model_mirror: str | None = None  # local copy of the models (config.json read for planning)
 
     # role proxmox_passthrough (hosts of group proxmox_hosts)
@@ -246,6 +252,8 @@ def _cross_checks(spec: HostSpec) -> list[str]:
     ids = [vlan.id for vlan in spec.vlans]
     for vlan_id in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"vlans: VLAN id {vlan_id} is listed more than once")
+    if spec.model_storage_fstype == "xfs" and len(spec.model_storage_label) > 12:
+        problems.append(f"model_storage_label: xfs labels have at most 12 characters ({spec.model_storage_label!r})")
     names = [vlan.name for vlan in spec.vlans]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"vlans: interface name {name!r} is used by more than one VLAN")

@@ -24,6 +24,14 @@ EVENTS = [
     result("runner_on_skipped", "thor"),
     task("Report whether a reboot is still pending", role="host_reboot"),
     result("runner_on_ok", "thor", ansible_stats={"data": {"aiinfra_reboot_required": True}}),
+    task("Tell the run summary", role="network_vlans"),
+    result("runner_on_ok", "odin", ansible_stats={"data": {"aiinfra_network_change_staged": True}}),
+    task("Report it (the run summary shows it)", role="model_storage"),
+    result(
+        "runner_on_ok",
+        "odin",
+        ansible_stats={"data": {"aiinfra_model_storage": "/mnt/nvme on /dev/nvme1n1: 812.3 GiB free of 1863.0 GiB\n"}},
+    ),
 ]
 
 
@@ -38,7 +46,12 @@ def test_counts_failures_and_reboots_per_host():
     progress = feed(Progress(out=None))
     assert progress.tally == {
         "thor": HostTally(ok=2, changed=1, skipped=1, reboot_required=True),
-        "odin": HostTally(ok=1, failed=1),
+        "odin": HostTally(
+            ok=3,
+            failed=1,
+            network_change_staged=True,
+            model_storage="/mnt/nvme on /dev/nvme1n1: 812.3 GiB free of 1863.0 GiB",
+        ),
     }
     assert progress.failures == ["odin: host_base : Create the aiinfra user: useradd: group 'x' does not exist"]
 
@@ -51,6 +64,8 @@ def test_a_log_gets_one_line_per_task_and_each_failure():
         "  task 2: host_base : Create the aiinfra user",
         "FAILED odin: host_base : Create the aiinfra user: useradd: group 'x' does not exist",
         "  task 3: host_reboot : Report whether a reboot is still pending",
+        "  task 4: network_vlans : Tell the run summary",
+        "  task 5: model_storage : Report it (the run summary shows it)",
     ]
 
 
@@ -59,8 +74,8 @@ def test_a_terminal_gets_one_rewritten_line_with_counts():
     feed(Progress(out=out, live=lambda: True))
     text = out.getvalue()
     frames = [f for f in text.split("\r\x1b[2K") if f]
-    assert frames[-1].startswith("[  3] host_reboot : Report whether a reboot is still pending")
-    assert frames[-1].endswith("ok=3 changed=1 failed=1")
+    assert frames[-1].startswith("[  5] model_storage : Report it (the run summary shows it)")
+    assert frames[-1].endswith("ok=5 changed=1 failed=1")
     assert "FAILED odin: host_base : Create the aiinfra user: useradd: group 'x' does not exist\n" in frames
 
 
@@ -72,3 +87,4 @@ def test_exit_codes_rank_unreachable_over_failed():
     assert summary(thor=HostTally(failed=1)).exit_code == EXIT_FAILED
     assert summary(thor=HostTally(failed=1), odin=HostTally(unreachable=1)).exit_code == EXIT_UNREACHABLE
     assert summary(thor=HostTally(ok=3)).as_dict()["reboot_required"] == []
+    assert summary(thor=HostTally(network_change_staged=True)).as_dict()["network_change_staged"] == ["thor"]

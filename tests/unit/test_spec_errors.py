@@ -153,6 +153,28 @@ CASES: dict[str, tuple[Mutate, str, str]] = {
         "network_vlans_aply",
         "did you mean 'network_vlans_apply'",
     ),
+    "model disk not a path": (setter("model_storage_device", "nvme1n1"), "model_storage_device", "absolute"),
+    "filesystem aiinfra does not make": (
+        setter("model_storage_fstype", "ntfs"),
+        "model_storage_fstype",
+        "'ext4' or 'xfs'",
+    ),
+    "format as a string": (setter("model_storage_format", "yes"), "model_storage_format", "valid boolean"),
+    "label too long for ext4": (
+        setter("model_storage_label", "my-very-long-model-label"),
+        "model_storage_label",
+        "pattern",
+    ),
+    "label too long for xfs": (
+        setter("model_storage_fstype", "xfs"),
+        "model_storage_label",
+        "xfs labels have at most 12 characters",
+    ),
+    "model directory with a slash": (
+        setter("model_storage_dirs", {"models": "a/b"}),
+        "model_storage_dirs.models",
+        "pattern",
+    ),
     "journal size without unit": (
         setter("host_base_journald_max_use", "2000"),
         "host_base_journald_max_use",
