@@ -31,11 +31,13 @@ def image_name(release: str) -> str:
     return f"localhost/aiinfra-lab:{release}"
 
 
-def podman(*args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess[str]:
+def podman(
+    *args: str, check: bool = True, capture: bool = True, input_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
     if not shutil.which("podman"):
         raise EnvironmentProblem("podman not found: apt-get install podman runc debootstrap")
     env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
-    proc = subprocess.run(["podman", *args], env=env, text=True, check=False, capture_output=capture)
+    proc = subprocess.run(["podman", *args], env=env, text=True, check=False, capture_output=capture, input=input_text)
     if check and proc.returncode != 0:
         detail = (proc.stderr or "").strip().splitlines()
         raise EnvironmentProblem(f"podman {args[0]} failed: {detail[-1] if detail else proc.returncode}")
@@ -132,7 +134,21 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
             f"# Host spec of the lab host {host}, written by `aiinfra lab up`.\n"
             + yaml.safe_dump(host_vars, sort_keys=False)
         )
+    write_installer_netplan(name, yaml.safe_load(spec_file.read_text()) or {})
     return lab_inventory_dir()
+
+
+def write_installer_netplan(name: str, host_vars: dict) -> None:
+    """The netplan file Ubuntu's installer leaves on a box, defining the links the VLANs sit on: the
+    lab container has none, and netplan refuses a VLAN on a link it does not know."""
+    links = sorted({vlan["link"] for vlan in host_vars.get("vlans") or [] if isinstance(vlan, dict) and "link" in vlan})
+    netplan = {"network": {"version": 2, "renderer": "networkd", "ethernets": {link: {} for link in links}}}
+    header = "# Written by `aiinfra lab up`, standing in for the OS installer's file.\n"
+    podman(
+        "exec", "-i", name, "sh", "-c",
+        "mkdir -p /etc/netplan && umask 077 && cat > /etc/netplan/01-lab-installer.yaml",
+        input_text=header + yaml.safe_dump(netplan),
+    )  # fmt: skip
 
 
 def wait_for_systemd(name: str, timeout_s: float = 60) -> None:

@@ -54,7 +54,9 @@ def save(state):
     os.replace(PATH + ".tmp", PATH)
 
 
-def query(state, fields, indices):
+def query(state, fields, indices, header, units):
+    """As nvidia-smi --query-gpu: a header line and units unless --format says noheader, nounits."""
+    watts = ("power.limit", "power.min_limit", "power.max_limit", "power.default_limit")
     values = {"driver_version": lambda i, g: VERSION, "count": lambda i, g: str(len(state["gpus"])),
               "index": lambda i, g: str(i), "name": lambda i, g: g["name"],
               "power.limit": lambda i, g: f"{g['power_limit_mw'] / 1000:.2f}",
@@ -63,8 +65,14 @@ def query(state, fields, indices):
               "power.default_limit": lambda i, g: f"{g['power_default_mw'] / 1000:.2f}",
               "persistence_mode": lambda i, g: "Enabled" if g["persistence"] else "Disabled",
               "memory.total": lambda i, g: str(g["memory_total"] // 2**20)}
+    unknown = [f for f in fields if f not in values]
+    if unknown:
+        sys.exit(f'Field "{unknown[0]}" is not a valid field to query.')
+    unit = {f: " W" if f in watts else " MiB" if f == "memory.total" else "" for f in fields}
+    if header:
+        print(", ".join(f + (f" [{unit[f].strip()}]" if unit[f] else "") for f in fields))
     for i in indices:
-        print(", ".join(values[f](i, state["gpus"][i]) for f in fields))
+        print(", ".join(values[f](i, state["gpus"][i]) + (unit[f] if units else "") for f in fields))
 
 
 def main(argv):
@@ -72,10 +80,15 @@ def main(argv):
     indices = list(range(len(state["gpus"])))
     fields, i = None, 0
     pl = pm = None
+    form = []
     while i < len(argv):
         arg = argv[i]
         if arg.startswith("--query-gpu="):
             fields = arg.split("=", 1)[1].split(",")
+        elif arg.startswith("--format="):
+            form = arg.split("=", 1)[1].split(",")
+            if form[0] != "csv" or not set(form[1:]) <= {"noheader", "nounits"}:
+                sys.exit(f"Invalid format: {arg}")
         elif arg in ("-i", "--id"):
             indices = [int(x) for x in argv[i + 1].split(",")]
             i += 1
@@ -85,6 +98,9 @@ def main(argv):
         elif arg in ("-pm", "--persistence-mode"):
             pm = int(argv[i + 1])
             i += 1
+        else:  # as the real one: an argument it does not know is an error
+            print("Invalid combination of input arguments. Please run 'nvidia-smi -h' for help.")
+            sys.exit(2)
         i += 1
     if pl is not None:
         if os.geteuid() != 0:
@@ -108,7 +124,9 @@ def main(argv):
         save(state)
         return
     if fields:
-        query(state, fields, indices)
+        if not form:
+            sys.exit("--format is required with --query-gpu")
+        query(state, fields, indices, "noheader" not in form, "nounits" not in form)
         return
     print(f"| NVIDIA-SMI {VERSION}    Driver Version: {VERSION}    CUDA Version: 13.0 |")
     for n, g in enumerate(state["gpus"]):

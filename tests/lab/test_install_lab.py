@@ -69,6 +69,17 @@ def test_install_converges_then_a_second_run_changes_nothing(lab_host):
 
     assert "vm.swappiness = 10" in lab_host.read("/etc/sysctl.d/60-aiinfra.conf")
 
+    # The spec's VLAN is validated and staged, not applied (no --allow-network-change); the model
+    # directories are made (no device in the spec) and the summary shows the space left.
+    assert first["network_change_staged"] == [HOST]
+    assert f"network change staged, not applied: {HOST} (re-run with --allow-network-change)" in second.stdout
+    assert "trusted:" in lab_host.read("/etc/aiinfra/network/60-aiinfra-vlans.yaml")
+    assert podman("exec", f"aiinfra-lab-{HOST}", "test", "-e", "/etc/netplan/60-aiinfra-vlans.yaml").returncode == 1
+    assert first["hosts"][HOST]["model_storage"].startswith("/mnt/nvme on ")
+    assert f"model storage: {HOST} /mnt/nvme on " in second.stdout
+    owners = podman("exec", f"aiinfra-lab-{HOST}", "stat", "-c", "%U %a", "/mnt/nvme/models", "/mnt/nvme/hf-cache")
+    assert owners.stdout.split("\n")[:2] == ["aiinfra 750", "aiinfra 750"]
+
 
 def test_check_mode_reports_a_change_and_makes_none(lab_host):
     lab_host.set_vars(host_base_hugepages=32)

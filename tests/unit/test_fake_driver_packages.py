@@ -64,6 +64,14 @@ def test_the_fake_nvidia_smi_and_the_fake_pynvml_see_one_machine(tmp_path):
         "580.105.08, 2",
         "580.105.08, 2",
     ]
+    # Like the real one: a header and units unless --format turns them off; unknown arguments fail.
+    assert smi("-i", "0", "--query-gpu=index,power.limit", "--format=csv").stdout.splitlines() == [
+        "index, power.limit [W]",
+        "0, 350.00 W",
+    ]
+    assert smi("-i", "0", "--query-gpu=power.limit", "--format=csv,noheader,nounits").stdout == "350.00\n"
+    assert smi("--query-gpu=driver_version", "--format=csv", "noheader").returncode == 2
+    assert smi("--query-gpu=clocks.bogus", "--format=csv").returncode != 0
     first = smi("-pm", "1")
     assert first.returncode == 0
     limited = smi("-i", "0", "-pl", "300")
