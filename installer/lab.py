@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from aiinfra.installer.run import CONTAINERS_CONF, EnvironmentProblem, state_dir
+from aiinfra.installer.run import CONTAINERS_CONF, EnvironmentProblem, project_dir, state_dir
 
 EXAMPLE_SPEC = Path(__file__).with_name("example-thor.yml")
 RELEASES = ("bookworm", "trixie")
@@ -134,8 +135,59 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
             f"# Host spec of the lab host {host}, written by `aiinfra lab up`.\n"
             + yaml.safe_dump(host_vars, sort_keys=False)
         )
-    write_installer_netplan(name, yaml.safe_load(spec_file.read_text()) or {})
+    spec_vars = yaml.safe_load(spec_file.read_text()) or {}
+    write_installer_netplan(name, spec_vars)
+    install_hardware_kit(name, str(spec_vars.get("nvidia_driver_version") or "580.105.08"), say)
     return lab_inventory_dir()
+
+
+# The lab has no GPU: the hardware kit's TEST DOUBLES stand in (tests/kit), as in Molecule. The lab
+# group's variables point the driver role at their repository.
+LAB_GROUP_VARS = {
+    "nvidia_driver_source": "custom",
+    "nvidia_driver_custom_repo": {"uris": "file:/srv/fake-nvidia", "suites": "./", "trusted": True},
+    "nvidia_driver_kernel_headers_package": "",  # the container runs this machine's kernel
+}
+
+
+def install_hardware_kit(name: str, driver_version: str, say: Callable[[str], None]) -> None:
+    """Fake NVIDIA driver packages (a flat apt repository at /srv/fake-nvidia, holding the spec's
+    version), the fake pynvml, put in front of the real one for aiinfra's units, and a fake
+    update-initramfs."""
+    kit = project_dir() / "tests" / "kit"
+    if podman("exec", name, "test", "-e", f"/srv/fake-nvidia/.version-{driver_version}", check=False).returncode == 0:
+        return
+    say(f"{name}: hardware kit (test doubles: NVIDIA driver {driver_version} packages, NVML)")
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "fake-nvidia"
+        built = subprocess.run(
+            [sys.executable, str(kit / "fake_nvidia_driver.py"), str(repo), driver_version, "--flavour", "server-open"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if built.returncode != 0:
+            raise EnvironmentProblem(f"building the fake driver packages failed: {built.stderr.strip()[-300:]}")
+        (repo / f".version-{driver_version}").touch()
+        podman("exec", name, "mkdir", "-p", "/srv/fake-nvidia", "/opt/fake-nvml")
+        podman("cp", f"{repo}/.", f"{name}:/srv/fake-nvidia")
+    podman("cp", str(kit / "fake_nvml" / "pynvml.py"), f"{name}:/opt/fake-nvml/pynvml.py")
+    dropin = (
+        "# TEST DOUBLE (aiinfra lab): the fake pynvml instead of NVIDIA's.\n[Service]\n"
+        "Environment=PYTHONPATH=/opt/fake-nvml AIINFRA_FAKE_NVML=/var/lib/fake-nvidia/state.json\n"
+    )
+    podman(
+        "exec", "-i", name, "sh", "-c",
+        "cat > /usr/local/sbin/update-initramfs && chmod 755 /usr/local/sbin/update-initramfs",
+        input_text="#!/bin/sh\n# TEST DOUBLE for update-initramfs (aiinfra lab): a container boots no initramfs.\n"
+        'echo "update-initramfs $*" >> /var/log/fake-calls.log\n',
+    )  # fmt: skip
+    for unit in ("aiinfra-gpu-setup.service", "aiinfra-agent.service"):
+        podman(
+            "exec", "-i", name, "sh", "-c",
+            f"mkdir -p /etc/systemd/system/{unit}.d && cat > /etc/systemd/system/{unit}.d/test-double.conf",
+            input_text=dropin,
+        )  # fmt: skip
 
 
 def write_installer_netplan(name: str, host_vars: dict) -> None:
@@ -192,4 +244,5 @@ def write_inventory(host: str, container: str) -> None:
         "ansible_python_interpreter": "/usr/bin/python3",
     }
     data["lab"]["hosts"] = lab_hosts
+    data["lab"]["vars"] = LAB_GROUP_VARS
     hosts_file.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -80,6 +80,27 @@ def test_install_converges_then_a_second_run_changes_nothing(lab_host):
     owners = podman("exec", f"aiinfra-lab-{HOST}", "stat", "-c", "%U %a", "/mnt/nvme/models", "/mnt/nvme/hf-cache")
     assert owners.stdout.split("\n")[:2] == ["aiinfra 750", "aiinfra 750"]
 
+    # The driver (the kit's fake packages) is installed at the spec's version and held; a reboot is
+    # asked for, not done; the GPU settings are applied by the boot unit.
+    assert first["reboot_required"] == [HOST]
+    assert f"reboot required: {HOST}" in second.stdout
+    held = podman(
+        "exec",
+        f"aiinfra-lab-{HOST}",
+        "dpkg-query",
+        "-W",
+        "-f",
+        "${Version} ${db:Status-Abbrev}",
+        "nvidia-driver-580-server-open",
+    )
+    assert held.stdout.strip() == "580.105.08-0ubuntu0.24.04.1 hi"
+    gpus = podman(
+        "exec", f"aiinfra-lab-{HOST}", "nvidia-smi", "--query-gpu=power.limit,persistence_mode", "--format=csv,noheader"
+    )
+    assert gpus.stdout.splitlines() == ["350.00 W, Enabled", "350.00 W, Enabled"]
+    unit = podman("exec", f"aiinfra-lab-{HOST}", "systemctl", "is-active", "aiinfra-gpu-setup.service")
+    assert unit.stdout.strip() == "active"
+
 
 def test_check_mode_reports_a_change_and_makes_none(lab_host):
     lab_host.set_vars(host_base_hugepages=32)
