@@ -69,7 +69,7 @@ class AgentConfig(Strict):
     router_max_body_mb: Annotated[float, Field(gt=0, strict=False)] = 16
     audit_log: str | None = "/var/log/aiinfra/audit.log"  # one JSON line per request; None: none
     audit_include_text: bool = False  # prompts stay out of the audit log unless this says otherwise
-    vllm_command: list[str] = ["/opt/aiinfra/vllm/bin/vllm"]
+    vllm_command: list[str] = ["/opt/vllm/current/bin/vllm"]  # role vllm: one venv per version
     ollama_command: list[str] = ["/usr/local/bin/ollama"]
     policy: Policy = Policy()
     # None: no GPU layer (a developer's machine), engines start regardless. A path names a file of GPU

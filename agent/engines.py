@@ -31,7 +31,7 @@ def launch(name: str, config: AgentConfig) -> Launch:
     if isinstance(engine, VllmEngine):
         return Launch(
             name,
-            vllm_argv(engine, config.vllm_command),
+            vllm_argv(engine, config.vllm_command, f"{storage}/models/{engine.model}"),
             {
                 "CUDA_VISIBLE_DEVICES": gpus,
                 "HF_HOME": f"{storage}/hf-cache",
@@ -58,11 +58,13 @@ def launch(name: str, config: AgentConfig) -> Launch:
     )
 
 
-def vllm_argv(engine: VllmEngine, command: list[str]) -> list[str]:
+def vllm_argv(engine: VllmEngine, command: list[str], model_dir: str) -> list[str]:
+    """MODEL_DIR holds the weights the vllm role staged (the agent never downloads); clients still ask
+    for the served name, the model id unless served_name says otherwise."""
     argv = [
         *command,
         "serve",
-        engine.model,
+        model_dir,
         "--served-model-name",
         engine.served,
         "--host",

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from aiinfra.agent import client
+from aiinfra.agent import models as model_store
 from aiinfra.agent.config import DEFAULT_PATH, GPU_SETTINGS_PATH, AgentConfig, ConfigError, load, load_gpu_settings
 from aiinfra.agent.effects import Backend
 from aiinfra.agent.effects.process import ProcessBackend
@@ -281,6 +282,16 @@ def keys_add(name: str, models: str, rpm: int | None, tpm: int | None, keys_path
     click.echo(f"key {name!r} created; it is shown only now, store it safely", err=True)
 
 
+@keys.command("new")
+@click.argument("name")
+def keys_new(name: str) -> None:
+    """Make a key for the inventory (aiinfra_agent_api_keys) without touching any keys file: the key
+    on stdout, once; the line for the inventory, which holds only its hash, on stderr."""
+    token = keyfile.new_token()
+    click.echo(token)
+    click.echo(f"aiinfra_agent_api_keys:\n  - {{name: {name}, sha256: {keyfile.digest(token)}}}", err=True)
+
+
 @keys.command("list")
 @KEYS_FILE
 @click.option("--json", "as_json", is_flag=True)
@@ -311,6 +322,26 @@ def keys_revoke(name: str, keys_path: Path) -> None:
         click.echo(f"aiinfra-agent: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
     click.echo(f"key {name!r} revoked")
+
+
+@main.group()
+def models() -> None:
+    """Model weights on this box (the installer stages them; the agent never downloads)."""
+
+
+@models.command("stage")
+@click.argument("model")
+@click.option("--root", type=click.Path(path_type=Path), required=True, help="Where models live (MOUNT/models).")
+@click.option("--mirror", help="A directory or rsync source laid out as MIRROR/<model id>/ with SHA256SUMS.")
+@click.option("--download-command", default="", help="Command that downloads: MODEL --local-dir DIR is appended.")
+def models_stage(model: str, root: Path, mirror: str | None, download_command: str) -> None:
+    """Put MODEL under ROOT from the mirror, else download it; check it; print what was done as JSON."""
+    try:
+        staged = model_store.stage(model, root, mirror or None, download_command.split())
+    except model_store.StagingError as exc:
+        click.echo(f"aiinfra-agent: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(vars(staged)))
 
 
 @main.group()

@@ -56,12 +56,16 @@ def save(path: Path, keys: dict[str, Key]) -> None:
     tmp.replace(path)
 
 
+def new_token() -> str:
+    return PREFIX + secrets.token_urlsafe(32)
+
+
 def add(path: Path, name: str, models: list[str], rpm: int | None, tpm: int | None) -> str:
     """Create a key; return it. It is shown this once: only its hash is kept."""
     keys = load(path)
     if name in keys:
         raise KeysFileError(f"a key named {name!r} exists; revoke it first or pick another name")
-    token = PREFIX + secrets.token_urlsafe(32)
+    token = new_token()
     keys[name] = Key(name, digest(token), token[: len(PREFIX) + 4], models, rpm, tpm, time.time())
     save(path, keys)
     return token

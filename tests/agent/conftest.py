@@ -95,6 +95,11 @@ class Agent:
 
     def write_config(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config))
+        for engine in self.config["engines"].values():  # staged weights, as the vllm role leaves them
+            if engine["runtime"] == "vllm":
+                staged = Path(self.config["model_storage_mount"]) / "models" / engine["model"]
+                staged.mkdir(parents=True, exist_ok=True)
+                (staged / "config.json").write_text("{}")
 
     def start(self) -> Agent:
         self.write_config()

@@ -23,7 +23,9 @@ from aiohttp import web
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
     own = argparse.ArgumentParser(prog="stub_engine")
-    own.add_argument("--runtime", choices=["vllm", "ollama"], default="vllm")
+    # Installed as `ollama` (the lab's Ollama archive) it is Ollama; otherwise vLLM.
+    default_runtime = "ollama" if Path(sys.argv[0]).name == "ollama" else "vllm"
+    own.add_argument("--runtime", choices=["vllm", "ollama"], default=default_runtime)
     own.add_argument("--startup-delay", type=float, default=0.0, help="seconds of 'model loading' before listening")
     own.add_argument("--crash-after", type=float, help="exit this many seconds after listening")
     own.add_argument("--crash-after-requests", type=int, help="exit after answering this many inference requests")
@@ -183,6 +185,10 @@ def _reply_words(max_tokens: object) -> list[str]:
 
 async def main(argv: list[str]) -> int:
     opts, served = parse(argv)
+    if opts.runtime == "vllm" and served.model and served.model.startswith("/"):
+        if not (Path(served.model) / "config.json").is_file():  # as vLLM: a local model is a folder with config.json
+            print(f"ERROR: {served.model}: no config.json; is the model staged?", flush=True)
+            return 1
     stub = Stub(opts, served)
     print(
         f"stub engine (test double for {opts.runtime}) serving {stub.names} on {served.host}:{served.port}", flush=True
@@ -210,5 +216,9 @@ async def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
     sys.exit(asyncio.run(main(sys.argv[1:])))
+
+
+if __name__ == "__main__":
+    cli()

@@ -39,9 +39,9 @@ CONFIG = {
 def test_vllm_single_gpu():
     run = launch("qwen7b", parse(CONFIG))
     assert run.argv == [
-        "/opt/aiinfra/vllm/bin/vllm",
+        "/opt/vllm/current/bin/vllm",
         "serve",
-        "Qwen/Qwen2.5-7B-Instruct",
+        "/mnt/nvme/models/Qwen/Qwen2.5-7B-Instruct",
         "--served-model-name",
         "Qwen/Qwen2.5-7B-Instruct",
         "--host",
@@ -74,9 +74,9 @@ def test_vllm_single_gpu():
 def test_vllm_tensor_parallel_awq_with_extra_args():
     run = launch("qwen32b", parse(CONFIG))
     assert run.argv == [
-        "/opt/aiinfra/vllm/bin/vllm",
+        "/opt/vllm/current/bin/vllm",
         "serve",
-        "Qwen/Qwen2.5-32B-Instruct-AWQ",
+        "/mnt/nvme/models/Qwen/Qwen2.5-32B-Instruct-AWQ",
         "--served-model-name",
         "qwen32b",
         "--host",

@@ -1,0 +1,161 @@
+"""Model weights on the box, staged once by the installer (role vllm), never fetched by the agent.
+
+Each model lives in ROOT/<model id> (ROOT/Qwen/Qwen2.5-7B-Instruct), plain files with a SHA256SUMS
+manifest beside them. Staging takes the model from a mirror first (a directory such as a mounted
+NAS, or an rsync source `host:path`, laid out the same way and holding the manifest), else downloads
+it (`hf download`), and checks every file against the manifest before the model is put in place:
+a copy that fails the check is thrown away, never half-used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "SHA256SUMS"
+VERIFIED = ".aiinfra-verified"  # holds the manifest's own hash once every file matched it
+DOWNLOAD_LEFTOVERS = (".cache",)  # `hf download --local-dir` keeps its bookkeeping here
+
+
+class StagingError(Exception):
+    """The model could not be staged; the message says from where and what failed."""
+
+
+@dataclass(frozen=True)
+class Staged:
+    model: str
+    path: str
+    source: str  # "present", "mirror" or "download"
+    files: int
+    bytes: int
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(
+        p.relative_to(folder)
+        for p in folder.rglob("*")
+        if p.is_file() and p.name not in (MANIFEST, VERIFIED) and p.relative_to(folder).parts[0] not in DOWNLOAD_LEFTOVERS
+    )
+
+
+def write_manifest(folder: Path) -> None:
+    lines = [f"{_sha256(folder / rel)}  {rel.as_posix()}\n" for rel in _files(folder)]
+    (folder / MANIFEST).write_text("".join(lines))
+
+
+def manifest_problems(folder: Path) -> list[str]:
+    """Every file listed must be there with its hash, and nothing unlisted may be there."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return [f"{folder}: no {MANIFEST}"]
+    listed: dict[str, str] = {}
+    for number, line in enumerate(manifest.read_text().splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            return [f"{manifest}:{number}: not a 'SHA256  FILE' line"]
+        listed[name] = digest
+    problems = []
+    for name, digest in listed.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif _sha256(path) != digest:
+            problems.append(f"{name}: checksum mismatch")
+    problems += [f"{rel.as_posix()}: not in {MANIFEST}" for rel in _files(folder) if rel.as_posix() not in listed]
+    return problems
+
+
+def _manifest_digest(folder: Path) -> str:
+    return hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
+
+
+def is_staged(folder: Path) -> bool:
+    stamp = folder / VERIFIED
+    return stamp.is_file() and (folder / MANIFEST).is_file() and stamp.read_text().strip() == _manifest_digest(folder)
+
+
+def _is_rsync_source(mirror: str) -> bool:
+    return not mirror.startswith("/") and ":" in mirror
+
+
+def _from_mirror(model: str, mirror: str, dest: Path) -> bool:
+    """Copy the model from the mirror into DEST; False when the mirror does not have it."""
+    if _is_rsync_source(mirror):
+        proc = subprocess.run(
+            ["rsync", "-a", "--delete", f"{mirror.rstrip('/')}/{model}/", f"{dest}/"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode == 23 and "No such file" in proc.stderr:
+            return False
+        if proc.returncode != 0:
+            raise StagingError(f"{model}: rsync from {mirror} failed: {proc.stderr.strip()[-300:]}")
+        return True
+    source = Path(mirror) / model
+    if not source.is_dir():
+        return False
+    shutil.copytree(source, dest, dirs_exist_ok=True)
+    return True
+
+
+def stage(model: str, root: Path, mirror: str | None, download: list[str]) -> Staged:
+    """Make ROOT/MODEL hold the model, checked; idempotent."""
+    final = root / model
+    if final.is_dir() and is_staged(final):
+        return Staged(model, str(final), "present", *_size(final))
+    work = root / ".staging" / model
+    shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left
+    work.mkdir(parents=True)
+    try:
+        if mirror and _from_mirror(model, mirror, work):
+            source = "mirror"
+            if not (work / MANIFEST).is_file():
+                raise StagingError(f"{model}: the mirror {mirror} has no {MANIFEST} for it; add one (sha256sum)")
+        else:
+            source = "download"
+            _download(model, work, download)
+            for leftover in DOWNLOAD_LEFTOVERS:
+                shutil.rmtree(work / leftover, ignore_errors=True)
+            if not (work / MANIFEST).is_file():
+                write_manifest(work)  # first download: what arrived is what later copies are held to
+        problems = manifest_problems(work)
+        if problems:
+            raise StagingError(f"{model} from {mirror if source == 'mirror' else 'download'}: " + "; ".join(problems))
+        (work / VERIFIED).write_text(_manifest_digest(work) + "\n")
+        if final.exists():
+            shutil.rmtree(final)  # an unverified or outdated copy
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Staged(model, str(final), source, *_size(final))
+
+
+def _download(model: str, dest: Path, command: list[str]) -> None:
+    if not command:
+        raise StagingError(f"{model}: not on the mirror and no download command")
+    try:
+        proc = subprocess.run([*command, model, "--local-dir", str(dest)], capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise StagingError(f"{model}: cannot run {command[0]}: {exc.strerror}") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise StagingError(f"{model}: download failed: {tail[-1] if tail else proc.returncode}")
+
+
+def _size(folder: Path) -> tuple[int, int]:
+    files = _files(folder)
+    return len(files), sum((folder / f).stat().st_size for f in files)

@@ -1,0 +1,108 @@
+"""Model staging: mirror first, download otherwise, every file checked against SHA256SUMS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aiinfra.agent import models
+
+MODEL = "Qwen/Qwen2.5-7B-Instruct"
+AGENT = str(Path(sys.executable).with_name("aiinfra-agent"))
+
+
+def make_mirror(root: Path) -> Path:
+    folder = root / MODEL
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text('{"num_hidden_layers": 28}')
+    (folder / "model.safetensors").write_bytes(b"\0weights" * 1000)
+    (folder / "sub" / "tokenizer.json").write_text("{}")
+    models.write_manifest(folder)
+    return root
+
+
+def fake_hf(tmp: Path, log: Path) -> list[str]:
+    """TEST DOUBLE for `hf download MODEL --local-dir DIR` (the Hugging Face Hub cannot be reached
+    here): writes two files and its .cache bookkeeping, and logs each call."""
+    script = tmp / "hf"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {log}\n'
+        'dir="$4"; mkdir -p "$dir/.cache/huggingface"\n'
+        'echo "{}" > "$dir/config.json"; echo weights > "$dir/model.safetensors"; echo x > "$dir/.cache/huggingface/x"\n'
+    )
+    script.chmod(0o755)
+    return [str(script), "download"]
+
+
+def test_from_the_mirror_then_present(tmp_path):
+    mirror = make_mirror(tmp_path / "nas")
+    root = tmp_path / "models"
+    first = models.stage(MODEL, root, str(mirror), [])
+    assert (first.source, first.files) == ("mirror", 3)
+    assert first.bytes == 8000 + len(b"{\"num_hidden_layers\": 28}") + 2
+    assert (root / MODEL / "sub" / "tokenizer.json").read_text() == "{}"
+    assert models.manifest_problems(root / MODEL) == []
+    assert models.stage(MODEL, root, str(mirror), []).source == "present"
+    assert not (root / ".staging" / MODEL).exists()
+
+
+def test_a_corrupt_mirror_copy_is_refused_and_nothing_is_left(tmp_path):
+    mirror = make_mirror(tmp_path / "nas")
+    (mirror / MODEL / "model.safetensors").write_bytes(b"bitrot")
+    root = tmp_path / "models"
+    with pytest.raises(models.StagingError, match=r"model.safetensors: checksum mismatch"):
+        models.stage(MODEL, root, str(mirror), [])
+    assert not (root / MODEL).exists()
+    assert not (root / ".staging" / MODEL).exists()
+
+
+def test_a_mirror_without_a_manifest_is_refused(tmp_path):
+    mirror = make_mirror(tmp_path / "nas")
+    (mirror / MODEL / models.MANIFEST).unlink()
+    with pytest.raises(models.StagingError, match="has no SHA256SUMS"):
+        models.stage(MODEL, tmp_path / "models", str(mirror), [])
+
+
+def test_not_on_the_mirror_it_is_downloaded_once(tmp_path):
+    log = tmp_path / "hf.log"
+    download = fake_hf(tmp_path, log)
+    root = tmp_path / "models"
+    staged = models.stage(MODEL, root, str(tmp_path / "empty-nas"), download)
+    assert staged.source == "download" and staged.files == 2
+    assert not (root / MODEL / ".cache").exists()
+    assert (root / MODEL / models.MANIFEST).read_text().count("\n") == 2
+    assert models.stage(MODEL, root, None, download).source == "present"
+    assert log.read_text().splitlines() == [f"download {MODEL} --local-dir {root / '.staging' / MODEL}"]
+
+
+def test_a_changed_staged_file_is_caught_by_the_manifest(tmp_path):
+    root = tmp_path / "models"
+    models.stage(MODEL, root, str(make_mirror(tmp_path / "nas")), [])
+    (root / MODEL / "config.json").write_text("{}")
+    (root / MODEL / "extra.bin").write_text("?")
+    assert models.manifest_problems(root / MODEL) == ["config.json: checksum mismatch", "extra.bin: not in SHA256SUMS"]
+
+
+def test_the_cli_prints_json_and_fails_with_one_line(tmp_path):
+    mirror = make_mirror(tmp_path / "nas")
+    ok = subprocess.run(
+        [AGENT, "models", "stage", MODEL, "--root", str(tmp_path / "m"), "--mirror", str(mirror)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["source"] == "mirror"
+    missing = subprocess.run(
+        [AGENT, "models", "stage", "Org/None", "--root", str(tmp_path / "m"), "--mirror", str(mirror)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "aiinfra-agent: Org/None: not on the mirror and no download command"
