@@ -344,6 +344,20 @@ def models_stage(model: str, root: Path, mirror: str | None, download_command: s
     click.echo(json.dumps(vars(staged)))
 
 
+@models.command("stage-ollama")
+@click.argument("name")
+@click.option("--store", type=click.Path(path_type=Path), required=True, help="Ollama's store (OLLAMA_MODELS).")
+@click.option("--mirror", help="A directory holding MIRROR/ollama/{manifests,blobs}.")
+def models_stage_ollama(name: str, store: Path, mirror: str | None) -> None:
+    """Copy Ollama model NAME from the mirror, blobs checked; print JSON (source "missing": pull it)."""
+    try:
+        staged = model_store.stage_ollama(name, store, mirror or None)
+    except model_store.StagingError as exc:
+        click.echo(f"aiinfra-agent: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(vars(staged)))
+
+
 @main.group()
 def gpu() -> None:
     """The GPUs: read them, and apply the power limit and persistence mode (the boot unit's job)."""

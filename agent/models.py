@@ -10,6 +10,7 @@ a copy that fails the check is thrown away, never half-used.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -46,7 +47,9 @@ def _files(folder: Path) -> list[Path]:
     return sorted(
         p.relative_to(folder)
         for p in folder.rglob("*")
-        if p.is_file() and p.name not in (MANIFEST, VERIFIED) and p.relative_to(folder).parts[0] not in DOWNLOAD_LEFTOVERS
+        if p.is_file()
+        and p.name not in (MANIFEST, VERIFIED)
+        and p.relative_to(folder).parts[0] not in DOWNLOAD_LEFTOVERS
     )
 
 
@@ -159,3 +162,52 @@ def _download(model: str, dest: Path, command: list[str]) -> None:
 def _size(folder: Path) -> tuple[int, int]:
     files = _files(folder)
     return len(files), sum((folder / f).stat().st_size for f in files)
+
+
+# Ollama keeps its own content-addressed store (OLLAMA_MODELS): manifests/<registry>/<ns>/<name>/<tag>
+# naming blobs/sha256-<hex>. A mirror holds the same layout under MIRROR/ollama; every blob copied
+# is checked against its name. What the mirror lacks, the ollama role pulls through Ollama itself.
+OLLAMA_REGISTRY = "registry.ollama.ai"
+
+
+def ollama_manifest(name: str) -> Path:
+    """'llama3.2:3b' → registry.ollama.ai/library/llama3.2/3b, as Ollama stores it."""
+    base, _, tag = name.partition(":")
+    parts = base.split("/")  # model, namespace/model, or host/namespace/model
+    parts = [*([OLLAMA_REGISTRY] if len(parts) < 3 else []), *(["library"] if len(parts) == 1 else []), *parts]
+    return Path("manifests", *parts, tag or "latest")
+
+
+def _ollama_blobs(manifest: Path) -> list[str]:
+    data = json.loads(manifest.read_text())
+    digests = [layer["digest"] for layer in data.get("layers", [])] + [data["config"]["digest"]]
+    return [d.replace(":", "-", 1) for d in digests]
+
+
+def stage_ollama(name: str, store: Path, mirror: str | None) -> Staged:
+    """Make Ollama's store hold model NAME from the mirror; source "missing" when it cannot."""
+    manifest = store / ollama_manifest(name)
+    if manifest.is_file() and all((store / "blobs" / blob).is_file() for blob in _ollama_blobs(manifest)):
+        return Staged(name, str(manifest), "present", *_ollama_size(store, manifest))
+    source = Path(mirror or "/nonexistent") / "ollama"
+    if not mirror or _is_rsync_source(mirror) or not (source / ollama_manifest(name)).is_file():
+        return Staged(name, str(manifest), "missing", 0, 0)
+    (store / "blobs").mkdir(parents=True, exist_ok=True)
+    for blob in _ollama_blobs(source / ollama_manifest(name)):
+        target = store / "blobs" / blob
+        if target.is_file() and _sha256(target) == blob.removeprefix("sha256-"):
+            continue
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(source / "blobs" / blob, partial)
+        if _sha256(partial) != blob.removeprefix("sha256-"):
+            partial.unlink()
+            raise StagingError(f"{name} from {mirror}: blob {blob}: checksum mismatch")
+        os.replace(partial, target)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / ollama_manifest(name), manifest)  # last: the model appears only when whole
+    return Staged(name, str(manifest), "mirror", *_ollama_size(store, manifest))
+
+
+def _ollama_size(store: Path, manifest: Path) -> tuple[int, int]:
+    blobs = _ollama_blobs(manifest)
+    return len(blobs), sum((store / "blobs" / b).stat().st_size for b in blobs)

@@ -41,17 +41,17 @@ def _pip(*args: str, env: dict[str, str] | None = None) -> None:
 
 def build(source: Path, dest: Path, python: str, arch: str) -> dict[str, str]:
     if not (source / "pyproject.toml").is_file():
-        raise WheelhouseError(f"{source} is not an aiinfra checkout (no pyproject.toml)")
+        raise WheelhouseError(f"{source} is not a Python project (no pyproject.toml)")
     major, _, minor = python.partition(".")
     if not (major.isdigit() and minor.isdigit()):
         raise WheelhouseError(f"{python!r} is not a Python version like 3.13")
     dest.mkdir(parents=True, exist_ok=True)
-    for old in dest.glob("aiinfra-*.whl"):
-        old.unlink()  # pip download keeps a file of the same name; this one must be the fresh build
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
         _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", tmp, str(source), env=env)
-        (built,) = Path(tmp).glob("aiinfra-*.whl")
+        (built,) = Path(tmp).glob("*.whl")
+        for old in dest.glob(built.name.split("-")[0] + "-*.whl"):
+            old.unlink()  # pip download keeps a file of the same name; this one must be the fresh build
         wheel = dest / built.name
         shutil.copyfile(built, wheel)
     tag = f"cp{major}{minor}"
@@ -77,7 +77,7 @@ def _archive(folder: Path, archive: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, required=True, help="aiinfra checkout")
+    parser.add_argument("--source", type=Path, required=True, help="aiinfra checkout (or another Python project)")
     parser.add_argument("--dest", type=Path, required=True, help="wheelhouse directory (kept as a cache)")
     parser.add_argument("--python", required=True, help="the box's Python, e.g. 3.13")
     parser.add_argument("--arch", required=True, help="the box's CPU, e.g. x86_64 or aarch64")

@@ -185,10 +185,10 @@ def _reply_words(max_tokens: object) -> list[str]:
 
 async def main(argv: list[str]) -> int:
     opts, served = parse(argv)
-    if opts.runtime == "vllm" and served.model and served.model.startswith("/"):
-        if not (Path(served.model) / "config.json").is_file():  # as vLLM: a local model is a folder with config.json
-            print(f"ERROR: {served.model}: no config.json; is the model staged?", flush=True)
-            return 1
+    local = opts.runtime == "vllm" and served.model and served.model.startswith("/")
+    if local and not (Path(served.model) / "config.json").is_file():  # as vLLM: a local model has config.json
+        print(f"ERROR: {served.model}: no config.json; is the model staged?", flush=True)
+        return 1
     stub = Stub(opts, served)
     print(
         f"stub engine (test double for {opts.runtime}) serving {stub.names} on {served.host}:{served.port}", flush=True

@@ -111,9 +111,9 @@ def box(tmp_path_factory):
         " && /opt/aiinfra/bin/pip install -q --no-index --find-links /tmp/wheels aiinfra"
         " && mv /opt/stub_engine.py /opt/aiinfra/stub_engine.py"
         " && (getent passwd aiinfra || useradd --system --home /var/lib/aiinfra --shell /usr/sbin/nologin aiinfra)"
-        " && mkdir -p /etc/aiinfra && for m in Qwen2.5-7B-Instruct Qwen2.5-14B-Instruct-AWQ; do"
-        " mkdir -p /var/lib/aiinfra/models/models/Qwen/$m && echo {} > /var/lib/aiinfra/models/models/Qwen/$m/config.json;"
-        " done && chown -R aiinfra: /var/lib/aiinfra"
+        " && mkdir -p /etc/aiinfra && for m in Qwen2.5-7B-Instruct Qwen2.5-14B-Instruct-AWQ;"
+        " do d=/var/lib/aiinfra/models/models/Qwen/$m; mkdir -p $d && echo {} > $d/config.json; done"
+        " && chown -R aiinfra: /var/lib/aiinfra"
     )
     sh(f"cat > /etc/aiinfra/agent.yml <<'EOF'\n{yaml.safe_dump(CONFIG)}EOF")
     sh("systemctl daemon-reload && systemctl start aiinfra-agent")  # Type=notify: returns at READY=1

@@ -33,7 +33,8 @@ def fake_hf(tmp: Path, log: Path) -> list[str]:
         "#!/bin/sh\n"
         f'echo "$@" >> {log}\n'
         'dir="$4"; mkdir -p "$dir/.cache/huggingface"\n'
-        'echo "{}" > "$dir/config.json"; echo weights > "$dir/model.safetensors"; echo x > "$dir/.cache/huggingface/x"\n'
+        'echo "{}" > "$dir/config.json"; echo weights > "$dir/model.safetensors"\n'
+        'echo x > "$dir/.cache/huggingface/x"\n'
     )
     script.chmod(0o755)
     return [str(script), "download"]
@@ -44,7 +45,7 @@ def test_from_the_mirror_then_present(tmp_path):
     root = tmp_path / "models"
     first = models.stage(MODEL, root, str(mirror), [])
     assert (first.source, first.files) == ("mirror", 3)
-    assert first.bytes == 8000 + len(b"{\"num_hidden_layers\": 28}") + 2
+    assert first.bytes == 8000 + len(b'{"num_hidden_layers": 28}') + 2
     assert (root / MODEL / "sub" / "tokenizer.json").read_text() == "{}"
     assert models.manifest_problems(root / MODEL) == []
     assert models.stage(MODEL, root, str(mirror), []).source == "present"
@@ -106,3 +107,35 @@ def test_the_cli_prints_json_and_fails_with_one_line(tmp_path):
     )
     assert missing.returncode == 1
     assert missing.stderr.strip() == "aiinfra-agent: Org/None: not on the mirror and no download command"
+
+
+def test_ollama_models_come_from_the_mirror_blob_by_blob(tmp_path):
+    from tests.kit import fake_models
+
+    manifest = fake_models.ollama_model(tmp_path / "nas", "llama3.2:3b")
+    store = tmp_path / "ollama"
+    first = models.stage_ollama("llama3.2:3b", store, str(tmp_path / "nas"))
+    assert first.source == "mirror" and first.files == 3
+    assert (store / "manifests/registry.ollama.ai/library/llama3.2/3b").read_text() == manifest.read_text()
+    assert models.stage_ollama("llama3.2:3b", store, str(tmp_path / "nas")).source == "present"
+    assert models.stage_ollama("qwen2.5:7b", store, str(tmp_path / "nas")).source == "missing"
+    assert models.stage_ollama("llama3.2:3b", tmp_path / "other", None).source == "missing"
+
+
+def test_a_corrupt_ollama_blob_is_refused_and_the_model_does_not_appear(tmp_path):
+    from tests.kit import fake_models
+
+    fake_models.ollama_model(tmp_path / "nas", "user/tiny")
+    blob = max((tmp_path / "nas/ollama/blobs").iterdir(), key=lambda p: p.stat().st_size)
+    blob.write_bytes(b"bitrot")
+    store = tmp_path / "ollama"
+    with pytest.raises(models.StagingError, match=f"blob {blob.name}: checksum mismatch"):
+        models.stage_ollama("user/tiny", store, str(tmp_path / "nas"))
+    assert not (store / "manifests/registry.ollama.ai/user/tiny/latest").exists()
+    assert list((store / "blobs").glob("*.partial")) == []
+
+
+def test_a_fake_mirror_model_passes_its_own_manifest(tmp_path):
+    from tests.kit import fake_models
+
+    assert models.manifest_problems(fake_models.vllm_model(tmp_path, MODEL)) == []

@@ -18,6 +18,6 @@ def test_bad_input_is_one_line(tmp_path):
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 1
-    assert done.stderr.strip() == f"aiinfra wheelhouse: {tmp_path} is not an aiinfra checkout (no pyproject.toml)"
+    assert done.stderr.strip() == f"aiinfra wheelhouse: {tmp_path} is not a Python project (no pyproject.toml)"
     with pytest.raises(wheelhouse.WheelhouseError, match=r"'3' is not a Python version like 3\.13"):
         wheelhouse.build(ROOT, tmp_path / "w", "3", "x86_64")
