@@ -115,6 +115,16 @@ def _absolute(value: str | None) -> str | None:
     return value
 
 
+class ApiKey(Strict):
+    """A router key held in the inventory by its hash (`aiinfra keys new NAME` prints both)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    models: list[str] = []
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tpm: Annotated[int, Field(ge=1)] | None = None
+
+
 class HostSpec(Strict):
     """Every variable aiinfra's roles read. The roles' defaults/main.yml are the real defaults; the ones
     here serve the cross-checks below."""
@@ -172,7 +182,7 @@ class HostSpec(Strict):
     model_storage_label: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")] = "aiinfra-models"
     model_storage_dirs: dict[str, Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] = {}
     model_storage_dir_mode: Annotated[str, Field(pattern=r"^0?[0-7]{3}$")] = "0750"
-    model_mirror: str | None = None  # local copy of the models (config.json read for planning)
+    model_mirror: str | None = None  # a path on the box or an rsync source host:/path (roles vllm, ollama)
 
     # role proxmox_passthrough (hosts of group proxmox_hosts)
     proxmox_passthrough_enabled: bool = False
@@ -183,6 +193,41 @@ class HostSpec(Strict):
     proxmox_passthrough_hugepages_1g: Annotated[int, Field(ge=0, le=4096)] = 0
     proxmox_passthrough_vm_id: Annotated[int, Field(ge=100, le=999999999)] | None = None
     proxmox_passthrough_sysfs_root: str = "/sys"
+
+    # role vllm
+    vllm_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+([.+-][A-Za-z0-9.]+)?$")] = "0.11.0"
+    vllm_prefix: str = "/opt/vllm"
+    vllm_pip_packages: list[str] = []
+    vllm_wheelhouse: str = ""
+    vllm_pip_extra_args: str = ""
+    vllm_models_dir: str | None = None
+    vllm_hf_home: str | None = None
+    vllm_download_command: str | None = None
+    vllm_hf_token: str = ""
+    vllm_models: list[str] | None = None
+
+    # role ollama
+    ollama_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+(-rc\d+)?$")] = "0.12.10"
+    ollama_arch: Literal["amd64", "arm64"] | None = None
+    ollama_archive_url: str | None = None
+    ollama_archive_file: str = ""
+    ollama_archive_sha256: Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")] = ""
+    ollama_archive_checksum_url: str | None = None
+    ollama_prefix: str = "/opt/ollama"
+    ollama_models_dir: str | None = None
+    ollama_models: list[str] | None = None
+    ollama_pull_port: Annotated[int, Field(ge=1, le=65535)] = 11499
+
+    # role aiinfra_agent
+    aiinfra_agent_config_file: str = "/etc/aiinfra/agent.yml"
+    aiinfra_agent_router_auth: bool = True
+    aiinfra_agent_api_keys: list[ApiKey] = []
+    aiinfra_agent_keys_file: str = "/etc/aiinfra/keys.json"
+    aiinfra_agent_policy: dict[str, float | int] = {}
+    aiinfra_agent_vllm_command: list[str] | None = None
+    aiinfra_agent_ollama_command: list[str] | None = None
+    aiinfra_agent_status_listen: str = "127.0.0.1:8079"
+    aiinfra_agent_ready_timeout_s: Annotated[int, Field(ge=10)] = 900
 
     # engines and the agent
     engines: dict[str, Engine] = {}
@@ -200,14 +245,27 @@ class HostSpec(Strict):
     _paths = field_validator(
         "model_storage_mount",
         "model_storage_device",
-        "model_mirror",
         "proxmox_passthrough_sysfs_root",
+        "vllm_prefix",
+        "vllm_models_dir",
+        "vllm_hf_home",
+        "ollama_prefix",
+        "ollama_models_dir",
+        "aiinfra_agent_config_file",
+        "aiinfra_agent_keys_file",
         "gpu_tuning_settings_file",
         "aiinfra_package_prefix",
         "aiinfra_package_wheels_dir",
     )(_absolute)
 
-    @field_validator("router_listen")
+    @field_validator("model_mirror")
+    @classmethod
+    def _mirror(cls, value: str | None) -> str | None:
+        if value and not value.startswith("/") and not re.match(r"^[\w.@-]+:/", value):
+            raise ValueError(f"{value!r}: give an absolute path on the box, or an rsync source like nas:/models")
+        return value or None
+
+    @field_validator("router_listen", "aiinfra_agent_status_listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
@@ -252,6 +310,15 @@ def _cross_checks(spec: HostSpec) -> list[str]:
     ids = [vlan.id for vlan in spec.vlans]
     for vlan_id in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"vlans: VLAN id {vlan_id} is listed more than once")
+    if spec.ollama_archive_file and not spec.ollama_archive_sha256:
+        problems.append("ollama_archive_sha256: required with ollama_archive_file; the sha256 of that archive")
+    if spec.aiinfra_agent_policy:
+        from aiinfra.agent.config import Policy
+
+        unknown = sorted(set(spec.aiinfra_agent_policy) - set(Policy.model_fields))
+        problems += [
+            f"aiinfra_agent_policy.{key}: unknown setting{did_you_mean(key, Policy.model_fields)}" for key in unknown
+        ]
     if spec.model_storage_fstype == "xfs" and len(spec.model_storage_label) > 12:
         problems.append(f"model_storage_label: xfs labels have at most 12 characters ({spec.model_storage_label!r})")
     names = [vlan.name for vlan in spec.vlans]

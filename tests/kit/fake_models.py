@@ -34,8 +34,8 @@ def vllm_model(mirror: Path, model: str) -> Path:
     return folder
 
 
-def ollama_model(mirror: Path, name: str) -> Path:
-    store = mirror / "ollama"
+def ollama_model(mirror: Path, name: str, store: Path | None = None) -> Path:
+    store = store or mirror / "ollama"
     (store / "blobs").mkdir(parents=True, exist_ok=True)
     layers = []
     for kind, data in (("model", name.encode() * 100), ("params", b'{"temperature": 0.7}')):

@@ -38,7 +38,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
     # Its own flags may stand anywhere (before `serve`, or among vLLM's as an engine's extra_args).
     opts, rest = own.parse_known_args(argv)
     engine = argparse.ArgumentParser(prog="serve")
-    engine.add_argument("command", choices=["serve"])
+    engine.add_argument("command", choices=["serve", "pull"])
     engine.add_argument("model", nargs="?")
     engine.add_argument("--served-model-name", nargs="+")
     engine.add_argument("--host", default="127.0.0.1")
@@ -164,6 +164,18 @@ class Stub:
         body = await request.json()
         return web.json_response({"model": body.get("model"), "response": "pong", "done": True})
 
+    async def ollama_pull(self, request: web.Request) -> web.Response:
+        """Ollama's pull, minus the registry: a tiny model written into OLLAMA_MODELS in Ollama's layout."""
+        name = (await request.json())["model"]
+        sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_models sits beside this file in tests/kit
+        try:
+            from fake_models import ollama_model
+        except ImportError:  # installed alone (the lab's Ollama archive): the kit's writer is not there
+            return web.json_response({"error": "pull needs tests/kit/fake_models.py beside the stub"}, status=500)
+        store = Path(os.environ.get("OLLAMA_MODELS", Path.home() / ".ollama" / "models"))
+        ollama_model(store.parent, name, store=store)
+        return web.json_response({"status": "success"})
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/health", self.health)
@@ -174,6 +186,7 @@ class Stub:
         app.router.add_get("/api/version", self.ollama_version)
         app.router.add_get("/api/tags", self.ollama_tags)
         app.router.add_post("/api/generate", self.ollama_generate)
+        app.router.add_post("/api/pull", self.ollama_pull)
         app.router.add_get("/stub/stats", self.stats)
         return app
 
@@ -183,8 +196,21 @@ def _reply_words(max_tokens: object) -> list[str]:
     return words[:max_tokens] if isinstance(max_tokens, int) and max_tokens > 0 else words
 
 
+def pull(name: str) -> int:
+    """`ollama pull NAME`: ask the server at OLLAMA_HOST to pull."""
+    import urllib.request
+
+    host = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434")
+    body = json.dumps({"model": name}).encode()
+    with urllib.request.urlopen(urllib.request.Request(f"http://{host}/api/pull", body, method="POST")) as answer:
+        print(json.loads(answer.read())["status"], flush=True)
+    return 0
+
+
 async def main(argv: list[str]) -> int:
     opts, served = parse(argv)
+    if served.command == "pull":
+        return pull(served.model)
     local = opts.runtime == "vllm" and served.model and served.model.startswith("/")
     if local and not (Path(served.model) / "config.json").is_file():  # as vLLM: a local model has config.json
         print(f"ERROR: {served.model}: no config.json; is the model staged?", flush=True)

@@ -79,6 +79,8 @@ def test_role_defaults_pass_validation():
         values = yaml.safe_load(defaults.read_text()) or {}
         for flag in RUN_FLAGS:
             values.pop(flag, None)
+        # A default computed by Ansible from other variables ("{{ ... }}") is checked once rendered.
+        values = {k: v for k, v in values.items() if not (isinstance(v, str) and v.startswith("{{"))}
         _, errors = validate("defaults", values)
         assert errors == [], f"{defaults}: {[str(e) for e in errors]}"
 
