@@ -7,10 +7,14 @@ file limits) rather than changing the machine's configuration.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from aiinfra.agent.http import keys as keyfile
 from aiinfra.installer.run import CONTAINERS_CONF, EnvironmentProblem, project_dir, state_dir
 
 EXAMPLE_SPEC = Path(__file__).with_name("example-thor.yml")
@@ -110,6 +115,8 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
             raise ValueError(f"{spec}: a host spec is a mapping of variables")
     image = build_image(release, say)
     name = container_name(host)
+    if host_vars is not None or not mirror_dir(host).exists():
+        write_mirror(host, host_vars or yaml.safe_load(spec_file.read_text()) or {})
     running = podman("container", "inspect", "--format", "{{.State.Running}}", name, check=False)
     if running.returncode != 0:
         say(f"starting {name} from {image}")
@@ -123,13 +130,15 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
             "--systemd=always",
             "--label",
             "aiinfra.lab=1",
+            "--volume",
+            f"{mirror_dir(host)}:{LAB_MIRROR}:ro",  # the NAS a real box would mount
             image,
             "/sbin/init",
         )
     elif running.stdout.strip() != "true":
         podman("start", name)
     wait_for_systemd(name)
-    write_inventory(host, name)
+    write_inventory(host, name, engine_doubles(host, release, say))
     if host_vars is not None:
         spec_file.write_text(
             f"# Host spec of the lab host {host}, written by `aiinfra lab up`.\n"
@@ -148,6 +157,94 @@ LAB_GROUP_VARS = {
     "nvidia_driver_custom_repo": {"uris": "file:/srv/fake-nvidia", "suites": "./", "trusted": True},
     "nvidia_driver_kernel_headers_package": "",  # the container runs this machine's kernel
 }
+
+
+LAB_MIRROR = "/srv/model-mirror"
+PYTHON_OF_RELEASE = {"bookworm": "3.11", "trixie": "3.13"}
+
+
+def mirror_dir(host: str) -> Path:
+    return state_dir() / "lab" / "mirror" / host
+
+
+def write_mirror(host: str, host_vars: dict) -> None:
+    """The model mirror (TEST DOUBLE weights, tests/kit/fake_models.py) for the spec's engines: what a
+    NAS copy of the models would hold."""
+    engines = [e for e in (host_vars.get("engines") or {}).values() if isinstance(e, dict)]
+    vllm = sorted({e["model"] for e in engines if e.get("runtime") == "vllm" and "model" in e})
+    ollama = sorted({m for e in engines if e.get("runtime") == "ollama" for m in e.get("models") or []})
+    mirror = mirror_dir(host)
+    shutil.rmtree(mirror, ignore_errors=True)
+    mirror.mkdir(parents=True)
+    kit = project_dir() / "tests" / "kit" / "fake_models.py"
+    done = subprocess.run(
+        [sys.executable, str(kit), str(mirror), "--vllm", *vllm, "--ollama", *ollama],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise EnvironmentProblem(f"writing the lab's model mirror failed: {done.stderr.strip()[-300:]}")
+
+
+def engine_doubles(host: str, release: str, say: Callable[[str], None]) -> dict:
+    """The stub engine (tests/kit/stub_engine.py, a TEST DOUBLE) where vLLM and Ollama would be: a
+    wheelhouse the vllm role installs offline in place of vLLM, and an archive laid out like Ollama's
+    release for the ollama role. Both go through the roles' real install paths, by variables. Also
+    the lab's API key: kept here, its hash in the inventory. Returns the host's variables."""
+    from aiinfra.installer import wheelhouse
+
+    lab = state_dir() / "lab"
+    stub = project_dir() / "tests" / "kit" / "stub_engine.py"
+    arch = os.uname().machine
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp)
+        shutil.copyfile(stub, project / "stub_engine.py")
+        (project / "pyproject.toml").write_text(STUB_PYPROJECT)
+        say(f"{host}: stub engine wheels for Python {PYTHON_OF_RELEASE[release]} (test double for vLLM)")
+        built = wheelhouse.build(project, lab / f"stub-wheels-cp{PYTHON_OF_RELEASE[release].replace('.', '')}",
+                                 PYTHON_OF_RELEASE[release], arch)  # fmt: skip
+    archive = lab / "ollama-stub.tgz"
+    # Same layout as ollama-linux-amd64.tgz (bin/ollama); no dates, so the same stub gives the same bytes.
+    with gzip.GzipFile(archive, "wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for name, source in (("bin/ollama", stub), ("bin/fake_models.py", stub.with_name("fake_models.py"))):
+            data = source.read_bytes()
+            if name == "bin/ollama":  # the agent's environment has aiohttp, which the stub needs
+                data = data.replace(b"#!/usr/bin/env python3", b"#!/opt/aiinfra/bin/python3", 1)
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    key_file = lab / f"{host}.key"
+    if not key_file.exists():
+        key_file.touch(mode=0o600)
+        key_file.write_text(keyfile.new_token() + "\n")
+    return {
+        "vllm_wheelhouse": built["archive"],
+        "vllm_pip_packages": ["aiinfra-stub-engine"],
+        "ollama_archive_file": str(archive),
+        "ollama_archive_sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
+        "model_mirror": LAB_MIRROR,
+        "aiinfra_agent_api_keys": [{"name": "lab", "sha256": keyfile.digest(key_file.read_text().strip())}],
+    }
+
+
+STUB_PYPROJECT = """\
+# TEST DOUBLE packaging (aiinfra lab): the stub engine, installed where vLLM would be.
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "aiinfra-stub-engine"
+version = "1.0"
+dependencies = ["aiohttp>=3.9"]
+
+[project.scripts]
+vllm = "stub_engine:cli"
+
+[tool.setuptools]
+py-modules = ["stub_engine"]
+"""
 
 
 def install_hardware_kit(name: str, driver_version: str, say: Callable[[str], None]) -> None:
@@ -230,7 +327,7 @@ def down(host: str) -> bool:
     return existed
 
 
-def write_inventory(host: str, container: str) -> None:
+def write_inventory(host: str, container: str, doubles: dict) -> None:
     """The lab inventory: group `lab` (child of `inference`), one file of host variables per host."""
     inventory = lab_inventory_dir()
     (inventory / "host_vars").mkdir(parents=True, exist_ok=True)
@@ -242,6 +339,7 @@ def write_inventory(host: str, container: str) -> None:
         "ansible_connection": "containers.podman.podman",
         "ansible_host": container,
         "ansible_python_interpreter": "/usr/bin/python3",
+        **doubles,
     }
     data["lab"]["hosts"] = lab_hosts
     data["lab"]["vars"] = LAB_GROUP_VARS
