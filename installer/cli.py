@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+import yaml
 
 from aiinfra.agent import client
 from aiinfra.installer import lab, plan, remote
@@ -414,6 +415,48 @@ def lab_down(name: str) -> None:
     except EnvironmentProblem as exc:
         fail(str(exc), EXIT_ENVIRONMENT)
     say(f"lab host {name} removed" if existed else f"lab host {name} was not running")
+
+
+@lab_group.command("endpoint")
+@click.argument("name", default="thor")
+@click.option("--json", "as_json", is_flag=True, help="Print the endpoint and the answer as JSON.")
+def lab_endpoint(name: str, as_json: bool) -> None:
+    """Ask the lab host's router one question with the lab's key; print how to do it yourself."""
+    try:
+        found = lab.endpoint(name)
+    except EnvironmentProblem as exc:
+        fail(str(exc), EXIT_ENVIRONMENT)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    key = f"$(cat {found['key_file']})"
+    click.echo(f"endpoint {found['url']}, key in {found['key_file']}; {found['model']} answered: {found['answer']!r}")
+    click.echo("try it:")
+    click.echo(
+        f'  curl -s {found["url"]}/chat/completions -H "Authorization: Bearer {key}" '
+        f"-H 'Content-Type: application/json' -d '{json.dumps(found['request'])}'"
+    )
+    click.echo(
+        f'  python3 -c \'import openai; c = openai.OpenAI(base_url="{found["url"]}", '
+        f'api_key=open("{found["key_file"]}").read().strip()); '
+        f'print(c.chat.completions.create(model="{found["model"]}", '
+        f'messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)\''
+    )
+
+
+@lab_group.command("kit", hidden=True)
+@click.argument("container")
+@click.option("--release", type=click.Choice(lab.RELEASES), required=True)
+@click.option("--spec", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--vars-out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def lab_kit(container: str, release: str, spec: Path, vars_out: Path) -> None:
+    """Put the hardware kit's test doubles into CONTAINER (Molecule's) and write the variables that
+    point the roles at them."""
+    try:
+        host_vars = lab.kit(container, release, yaml.safe_load(spec.read_text()) or {}, say)
+    except EnvironmentProblem as exc:
+        fail(str(exc), EXIT_ENVIRONMENT)
+    vars_out.write_text(yaml.safe_dump(host_vars, sort_keys=False))
 
 
 @lab_group.command("image")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -298,6 +300,44 @@ def write_installer_netplan(name: str, host_vars: dict) -> None:
         "mkdir -p /etc/netplan && umask 077 && cat > /etc/netplan/01-lab-installer.yaml",
         input_text=header + yaml.safe_dump(netplan),
     )  # fmt: skip
+
+
+def kit(container: str, release: str, host_vars: dict, say: Callable[[str], None]) -> dict:
+    """The hardware kit in a container that something else made (Molecule): what `up` puts in a lab
+    host, the mirror copied in rather than mounted. Returns the variables the lab inventory would hold."""
+    write_installer_netplan(container, host_vars)
+    install_hardware_kit(container, str(host_vars.get("nvidia_driver_version") or "580.105.08"), say)
+    write_mirror(container, host_vars)
+    podman("exec", container, "mkdir", "-p", LAB_MIRROR)
+    podman("cp", f"{mirror_dir(container)}/.", f"{container}:{LAB_MIRROR}")
+    return {**LAB_GROUP_VARS, **engine_doubles(container, release, say)}
+
+
+def endpoint(host: str) -> dict:
+    """The lab host's router as a client sees it: its URL, the lab key's file, the first ready model,
+    and that model's answer to one chat request (proof that the example works)."""
+    address = podman("inspect", "-f", "{{.NetworkSettings.IPAddress}}", container_name(host)).stdout.strip()
+    key_file = state_dir() / "lab" / f"{host}.key"
+    if not address or not key_file.exists():
+        raise EnvironmentProblem(f"lab host {host} is not up (aiinfra lab up {host}, then aiinfra install)")
+    url = f"http://{address}:8000/v1"
+    headers = {"Authorization": f"Bearer {key_file.read_text().strip()}", "Content-Type": "application/json"}
+
+    def call(path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url + path, data, headers), timeout=30) as answer:
+                return json.loads(answer.read())
+        except (OSError, ValueError) as exc:
+            raise EnvironmentProblem(f"the router at {url} did not answer {path}: {exc}") from None
+
+    ready = [m["id"] for m in call("/models")["data"] if m.get("ready")]
+    if not ready:
+        raise EnvironmentProblem(f"the router at {url} has no ready model yet (aiinfra status --host {host})")
+    body = {"model": ready[0], "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}
+    reply = call("/chat/completions", body)
+    return {"url": url, "key_file": str(key_file), "model": ready[0], "request": body,
+            "answer": reply["choices"][0]["message"]["content"]}  # fmt: skip
 
 
 def wait_for_systemd(name: str, timeout_s: float = 60) -> None:

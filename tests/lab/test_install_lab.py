@@ -1,4 +1,6 @@
-"""`aiinfra install` end to end: the real CLI, ansible-runner and roles against a lab container."""
+"""`aiinfra install` end to end: the real CLI, ansible-runner and the whole site against a lab container
+(the hardware kit's test doubles in place of GPUs, vLLM, Ollama and the NAS), then a rehearsed rebuild:
+the container destroyed, a fresh one, the same inventory, one command, the same appliance."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import openai
 import pytest
 import yaml
 
@@ -41,6 +44,36 @@ class Lab:
 
     def read(self, path: str) -> str:
         return podman("exec", f"aiinfra-lab-{HOST}", "cat", path).stdout
+
+    def status(self) -> dict:
+        proc = self.aiinfra("status", "--host", HOST, "-i", self.inventory, "--json")
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)[HOST]
+
+    def client(self, key: str | None = None) -> openai.OpenAI:
+        address = podman("inspect", "-f", "{{.NetworkSettings.IPAddress}}", f"aiinfra-lab-{HOST}").stdout.strip()
+        key = key or (Path(self.env["XDG_STATE_HOME"]) / "aiinfra" / "lab" / f"{HOST}.key").read_text().strip()
+        return openai.OpenAI(base_url=f"http://{address}:8000/v1", api_key=key, max_retries=0, timeout=30)
+
+    def box(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return podman("exec", f"aiinfra-lab-{HOST}", *argv)
+
+
+def appliance_state(lab: Lab) -> dict:
+    """What an operator would compare before and after a rebuild."""
+    report = lab.status()
+    answer = lab.client().chat.completions.create(
+        model="Qwen/Qwen2.5-7B-Instruct", messages=[{"role": "user", "content": "hello"}], max_tokens=4
+    )
+    staged = lab.box("sh", "-c", "cd /mnt/nvme/models && find . -name SHA256SUMS | sort").stdout.split()
+    return {
+        "profile": report["profile"],
+        "ready": sorted(n for n, e in report["engines"].items() if e["phase"] == "ready"),
+        "gpus": report["gpu"]["state"],
+        "answer": answer.choices[0].message.content,
+        "staged": staged,
+        "ollama": lab.box("ls", "/mnt/nvme/ollama/manifests/registry.ollama.ai/library/llama3.2").stdout.split(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +135,53 @@ def test_install_converges_then_a_second_run_changes_nothing(lab_host):
     assert unit.stdout.strip() == "active"
 
 
+def test_the_appliance_serves_through_the_router_with_a_key(lab_host):
+    state = appliance_state(lab_host)
+    assert state == {
+        "profile": "fast",
+        "ready": ["qwen14b", "qwen7b"],
+        "gpus": "ok",
+        "answer": "Hello from the stub",  # 4 tokens of the stub engine's answer, through the router
+        "staged": ["./Qwen/Qwen2.5-14B-Instruct-AWQ/SHA256SUMS", "./Qwen/Qwen2.5-32B-Instruct-AWQ/SHA256SUMS",
+                   "./Qwen/Qwen2.5-7B-Instruct/SHA256SUMS"],
+        "ollama": ["3b"],
+    }  # fmt: skip
+    # The README's main job ends with `aiinfra lab endpoint`: its curl line works as printed.
+    shown = lab_host.aiinfra("lab", "endpoint", HOST)
+    assert shown.returncode == 0, shown.stderr
+    curl = next(line.strip() for line in shown.stdout.splitlines() if line.strip().startswith("curl "))
+    answer = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, env=lab_host.env, check=False)
+    assert json.loads(answer.stdout)["choices"][0]["message"]["content"] == "Hello from the stub engine."
+    with pytest.raises(openai.AuthenticationError):
+        lab_host.client(key="aiinfra-not-a-key").models.list()
+    model_dir = "/mnt/nvme/models/Qwen/Qwen2.5-7B-Instruct"
+    checked = lab_host.box("sh", "-c", f"cd {model_dir} && sha256sum -c --quiet SHA256SUMS")
+    assert checked.returncode == 0, checked.stdout
+    assert lab_host.box("systemctl", "is-enabled", "aiinfra-agent").stdout.strip() == "enabled"
+    user = lab_host.box("systemctl", "show", "-p", "User", "--value", "aiinfra-engine@qwen7b").stdout.strip()
+    assert user == "aiinfra"
+
+
+def test_a_rebuilt_host_is_the_same_appliance_with_its_models_from_the_mirror(lab_host):
+    before = appliance_state(lab_host)
+    assert podman("rm", "-f", "-t", "2", f"aiinfra-lab-{HOST}").returncode == 0  # the box dies
+    up = lab_host.aiinfra("lab", "up", HOST)  # fresh OS; the inventory, mirror and key are the operator's
+    assert up.returncode == 0, up.stderr
+    assert lab_host.box("test", "-e", "/opt/aiinfra").returncode == 1
+    rc, summary = lab_host.install()
+    assert rc == 0, summary
+    assert appliance_state(lab_host) == before
+    # Not downloaded: the download command does not even exist in the lab (no hf in the stub's
+    # environment), so the weights can only have come from the mirror, and they pass their manifest.
+    assert lab_host.box("test", "-e", "/opt/vllm/0.11.0/bin/hf").returncode == 1
+    checked = lab_host.box("sh", "-c", "cd /mnt/nvme/models/Qwen/Qwen2.5-14B-Instruct-AWQ && sha256sum -c SHA256SUMS")
+    assert checked.returncode == 0 and checked.stdout.count(": OK") == 3, checked.stdout
+
+
 def test_check_mode_reports_a_change_and_makes_none(lab_host):
     lab_host.set_vars(host_base_hugepages=32)
     try:
-        rc, summary = lab_host.install("--check")
+        rc, summary = lab_host.install("--check", "--tags", "host_base")  # the whole site: Molecule's default
         assert rc == 0 and summary["check"] is True
         assert summary["changed"] >= 1
         assert "vm.nr_hugepages" not in lab_host.read("/etc/sysctl.d/60-aiinfra.conf")
