@@ -171,9 +171,15 @@ def print_summary(summary: RunSummary) -> None:
             f"network change staged, not applied: {', '.join(totals['network_change_staged'])} "
             "(re-run with --allow-network-change)"
         )
+    sources = {"mirror": "from the mirror", "download": "downloaded", "present": "already in place"}
     for host, t in summary.hosts.items():
         if t.model_storage:
             click.echo(f"model storage: {host} {t.model_storage}")
+        if t.models:
+            counts = ", ".join(f"{n} {sources.get(source, source)}" for source, n in sorted(t.models.items()))
+            click.echo(f"models: {host} {counts}")
+        if t.agent:
+            click.echo(f"agent: {host} {t.agent}")
     click.echo(f"log: {Path(summary.run_dir) / 'artifacts' / 'ansible' / 'stdout'}")
 
 

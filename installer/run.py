@@ -54,6 +54,8 @@ class HostTally:
     reboot_required: bool = False
     network_change_staged: bool = False  # role network_vlans: a VLAN change waits for --allow-network-change
     model_storage: str = ""  # role model_storage: the mount and its free space
+    models: dict[str, int] = field(default_factory=dict)  # roles vllm, ollama: models by source (mirror, …)
+    agent: str = ""  # role aiinfra_agent: the profile and its ready engines
 
 
 @dataclass
@@ -118,6 +120,11 @@ class Progress:
                     tally.network_change_staged = str(stats["aiinfra_network_change_staged"]).lower() == "true"
                 if "aiinfra_model_storage" in stats:
                     tally.model_storage = str(stats["aiinfra_model_storage"]).strip()
+                for key in ("aiinfra_models_vllm", "aiinfra_models_ollama"):
+                    for source in stats.get(key) or []:
+                        tally.models[str(source)] = tally.models.get(str(source), 0) + 1
+                if "aiinfra_agent_ready" in stats:
+                    tally.agent = str(stats["aiinfra_agent_ready"]).strip()
             elif kind == "runner_on_skipped":
                 tally.skipped += 1
             elif kind == "runner_on_unreachable":

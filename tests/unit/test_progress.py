@@ -88,3 +88,15 @@ def test_exit_codes_rank_unreachable_over_failed():
     assert summary(thor=HostTally(failed=1), odin=HostTally(unreachable=1)).exit_code == EXIT_UNREACHABLE
     assert summary(thor=HostTally(ok=3)).as_dict()["reboot_required"] == []
     assert summary(thor=HostTally(network_change_staged=True)).as_dict()["network_change_staged"] == ["thor"]
+
+
+def test_models_are_counted_by_source_and_the_agent_reported():
+    progress = Progress(out=None)
+    for event in (
+        result("runner_on_ok", "thor", ansible_stats={"data": {"aiinfra_models_vllm": ["mirror", "mirror", "present"]}}),
+        result("runner_on_ok", "thor", ansible_stats={"data": {"aiinfra_models_ollama": ["download"]}}),
+        result("runner_on_ok", "thor", ansible_stats={"data": {"aiinfra_agent_ready": "profile fast: a, b ready"}}),
+    ):
+        progress(event)
+    assert progress.tally["thor"].models == {"mirror": 2, "present": 1, "download": 1}
+    assert progress.tally["thor"].agent == "profile fast: a, b ready"
