@@ -134,6 +134,9 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
             "aiinfra.lab=1",
             "--volume",
             f"{mirror_dir(host)}:{LAB_MIRROR}:ro",  # the NAS a real box would mount
+            # trixie's systemd keeps CAP_SYS_ADMIN across User= to sandbox the engine units; a real
+            # host's PID 1 has it, podman's default set does not.
+            *(["--cap-add", "SYS_ADMIN"] if release == "trixie" else []),
             image,
             "/sbin/init",
         )
