@@ -93,7 +93,7 @@ def test_exit_codes_rank_unreachable_over_failed():
 def test_models_are_counted_by_source_and_the_agent_reported():
     progress = Progress(out=None)
     for event in (
-        result("runner_on_ok", "thor", ansible_stats={"data": {"aiinfra_models_vllm": ["mirror", "mirror", "present"]}}),
+        result("runner_on_ok", "thor", ansible_stats={"data": {"aiinfra_models_vllm": ["mirror"] * 2 + ["present"]}}),
         result("runner_on_ok", "thor", ansible_stats={"data": {"aiinfra_models_ollama": ["download"]}}),
         result("runner_on_ok", "thor", ansible_stats={"data": {"aiinfra_agent_ready": "profile fast: a, b ready"}}),
     ):
