@@ -443,7 +443,7 @@ def lab_endpoint(name: str, as_json: bool) -> None:
         f"-H 'Content-Type: application/json' -d '{json.dumps(found['request'])}'"
     )
     click.echo(
-        f'  python3 -c \'import openai; c = openai.OpenAI(base_url="{found["url"]}", '
+        f'  {sys.executable} -c \'import openai; c = openai.OpenAI(base_url="{found["url"]}", '
         f'api_key=open("{found["key_file"]}").read().strip()); '
         f'print(c.chat.completions.create(model="{found["model"]}", '
         f'messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)\''
