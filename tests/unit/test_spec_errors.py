@@ -180,6 +180,24 @@ CASES: dict[str, tuple[Mutate, str, str]] = {
         "host_base_journald_max_use",
         "pattern",
     ),
+    "model mirror a relative path": (setter("model_mirror", "nas/models"), "model_mirror", "rsync source"),
+    "ollama archive file without its checksum": (
+        setter("ollama_archive_file", "/home/ops/ollama-linux-amd64.tgz"),
+        "ollama_archive_sha256",
+        "required with ollama_archive_file",
+    ),
+    "ollama checksum not sha256": (setter("ollama_archive_sha256", "abc123"), "ollama_archive_sha256", "pattern"),
+    "vllm version not exact": (setter("vllm_version", "latest"), "vllm_version", "pattern"),
+    "misspelt agent policy setting": (
+        setter("aiinfra_agent_policy", {"startup_timeout": 600}),
+        "aiinfra_agent_policy.startup_timeout",
+        "did you mean 'startup_timeout_s'",
+    ),
+    "api key given in clear": (
+        setter("aiinfra_agent_api_keys", [{"name": "laptop", "sha256": "aiinfra-abcdef"}]),
+        "aiinfra_agent_api_keys.0.sha256",
+        "pattern",
+    ),
 }
 
 
