@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -336,12 +337,7 @@ def models() -> None:
 @click.option("--download-command", default="", help="Command that downloads: MODEL --local-dir DIR is appended.")
 def models_stage(model: str, root: Path, mirror: str | None, download_command: str) -> None:
     """Put MODEL under ROOT from the mirror, else download it; check it; print what was done as JSON."""
-    try:
-        staged = model_store.stage(model, root, mirror or None, download_command.split())
-    except model_store.StagingError as exc:
-        click.echo(f"aiinfra-agent: {exc}", err=True)
-        sys.exit(1)
-    click.echo(json.dumps(vars(staged)))
+    _print_staged(lambda: model_store.stage(model, root, mirror or None, download_command.split()))
 
 
 @models.command("stage-ollama")
@@ -350,8 +346,12 @@ def models_stage(model: str, root: Path, mirror: str | None, download_command: s
 @click.option("--mirror", help="A directory holding MIRROR/ollama/{manifests,blobs}.")
 def models_stage_ollama(name: str, store: Path, mirror: str | None) -> None:
     """Copy Ollama model NAME from the mirror, blobs checked; print JSON (source "missing": pull it)."""
+    _print_staged(lambda: model_store.stage_ollama(name, store, mirror or None))
+
+
+def _print_staged(stage: Callable[[], model_store.Staged]) -> None:
     try:
-        staged = model_store.stage_ollama(name, store, mirror or None)
+        staged = stage()
     except model_store.StagingError as exc:
         click.echo(f"aiinfra-agent: {exc}", err=True)
         sys.exit(1)

@@ -186,25 +186,27 @@ def _ollama_blobs(manifest: Path) -> list[str]:
 
 def stage_ollama(name: str, store: Path, mirror: str | None) -> Staged:
     """Make Ollama's store hold model NAME from the mirror; source "missing" when it cannot."""
-    manifest = store / ollama_manifest(name)
+    wanted = ollama_manifest(name)
+    manifest = store / wanted
     if manifest.is_file() and all((store / "blobs" / blob).is_file() for blob in _ollama_blobs(manifest)):
         return Staged(name, str(manifest), "present", *_ollama_size(store, manifest))
-    source = Path(mirror or "/nonexistent") / "ollama"
-    if not mirror or _is_rsync_source(mirror) or not (source / ollama_manifest(name)).is_file():
+    source = Path(mirror) / "ollama" if mirror and not _is_rsync_source(mirror) else None
+    if source is None or not (source / wanted).is_file():
         return Staged(name, str(manifest), "missing", 0, 0)
     (store / "blobs").mkdir(parents=True, exist_ok=True)
-    for blob in _ollama_blobs(source / ollama_manifest(name)):
+    for blob in _ollama_blobs(source / wanted):
+        digest = blob.removeprefix("sha256-")
         target = store / "blobs" / blob
-        if target.is_file() and _sha256(target) == blob.removeprefix("sha256-"):
+        if target.is_file() and _sha256(target) == digest:
             continue
         partial = target.with_name(target.name + ".partial")
         shutil.copyfile(source / "blobs" / blob, partial)
-        if _sha256(partial) != blob.removeprefix("sha256-"):
+        if _sha256(partial) != digest:
             partial.unlink()
             raise StagingError(f"{name} from {mirror}: blob {blob}: checksum mismatch")
         os.replace(partial, target)
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source / ollama_manifest(name), manifest)  # last: the model appears only when whole
+    shutil.copyfile(source / wanted, manifest)  # last: the model appears only when whole
     return Staged(name, str(manifest), "mirror", *_ollama_size(store, manifest))
 
 

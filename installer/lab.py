@@ -110,15 +110,15 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
     example thor spec.
     """
     spec_file = lab_inventory_dir() / "host_vars" / f"{host}.yml"
-    host_vars = None
-    if spec is not None or not spec_file.exists():
-        host_vars = yaml.safe_load((spec or EXAMPLE_SPEC).read_text()) or {}
-        if not isinstance(host_vars, dict):
-            raise ValueError(f"{spec}: a host spec is a mapping of variables")
+    new_spec = spec is not None or not spec_file.exists()
+    source = (spec or EXAMPLE_SPEC) if new_spec else spec_file
+    spec_vars = yaml.safe_load(source.read_text()) or {}
+    if not isinstance(spec_vars, dict):
+        raise ValueError(f"{source}: a host spec is a mapping of variables")
     image = build_image(release, say)
     name = container_name(host)
-    if host_vars is not None or not mirror_dir(host).exists():
-        write_mirror(host, host_vars or yaml.safe_load(spec_file.read_text()) or {})
+    if new_spec or not mirror_dir(host).exists():
+        write_mirror(host, spec_vars)
     running = podman("container", "inspect", "--format", "{{.State.Running}}", name, check=False)
     if running.returncode != 0:
         say(f"starting {name} from {image}")
@@ -144,14 +144,12 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
         podman("start", name)
     wait_for_systemd(name)
     write_inventory(host, name, engine_doubles(host, release, say))
-    if host_vars is not None:
+    if new_spec:
         spec_file.write_text(
             f"# Host spec of the lab host {host}, written by `aiinfra lab up`.\n"
-            + yaml.safe_dump(host_vars, sort_keys=False)
+            + yaml.safe_dump(spec_vars, sort_keys=False)
         )
-    spec_vars = yaml.safe_load(spec_file.read_text()) or {}
-    write_installer_netplan(name, spec_vars)
-    install_hardware_kit(name, str(spec_vars.get("nvidia_driver_version") or "580.105.08"), say)
+    install_kit(name, spec_vars, say)
     return lab_inventory_dir()
 
 
@@ -292,6 +290,13 @@ def install_hardware_kit(name: str, driver_version: str, say: Callable[[str], No
         )  # fmt: skip
 
 
+def install_kit(container: str, host_vars: dict, say: Callable[[str], None]) -> None:
+    """What every lab host gets, made by `up` or by Molecule: the netplan file for the VLANs' links and
+    the hardware kit at the spec's driver version."""
+    write_installer_netplan(container, host_vars)
+    install_hardware_kit(container, str(host_vars.get("nvidia_driver_version") or "580.105.08"), say)
+
+
 def write_installer_netplan(name: str, host_vars: dict) -> None:
     """The netplan file Ubuntu's installer leaves on a box, defining the links the VLANs sit on: the
     lab container has none, and netplan refuses a VLAN on a link it does not know."""
@@ -308,8 +313,7 @@ def write_installer_netplan(name: str, host_vars: dict) -> None:
 def kit(container: str, release: str, host_vars: dict, say: Callable[[str], None]) -> dict:
     """The hardware kit in a container that something else made (Molecule): what `up` puts in a lab
     host, the mirror copied in rather than mounted. Returns the variables the lab inventory would hold."""
-    write_installer_netplan(container, host_vars)
-    install_hardware_kit(container, str(host_vars.get("nvidia_driver_version") or "580.105.08"), say)
+    install_kit(container, host_vars, say)
     write_mirror(container, host_vars)
     podman("exec", container, "mkdir", "-p", LAB_MIRROR)
     podman("cp", f"{mirror_dir(container)}/.", f"{container}:{LAB_MIRROR}")

@@ -167,7 +167,9 @@ class Stub:
     async def ollama_pull(self, request: web.Request) -> web.Response:
         """Ollama's pull, minus the registry: a tiny model written into OLLAMA_MODELS in Ollama's layout."""
         name = (await request.json())["model"]
-        sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_models sits beside this file in tests/kit
+        here = str(Path(__file__).resolve().parent)  # fake_models sits beside this file in tests/kit
+        if here not in sys.path:
+            sys.path.insert(0, here)
         try:
             from fake_models import ollama_model
         except ImportError:  # installed alone (the lab's Ollama archive): the kit's writer is not there
