@@ -71,6 +71,8 @@ class AgentConfig(Strict):
     audit_include_text: bool = False  # prompts stay out of the audit log unless this says otherwise
     vllm_command: list[str] = ["/opt/vllm/current/bin/vllm"]  # role vllm: one venv per version
     ollama_command: list[str] = ["/usr/local/bin/ollama"]
+    vllm_env: dict[str, str] = {}  # for every vLLM engine (a CPU-only box: VLLM_CPU_KVCACHE_SPACE)
+    vllm_extra_args: list[str] = []  # for every vLLM engine, before each engine's own extra_args
     policy: Policy = Policy()
     # None: no GPU layer (a developer's machine), engines start regardless. A path names a file of GPU
     # settings (gpu.yml): the boot unit's `gpu apply` reads the same file, so the two cannot disagree.

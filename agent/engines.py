@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.schema import OllamaEngine, VllmEngine
@@ -31,12 +34,13 @@ def launch(name: str, config: AgentConfig) -> Launch:
     if isinstance(engine, VllmEngine):
         return Launch(
             name,
-            vllm_argv(engine, config.vllm_command, f"{storage}/models/{engine.model}"),
+            vllm_argv(engine, config.vllm_command, f"{storage}/models/{engine.model}", config.vllm_extra_args),
             {
                 "CUDA_VISIBLE_DEVICES": gpus,
                 "HF_HOME": f"{storage}/hf-cache",
                 "VLLM_NO_USAGE_STATS": "1",
                 "HF_HUB_OFFLINE": "1",
+                **config.vllm_env,
             },
             engine.port,
             "vllm",
@@ -58,7 +62,7 @@ def launch(name: str, config: AgentConfig) -> Launch:
     )
 
 
-def vllm_argv(engine: VllmEngine, command: list[str], model_dir: str) -> list[str]:
+def vllm_argv(engine: VllmEngine, command: list[str], model_dir: str, box_args: Sequence[str] = ()) -> list[str]:
     """MODEL_DIR holds the weights the vllm role staged (the agent never downloads); clients still ask
     for the served name, the model id unless served_name says otherwise."""
     argv = [
@@ -84,8 +88,40 @@ def vllm_argv(engine: VllmEngine, command: list[str], model_dir: str) -> list[st
         argv += ["--max-num-seqs", str(engine.max_num_seqs)]
     if engine.quantization is not None:
         argv += ["--quantization", engine.quantization]
-    argv.append("--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching")
-    argv.append("--enable-chunked-prefill" if engine.enable_chunked_prefill else "--no-enable-chunked-prefill")
+    # Prefix caching and chunked prefill are vLLM's defaults (V1): only turning them off takes a flag.
+    if not engine.enable_prefix_caching:
+        argv.append("--no-enable-prefix-caching")
+    if not engine.enable_chunked_prefill:
+        argv.append("--no-enable-chunked-prefill")
     # Custom all-reduce misbehaves on consumer cards over PCIe/NVLink bridges; NCCL is the safe path.
     argv.append("--disable-custom-all-reduce")
-    return argv + list(engine.extra_args)
+    return argv + list(box_args) + list(engine.extra_args)
+
+
+# What the vllm role writes beside each vLLM environment, once per version: `vllm serve --help=all`.
+SERVE_HELP = "aiinfra-serve-help.txt"
+FLAG = re.compile(r"--[a-z0-9][a-z0-9-]*")
+
+
+def unknown_vllm_flags(config: AgentConfig) -> list[str]:
+    """Lines naming each flag an engine would pass that the installed vLLM does not know, so that a
+    spec asking for too new (or removed) a flag fails at install time, not as a crash loop later.
+    Nothing to check where no help was recorded (no vLLM installed yet, a check-mode run)."""
+    help_file = Path(config.vllm_command[0]).resolve().parent.parent / SERVE_HELP
+    try:
+        text = help_file.read_text()
+    except OSError:
+        return []
+    known = set(FLAG.findall(text))
+    version = (text.splitlines() or [""])[0].removeprefix("# vllm ").strip() or "?"
+    problems = []
+    for name, engine in config.engines.items():
+        if not isinstance(engine, VllmEngine):
+            continue
+        argv = launch(name, config).argv
+        for flag in dict.fromkeys(a.partition("=")[0] for a in argv if a.startswith("--")):
+            if flag not in known:
+                problems.append(
+                    f"engines.{name}: vLLM {version} has no flag {flag}; remove it or pin a vLLM that has it"
+                )
+    return problems

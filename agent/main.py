@@ -21,6 +21,7 @@ from aiinfra.agent.config import DEFAULT_PATH, GPU_SETTINGS_PATH, AgentConfig, C
 from aiinfra.agent.effects import Backend
 from aiinfra.agent.effects.process import ProcessBackend
 from aiinfra.agent.effects.systemd import SystemdBackend, available, launch_file
+from aiinfra.agent.engines import SERVE_HELP, unknown_vllm_flags
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.gpu.nvml import Nvml
 from aiinfra.agent.gpu.policy import Refused, SetPersistence, SetPowerLimit, settings_actions
@@ -171,7 +172,37 @@ def run(config_path: Path) -> None:
 def check_config(config_path: Path) -> None:
     """Validate the configuration; exit 2 with one line per problem."""
     config = _load(config_path)
+    problems = unknown_vllm_flags(config)
+    if problems:
+        click.echo("\n".join(f"{config_path}: {line}" for line in problems), err=True)
+        sys.exit(EXIT_CONFIG)
     click.echo(f"{config_path}: ok ({len(config.engines)} engines, default profile {config.default_profile})")
+
+
+@main.command("record-vllm-help")
+@click.argument("vllm", type=click.Path(path_type=Path, exists=True))
+@click.option("--version", required=True, help="The vLLM version of that environment.")
+def record_vllm_help(vllm: Path, version: str) -> None:
+    """Record `VLLM serve --help=all` beside its environment, once per version (role vllm), so that
+    check-config can name a flag this vLLM does not know. Prints {"changed": ..., "recorded": ...}."""
+    path = vllm.resolve().parent.parent / SERVE_HELP
+    header = f"# vllm {version}\n"
+    if path.exists() and path.read_text().startswith(header):
+        click.echo(json.dumps({"changed": False, "recorded": True}))
+        return
+    import subprocess
+
+    done = subprocess.run([str(vllm), "serve", "--help=all"], capture_output=True, text=True, check=False)
+    if done.returncode != 0 or "--port" not in done.stdout:
+        # A GPU build cannot even parse its arguments while no NVIDIA driver is loaded (before the
+        # first reboot): the check waits for the next run.
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        click.echo(json.dumps({"changed": False, "recorded": False, "reason": last}))
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(header + done.stdout)
+    tmp.replace(path)
+    click.echo(json.dumps({"changed": True, "recorded": True}))
 
 
 @main.command("exec-engine", hidden=True)

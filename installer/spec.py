@@ -195,7 +195,8 @@ class HostSpec(Strict):
     proxmox_passthrough_sysfs_root: str = "/sys"
 
     # role vllm
-    vllm_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+([.+-][A-Za-z0-9.]+)?$")] = "0.11.0"
+    vllm_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+([.+-][A-Za-z0-9.]+)?$")] = "0.32.0"
+    vllm_build: Literal["gpu", "cpu"] = "gpu"
     vllm_prefix: str = "/opt/vllm"
     vllm_pip_packages: list[str] = []
     vllm_wheelhouse: str = ""
@@ -226,6 +227,8 @@ class HostSpec(Strict):
     aiinfra_agent_policy: dict[str, float | int] = {}
     aiinfra_agent_vllm_command: list[str] | None = None
     aiinfra_agent_ollama_command: list[str] | None = None
+    aiinfra_agent_vllm_env: dict[str, str] = {}
+    aiinfra_agent_vllm_extra_args: list[str] = []
     aiinfra_agent_status_listen: str = "127.0.0.1:8079"
     aiinfra_agent_ready_timeout_s: Annotated[int, Field(ge=10)] = 900
 

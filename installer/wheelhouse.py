@@ -54,15 +54,34 @@ def build(source: Path, dest: Path, python: str, arch: str) -> dict[str, str]:
             old.unlink()  # pip download keeps a file of the same name; this one must be the fresh build
         wheel = dest / built.name
         shutil.copyfile(built, wheel)
-    tag = f"cp{major}{minor}"
-    platforms = [arg for name in MANYLINUX for arg in ("--platform", f"{name}_{arch}")]
-    _pip(
-        "download", "--quiet", "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
-        "--abi", tag, *platforms, "--dest", str(dest), str(wheel),
-    )  # fmt: skip
+    _download([str(wheel)], dest, python, arch)
     archive = dest.with_name(dest.name + ".tar")
     _archive(dest, archive)
     return {"archive": str(archive), "wheel": wheel.name, "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}
+
+
+def _download(requirements: list[str], dest: Path, python: str, arch: str) -> None:
+    major, _, minor = python.partition(".")
+    platforms = [arg for name in MANYLINUX for arg in ("--platform", f"{name}_{arch}")]
+    _pip(
+        "download", "--quiet", "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+        "--abi", f"cp{major}{minor}", *platforms, "--dest", str(dest), *requirements,
+    )  # fmt: skip
+
+
+def packages(requirements: list[str], dest: Path, python: str, arch: str) -> Path:
+    """A wheelhouse archive of REQUIREMENTS (vLLM and its dependencies: gigabytes) for the box's Python
+    and CPU, downloaded once: an archive made for the same requirements is used as it is."""
+    archive = dest.with_name(dest.name + ".tar")
+    stamp = dest.with_name(dest.name + ".requirements")
+    wanted = "\n".join(requirements) + "\n"
+    if archive.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return archive
+    dest.mkdir(parents=True, exist_ok=True)
+    _download(requirements, dest, python, arch)
+    _archive(dest, archive)
+    stamp.write_text(wanted)
+    return archive
 
 
 def _archive(folder: Path, archive: Path) -> None:

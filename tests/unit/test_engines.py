@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aiinfra.agent.config import ConfigError, parse
-from aiinfra.agent.engines import launch
+from aiinfra.agent.engines import SERVE_HELP, launch, unknown_vllm_flags
 
 CONFIG = {
     "model_storage_mount": "/mnt/nvme",
@@ -58,8 +58,6 @@ def test_vllm_single_gpu():
         "32768",
         "--max-num-seqs",
         "32",
-        "--enable-prefix-caching",
-        "--enable-chunked-prefill",
         "--disable-custom-all-reduce",
     ]
     assert run.env == {
@@ -92,7 +90,6 @@ def test_vllm_tensor_parallel_awq_with_extra_args():
         "--quantization",
         "awq",
         "--no-enable-prefix-caching",
-        "--enable-chunked-prefill",
         "--disable-custom-all-reduce",
         "--kv-cache-dtype",
         "fp8",
@@ -125,3 +122,25 @@ def test_config_errors_are_one_line_each(change, line):
     with pytest.raises(ConfigError) as caught:
         parse({**CONFIG, **change})
     assert caught.value.lines == [line]
+
+
+def test_box_wide_vllm_environment_and_arguments_come_before_the_engines_own():
+    config = parse({**CONFIG, "vllm_env": {"VLLM_CPU_KVCACHE_SPACE": "1"}, "vllm_extra_args": ["--enforce-eager"]})
+    run = launch("qwen32b", config)
+    assert run.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert run.argv[-3:] == ["--enforce-eager", "--kv-cache-dtype", "fp8"]
+    assert "VLLM_CPU_KVCACHE_SPACE" not in launch("ollama", config).env
+
+
+def test_flags_the_installed_vllm_does_not_know_are_named_with_its_version(tmp_path):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "vllm").touch()
+    config = parse({**CONFIG, "vllm_command": [str(tmp_path / "bin" / "vllm")]})
+    assert unknown_vllm_flags(config) == []  # no help recorded (nothing installed yet): nothing to say
+    known = ["--served-model-name", "--host", "--port", "--gpu-memory-utilization", "--tensor-parallel-size",
+             "--dtype", "--max-model-len", "--max-num-seqs", "--quantization", "--no-enable-prefix-caching",
+             "--disable-custom-all-reduce"]  # fmt: skip
+    (tmp_path / SERVE_HELP).write_text("# vllm 0.32.0\nusage: vllm serve\n" + "\n".join(f"  {f} X" for f in known))
+    assert unknown_vllm_flags(config) == [
+        "engines.qwen32b: vLLM 0.32.0 has no flag --kv-cache-dtype; remove it or pin a vLLM that has it"
+    ]

@@ -8,7 +8,7 @@ import pytest
 
 from aiinfra.agent.schema import VllmEngine
 from aiinfra.installer import plan
-from tests.conftest import thor_spec, write_inventory
+from tests.conftest import ROOT, thor_spec, write_inventory
 
 
 def engine(**fields) -> VllmEngine:
@@ -158,3 +158,15 @@ def test_a_misspelt_card_and_a_missing_memory_size(tmp_path, cli):
     )
     spec["gpu_memory_gb"] = 48
     assert cli("plan", "--host", "thor", "-i", str(write_inventory(tmp_path / "c", spec))).exit_code == 0
+
+
+def test_the_kits_tiny_stand_in_is_sized_as_the_model_it_stands_in_for(tmp_path):
+    """The lab's mirror holds a real but tiny model under the real id: planning must not believe it."""
+    import subprocess
+    import sys
+
+    kit = ROOT / "tests" / "kit" / "fake_models.py"
+    subprocess.run([sys.executable, str(kit), str(tmp_path), "--vllm", "Qwen/Qwen2.5-7B-Instruct"], check=True)
+    facts = plan.model_facts(engine(model="Qwen/Qwen2.5-7B-Instruct"), str(tmp_path))
+    assert facts == plan.KNOWN_MODELS[plan.model_key("Qwen/Qwen2.5-7B-Instruct")]
+    assert facts.layers == 28  # the real 7B's, not the stand-in's 2
