@@ -465,6 +465,15 @@ def lab_kit(container: str, release: str, spec: Path, vars_out: Path) -> None:
     vars_out.write_text(yaml.safe_dump(host_vars, sort_keys=False))
 
 
+@lab_group.command("vllm")
+def lab_vllm() -> None:
+    """Install the lab's vLLM (the CPU build) on this machine once; print its `vllm` command."""
+    try:
+        click.echo(str(lab.host_vllm(say)))
+    except EnvironmentProblem as exc:
+        fail(str(exc), EXIT_ENVIRONMENT)
+
+
 @lab_group.command("image")
 @click.option(
     "--release",

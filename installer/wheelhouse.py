@@ -25,7 +25,8 @@ from pathlib import Path
 # checkout copies nothing and reinstalls nothing on the box.
 SOURCE_DATE_EPOCH = "315532800"
 # Every glibc distribution aiinfra supports (Debian 12: 2.36, Ubuntu 24.04: 2.39) runs these.
-MANYLINUX = ("manylinux2014", "manylinux_2_17", "manylinux_2_28")
+MANYLINUX = ("manylinux2014", "manylinux_2_17", "manylinux_2_24", "manylinux_2_27", "manylinux_2_28",
+             "manylinux_2_31", "manylinux_2_34", "manylinux_2_35", "manylinux_2_36")  # fmt: skip
 
 
 class WheelhouseError(Exception):

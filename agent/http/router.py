@@ -56,6 +56,12 @@ class Exchange:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft_s: float | None = None
+    aborted: str | None = None  # a stream that ended early, and by what
+
+
+def _asks_for_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
 class Router:
@@ -171,7 +177,12 @@ class Router:
                 if wait is not None:
                     self.metrics.rate_limited.labels(key=key.name).inc()
                     raise Refusal(429, f"rate limit of key {key.name!r} reached", "rate_limited", retry_after=wait)
-            response = await self._forward(request, launch, raw, bool(body.get("stream")), exchange)
+            stream = bool(body.get("stream"))
+            injected = stream and request.path != "/v1/embeddings" and not _asks_for_usage(body)
+            if injected:  # exact token counts: the engine's own, in a usage chunk the client never sees
+                raw = json.dumps({**body, "stream_options": {**(body.get("stream_options") or {}),
+                                                             "include_usage": True}}).encode()  # fmt: skip
+            response = await self._forward(request, launch, raw, stream, exchange, injected)
             if key is not None:
                 self.limiter.charge_tokens(key, exchange.prompt_tokens + exchange.completion_tokens)
             return response
@@ -182,7 +193,7 @@ class Router:
             self._record(exchange, body_text)
 
     async def _forward(
-        self, request: web.Request, launch: Launch, raw: bytes, stream: bool, exchange: Exchange
+        self, request: web.Request, launch: Launch, raw: bytes, stream: bool, exchange: Exchange, injected: bool
     ) -> web.StreamResponse:
         if self.session is None:
             self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
@@ -199,7 +210,7 @@ class Router:
                         502, f"engine {launch.name} failed (HTTP {upstream.status}): {detail}", "engine_error"
                     )
                 if stream and upstream.status == 200:
-                    return await self._stream(request, upstream, exchange, launch)
+                    return await self._stream(request, upstream, exchange, launch, injected)
                 data = await upstream.read()
                 exchange.ttft_s = time.monotonic() - exchange.started
                 exchange.status = upstream.status
@@ -221,26 +232,72 @@ class Router:
             raise Refusal(502, f"engine {launch.name} failed: {exc}", "engine_error") from None
 
     async def _stream(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange, launch: Launch
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        exchange: Exchange,
+        launch: Launch,
+        injected: bool,
     ) -> web.StreamResponse:
+        """Pass server-sent events through as they arrive, whole events at a time (a usage event split
+        across reads is still read). With `injected`, the usage event the router asked for is kept
+        from the client. Once the 200 has gone out, an engine failure cannot become an HTTP error:
+        the stream ends with an error event in OpenAI's shape instead."""
         response = web.StreamResponse(
             status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
         exchange.status = 200
         chunks = 0
-        async for chunk in upstream.content.iter_any():  # as it arrives: no buffering
-            if exchange.ttft_s is None:
-                exchange.ttft_s = time.monotonic() - exchange.started
-            await response.write(chunk)
-            chunks += chunk.count(b"data: {")
-            if b'"usage"' in chunk:
-                self._count_usage(exchange, chunk)
+        pending = b""
+        try:
+            async for data in upstream.content.iter_any():  # as it arrives: no buffering
+                if exchange.ttft_s is None:
+                    exchange.ttft_s = time.monotonic() - exchange.started
+                pending += data
+                whole, sep, pending = pending.rpartition(b"\n\n")
+                if not sep:
+                    pending = whole
+                    continue
+                out = whole + sep
+                chunks += out.count(b"data: {")
+                if b'"usage"' in out:
+                    out = self._take_usage(exchange, out, strip=injected)
+                if out:
+                    await response.write(out)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            exchange.aborted = f"engine: {type(exc).__name__}"
+            error = {"error": {"message": f"engine {launch.name} failed mid-stream: {exc or type(exc).__name__}",
+                               "type": "api_error", "code": "engine_error"}}  # fmt: skip
+            await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+            await response.write_eof()
+            return response
+        if pending:
+            await response.write(pending)
         if not exchange.completion_tokens:
             exchange.completion_tokens = chunks  # one token a chunk, when the engine sent no usage
         await response.write_eof()
         self.supervisor.traffic_ok(launch.name)
         return response
+
+    @staticmethod
+    def _take_usage(exchange: Exchange, events: bytes, strip: bool) -> bytes:
+        """Count the usage event among EVENTS; with strip, leave out a usage-only event (no choices)."""
+        kept = []
+        for event in events.split(b"\n\n"):
+            if b'"usage"' in event and event.startswith(b"data: {"):
+                try:
+                    parsed = json.loads(event[6:])
+                except ValueError:
+                    parsed = {}
+                usage = parsed.get("usage") if isinstance(parsed, dict) else None
+                if isinstance(usage, dict):
+                    exchange.prompt_tokens = usage.get("prompt_tokens") or exchange.prompt_tokens
+                    exchange.completion_tokens = usage.get("completion_tokens") or exchange.completion_tokens
+                    if strip and not parsed.get("choices"):
+                        continue
+            kept.append(event)
+        return b"\n\n".join(kept)
 
     @staticmethod
     def _count_usage(exchange: Exchange, data: bytes) -> None:
@@ -278,6 +335,8 @@ class Router:
             "ttft_ms": None if exchange.ttft_s is None else round(exchange.ttft_s * 1000, 1),
             "latency_ms": round(latency * 1000, 1),
         }
+        if exchange.aborted is not None:
+            line["aborted"] = exchange.aborted
         if body_text is not None:
             line["request"] = body_text
         audit_log.info(json.dumps(line))

@@ -219,3 +219,49 @@ def test_an_engine_restarted_under_load_fails_fast_and_the_router_stays_up(make_
     assert kinds <= {"ok", "503", "502"}
     assert max(took for kind, took in outcomes if kind != "ok") < 1.0  # refused fast, nothing hangs
     assert outcomes[-1][0] == "ok"
+
+
+def audit_lines(agent, at_least: int = 1) -> list[dict]:
+    """The audit log's lines, once it has AT_LEAST (the line is written as the response completes)."""
+    path, deadline, lines = Path(agent.config["audit_log"]), time.monotonic() + 5, []
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        if len(lines) >= at_least:
+            break
+        time.sleep(0.05)
+    return lines
+
+
+def test_a_stream_is_counted_with_the_engines_own_usage_which_the_client_did_not_ask_for(served):
+    api = client(served, add_key(served, "judy"))
+    fast = served.engine("fast")["served"][0]
+    msg = [{"role": "user", "content": "count these four words"}]
+    chunks = list(api.chat.completions.create(model=fast, messages=msg, stream=True))
+    assert chunks and all(c.choices and c.usage is None for c in chunks)  # no extra usage chunk reached it
+    line = audit_lines(served)[-1]
+    assert (line["key"], line["status"], line["prompt_tokens"], line["completion_tokens"]) == ("judy", 200, 4, 5)
+
+    asked = list(
+        api.chat.completions.create(model=fast, messages=msg, stream=True, stream_options={"include_usage": True})
+    )
+    assert asked[-1].choices == [] and asked[-1].usage.completion_tokens == 5  # asked for: passed through
+
+
+def test_an_engine_that_dies_mid_stream_ends_the_stream_with_an_error_event(make_agent):
+    agent = make_agent(
+        {"e": vllm(free_port(), "--die-mid-stream", "--chunk-delay", "0.1")},
+        {"p": ["e"]},
+        "p",
+        policy={"liveness_interval_s": 60},
+    ).start()
+    agent.wait_phase("e", "ready")
+    api = client(agent, add_key(agent, "kim"))
+    seen = []
+    with pytest.raises(openai.APIError, match="failed mid-stream"):
+        for chunk in api.chat.completions.create(
+            model=agent.engine("e")["served"][0], messages=[{"role": "user", "content": "hi"}], stream=True
+        ):
+            seen.append(chunk.choices[0].delta.content)
+    assert seen == ["Hello", " from"]  # what the engine sent before it died, then the error, no garbage
+    line = audit_lines(agent)[-1]
+    assert line["status"] == 200 and line["aborted"].startswith("engine: ")

@@ -105,10 +105,8 @@ def safetensors(seed: str) -> bytes:
         count = 1
         for dim in shape:
             count *= dim
-        if name.endswith("norm.weight"):
-            values = [1.0] * count
-        else:
-            values = [rng.gauss(0.0, 0.02) for _ in range(count)]
+        norm = name.endswith("norm.weight")
+        values = [1.0] * count if norm else [rng.gauss(0.0, 0.02) for _ in range(count)]
         data = struct.pack(f"<{count}f", *values)
         header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)

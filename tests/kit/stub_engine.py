@@ -35,6 +35,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
     own.add_argument("--ignore-sigterm", action="store_true")
     own.add_argument("--chunk-delay", type=float, default=0.05, help="seconds between streamed chunks")
     own.add_argument("--chunks", type=int, default=6, help="chunks in a streamed answer")
+    own.add_argument("--die-mid-stream", action="store_true", help="exit after the second chunk of a stream")
     # Its own flags may stand anywhere (before `serve`, or among vLLM's as an engine's extra_args).
     opts, rest = own.parse_known_args(argv)
     engine = argparse.ArgumentParser(prog="serve")
@@ -89,7 +90,8 @@ class Stub:
         body = await request.json()
         words = _reply_words(body.get("max_tokens"))
         if body.get("stream"):
-            return await self._stream(request, [{"text": w, "index": 0} for w in words], "text_completion")
+            usage = self._usage(str(body.get("prompt", "")), len(words)) if _wants_usage(body) else None
+            return await self._stream(request, [{"text": w, "index": 0} for w in words], "text_completion", usage)
         return web.json_response(
             {
                 "id": "cmpl-stub",
@@ -107,8 +109,9 @@ class Stub:
         if body.get("stream"):
             words = (words * self.opts.chunks)[: self.opts.chunks]
             chunks = [{"index": 0, "delta": {"role": "assistant", "content": w}} for w in words]
-            return await self._stream(request, chunks, "chat.completion.chunk")
-        prompt = " ".join(str(m.get("content", "")) for m in body.get("messages", []))
+            usage = self._usage(_prompt(body), len(words)) if _wants_usage(body) else None
+            return await self._stream(request, chunks, "chat.completion.chunk", usage)
+        prompt = _prompt(body)
         return web.json_response(
             {
                 "id": "chatcmpl-stub",
@@ -121,14 +124,22 @@ class Stub:
             }
         )
 
-    async def _stream(self, request: web.Request, chunks: list[dict], kind: str) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, chunks: list[dict], kind: str, usage: dict | None = None
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         try:
-            for chunk in chunks:
+            for i, chunk in enumerate(chunks):
                 event = {"id": "stub", "object": kind, "created": int(time.time()), "choices": [chunk]}
                 await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+                if self.opts.die_mid_stream and i == 1:
+                    print("stub engine dies mid-stream", flush=True)
+                    os._exit(self.opts.exit_code)
                 await asyncio.sleep(self.opts.chunk_delay)
+            if usage is not None:  # as vLLM does for stream_options.include_usage: a last chunk, no choices
+                event = {"id": "stub", "object": kind, "created": int(time.time()), "choices": [], "usage": usage}
+                await resp.write(f"data: {json.dumps(event)}\n\n".encode())
             await resp.write(b"data: [DONE]\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             self.aborted += 1
@@ -191,6 +202,15 @@ class Stub:
         app.router.add_post("/api/pull", self.ollama_pull)
         app.router.add_get("/stub/stats", self.stats)
         return app
+
+
+def _wants_usage(body: dict) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def _prompt(body: dict) -> str:
+    return " ".join(str(m.get("content", "")) for m in body.get("messages", []))
 
 
 def _reply_words(max_tokens: object) -> list[str]:
