@@ -52,7 +52,7 @@ class ProcessBackend:
         finally:
             log.close()
         self.procs[launch.name] = proc
-        record = {"pgid": proc.pid, "argv0": launch.argv[0]}
+        record = {"pgid": proc.pid, "start": _start_time(proc.pid)}
         (self.dir / f"{launch.name}.pgid").write_text(json.dumps(record))
         return proc.pid
 
@@ -74,6 +74,9 @@ class ProcessBackend:
             return 0
         if proc.returncode is None:
             return None
+        # The leader ended by itself: what it started (vLLM's EngineCore and Worker) may still hold
+        # the port and the GPU memory. They are in its process group, which outlives it.
+        _signal_group(proc.pid, signal.SIGKILL)
         self._forget(name)
         return proc.returncode
 
@@ -91,12 +94,14 @@ class ProcessBackend:
         self._forget(name)
 
     async def adopt(self) -> dict[str, int | None]:
-        """A process backend cannot adopt: engines left by an agent that was killed are removed."""
+        """A process backend cannot adopt: what engines of an agent that was killed left running is
+        removed (the leaders die with the agent; their children may not)."""
         for record in self.dir.glob("*.pgid"):
-            with contextlib.suppress(ValueError, OSError):
+            with contextlib.suppress(ValueError, OSError, KeyError, TypeError):
                 data = json.loads(record.read_text())
-                if _leader_runs(data["pgid"], data["argv0"]):
-                    _signal_group(data["pgid"], signal.SIGKILL)
+                for pid in leftovers(int(data["pgid"]), int(data["start"])):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
             record.unlink(missing_ok=True)
         return {}
 
@@ -117,12 +122,35 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _leader_runs(pid: int, argv0: str) -> bool:
+def _stat(pid: int | str) -> tuple[int, int] | None:
+    """(process group, start time in clock ticks since boot) of a process, from /proc/PID/stat."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
-        return False
-    return bool(cmdline) and Path(argv0).name.encode() in b" ".join(cmdline)
+        return None
+    return int(fields[2]), int(fields[19])  # fields 5 and 22 of proc(5), counted after the name
+
+
+def _start_time(pid: int) -> int:
+    stat = _stat(pid)
+    return stat[1] if stat else 0
+
+
+def leftovers(pgid: int, start: int) -> list[int]:
+    """Processes that provably belong to an engine whose leader was PGID, started at START: members of
+    its process group started no earlier than it. A live leader with another start time means the
+    PID (and so the group) is someone else's now: nothing is.
+    """
+    leader = _stat(pgid)
+    if leader is not None and leader[0] == pgid and leader[1] != start:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(entry.name)
+            if stat is not None and stat[0] == pgid and stat[1] >= start:
+                found.append(int(entry.name))
+    return found
 
 
 def _base_env() -> dict[str, str]:

@@ -226,15 +226,63 @@ def test_healthz_answers_while_the_loop_runs(make_agent):
     assert json.loads(body) == {"status": "ok"}
 
 
+def start_time(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+
 def test_engines_left_by_a_killed_agent_are_removed_at_the_next_start(make_agent, tmp_path):
     leftover = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    # A process that reused an engine's PID: same number, started later than the engine was.
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
     agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p")
     engines_dir = agent.tmp / "state" / "engines"
     engines_dir.mkdir(parents=True)
-    (engines_dir / "old.pgid").write_text(json.dumps({"pgid": leftover.pid, "argv0": "/usr/bin/sleep"}))
+    (engines_dir / "old.pgid").write_text(json.dumps({"pgid": leftover.pid, "start": start_time(leftover.pid)}))
+    (engines_dir / "reused.pgid").write_text(json.dumps({"pgid": stranger.pid, "start": start_time(stranger.pid) - 1}))
     agent.start()
-    assert leftover.wait(timeout=10) == -signal.SIGKILL
-    assert not (engines_dir / "old.pgid").exists()
+    try:
+        assert leftover.wait(timeout=10) == -signal.SIGKILL
+        assert not (engines_dir / "old.pgid").exists() and not (engines_dir / "reused.pgid").exists()
+        assert stranger.poll() is None, "a process that merely reused an engine's PID was killed"
+    finally:
+        stranger.kill()
+
+
+def group_of(pid: int) -> list[int]:
+    return [p.pid for p in psutil.process_iter() if _pgid(p.pid) == pid]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def test_an_engine_whose_leader_dies_leaves_no_worker_holding_its_port(make_agent):
+    """vLLM's EngineCore and Worker outlive a killed `vllm serve` and keep its port: they go with it."""
+    agent = make_agent({"e": vllm(free_port(), "--fork-grandchild")}, {"p": ["e"]}, "p").start()
+    leader = agent.wait_phase("e", "ready")["engines"]["e"]["pid"]
+    workers = [p for p in group_of(leader) if p != leader]
+    assert len(workers) == 1
+    os.kill(leader, signal.SIGKILL)
+    status = agent.wait(
+        lambda s: s["engines"]["e"]["restarts"] == 1 and s["engines"]["e"]["phase"] == "ready", 20, "ready again"
+    )
+    assert "port" not in (status["engines"]["e"]["last_error"] or "")
+    assert not pid_alive(workers[0])
+
+
+def test_a_killed_agent_leaves_no_engine_worker_behind_once_restarted(make_agent):
+    agent = make_agent({"e": vllm(free_port(), "--fork-grandchild")}, {"p": ["e"]}, "p").start()
+    leader = agent.wait_phase("e", "ready")["engines"]["e"]["pid"]
+    (worker,) = (p for p in group_of(leader) if p != leader)
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait()
+    assert pid_alive(worker)  # the leader died with the agent; its child did not
+    agent.start()
+    agent.wait_phase("e", "ready", timeout=20)
+    assert not pid_alive(worker)
 
 
 def test_the_installer_profile_command_switches_and_waits(make_agent):

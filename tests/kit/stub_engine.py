@@ -36,6 +36,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
     own.add_argument("--chunk-delay", type=float, default=0.05, help="seconds between streamed chunks")
     own.add_argument("--chunks", type=int, default=6, help="chunks in a streamed answer")
     own.add_argument("--die-mid-stream", action="store_true", help="exit after the second chunk of a stream")
+    own.add_argument(
+        "--fork-grandchild", action="store_true",
+        help="once listening, fork a child that keeps the listening socket and outlives this process, as "
+        "vLLM's EngineCore and Worker do",
+    )  # fmt: skip
     # Its own flags may stand anywhere (before `serve`, or among vLLM's as an engine's extra_args).
     opts, rest = own.parse_known_args(argv)
     engine = argparse.ArgumentParser(prog="serve")
@@ -252,6 +257,13 @@ async def main(argv: list[str]) -> int:
         print(f"ERROR: cannot listen on {served.host}:{served.port}: {exc}", flush=True)
         return 1
     stub.listening_at = time.monotonic()
+    if opts.fork_grandchild:
+        child = os.fork()
+        if child == 0:  # holds the inherited listening socket until killed; never serves
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            while True:
+                time.sleep(3600)
+        print(f"forked worker pid {child}", flush=True)
     crash = opts.crash_after is not None
     if crash and opts.crash_once is not None:
         crash = not opts.crash_once.exists()
