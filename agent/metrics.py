@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -143,3 +146,53 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# vLLM's own series (tokens, KV cache, queue, TTFT/ITL), re-served by the agent. vLLM labels its
+# engine core's index `engine`; ours names the aiinfra engine, so theirs becomes `exported_engine`,
+# as Prometheus's own federation renames a clashing label.
+ENGINE_PREFIXES = ("vllm:",)
+
+
+async def engine_families(
+    session: aiohttp.ClientSession, engines: Mapping[str, str], timeout_s: float = 2
+) -> list[Metric]:
+    """Scrape ENGINES (name → base URL) at once; their vllm:* families with an `engine` label each. An
+    engine that does not answer in time is left out of this scrape, never waited for."""
+
+    async def scrape(url: str) -> str | None:
+        try:
+            async with session.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                return await resp.text() if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    texts = await asyncio.gather(*(scrape(url) for url in engines.values()))
+    merged: dict[str, Metric] = {}
+    for name, text in zip(engines, texts, strict=True):
+        if text is None:
+            continue
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError:  # not Prometheus text: nothing of it is served
+            continue
+        for family in families:
+            if not family.name.startswith(ENGINE_PREFIXES):
+                continue
+            into = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
+            for sample in family.samples:
+                labels = {("exported_engine" if k == "engine" else k): v for k, v in sample.labels.items()}
+                into.add_sample(sample.name, {"engine": name, **labels}, sample.value, sample.timestamp)
+    return list(merged.values())
+
+
+class _Families:
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+def exposition_of(families: Iterable[Metric]) -> bytes:
+    return generate_latest(_Families(families))  # type: ignore[arg-type]

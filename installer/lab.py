@@ -134,6 +134,10 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
             "aiinfra.lab=1",
             "--volume",
             f"{mirror_dir(host)}:{LAB_MIRROR}:ro",  # the NAS a real box would mount
+            # vLLM's processes talk through shared memory (160 MiB an engine); podman's default /dev/shm
+            # is 64 MiB, a real box's is half its memory.
+            "--shm-size",
+            "2g",
             # trixie's systemd keeps CAP_SYS_ADMIN across User= to sandbox the engine units; a real
             # host's PID 1 has it, podman's default set does not.
             *(["--cap-add", "SYS_ADMIN"] if release == "trixie" else []),

@@ -10,9 +10,11 @@ import os
 import time
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
-from aiinfra.agent.metrics import Metrics
+from aiinfra.agent.metrics import Metrics, engine_families, exposition_of
+from aiinfra.agent.reconcile import Phase
 from aiinfra.agent.supervisor import Supervisor
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
@@ -56,7 +58,21 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """The agent's and the router's series, then each ready vLLM engine's own (engine label)."""
+    supervisor = request.app[SUPERVISOR]
+    ready = {
+        name: launch.base_url
+        for name, launch in supervisor.launches.items()
+        if launch.runtime == "vllm" and supervisor.states[name].phase == Phase.READY
+    }
     body = request.app[METRICS].exposition()
+    if ready:
+        if supervisor.session is None:  # before the loop's first tick
+            async with aiohttp.ClientSession() as session:
+                families = await engine_families(session, ready)
+        else:
+            families = await engine_families(supervisor.session, ready)
+        body += exposition_of(families)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

