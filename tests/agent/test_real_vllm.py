@@ -141,6 +141,18 @@ def test_the_agent_serves_vllms_own_metrics_per_engine(agent):
     assert float(lines[0].split()[-1]) >= 2
 
 
+def test_every_vllm_series_the_dashboard_graphs_is_served_by_the_agent(agent):
+    import re
+
+    ready(agent)
+    dashboard = (Path(__file__).resolve().parents[2] / "dashboards" / "aiinfra-grafana.json").read_text()
+    wanted = set(re.findall(r"vllm:[a-z_:]+", dashboard))
+    assert len(wanted) >= 6
+    text = urllib.request.urlopen(f"http://{agent.listen}/metrics", timeout=10).read().decode()
+    served = {line.split("{")[0].split()[0] for line in text.splitlines() if line.startswith("vllm:")}
+    assert wanted <= served, wanted - served
+
+
 def test_a_killed_leader_leaves_no_engine_core_or_worker_and_comes_back(agent):
     engine = ready(agent)
     procs = tree(engine["pid"])
