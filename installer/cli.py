@@ -436,7 +436,13 @@ def lab_endpoint(name: str, as_json: bool) -> None:
         click.echo(json.dumps(found, indent=2))
         return
     key = f"$(cat {found['key_file']})"
-    click.echo(f"endpoint {found['url']}, key in {found['key_file']}; {found['model']} answered: {found['answer']!r}")
+    click.echo(f"endpoint {found['url']}, key in {found['key_file']}")
+    click.echo(
+        f"{found['model']} (engine {found['engine']}, {found['served_by']}) answered in "
+        f"{found['completion_tokens']} tokens: {found['answer']!r}"
+    )
+    if found["served_by"].startswith("vLLM"):
+        click.echo("  (the lab's models are the kit's tiny stand-ins with random weights: the words are noise)")
     click.echo("try it:")
     click.echo(
         f'  curl -s {found["url"]}/chat/completions -H "Authorization: Bearer {key}" '

@@ -422,13 +422,20 @@ def endpoint(host: str) -> dict:
         except (OSError, ValueError) as exc:
             raise EnvironmentProblem(f"the router at {url} did not answer {path}: {exc}") from None
 
-    ready = [m["id"] for m in call("/models")["data"] if m.get("ready")]
+    ready = [m for m in call("/models")["data"] if m.get("ready")]
     if not ready:
         raise EnvironmentProblem(f"the router at {url} has no ready model yet (aiinfra status --host {host})")
-    body = {"model": ready[0], "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}
+    model = ready[0]["id"]
+    body = {"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}
     reply = call("/chat/completions", body)
-    return {"url": url, "key_file": str(key_file), "model": ready[0], "request": body,
-            "answer": reply["choices"][0]["message"]["content"]}  # fmt: skip
+    # vLLM signs its answers "vllm-<version>-<hash>"; the kit's stub engine does not.
+    fingerprint = reply.get("system_fingerprint") or ""
+    served_by = "the stub engine (test double)"
+    if fingerprint.startswith("vllm-"):
+        served_by = f"vLLM {fingerprint.split('-')[1]}"
+    return {"url": url, "key_file": str(key_file), "model": model, "engine": ready[0].get("owned_by"),
+            "served_by": served_by, "request": body, "answer": reply["choices"][0]["message"]["content"],
+            "completion_tokens": (reply.get("usage") or {}).get("completion_tokens")}  # fmt: skip
 
 
 def wait_for_systemd(name: str, timeout_s: float = 60) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import openai
@@ -65,12 +66,15 @@ def appliance_state(lab: Lab) -> dict:
     answer = lab.client().chat.completions.create(
         model="Qwen/Qwen2.5-7B-Instruct", messages=[{"role": "user", "content": "hello"}], max_tokens=4
     )
+    vllm = lab.box("/opt/vllm/current/bin/python", "-c", "import vllm; print(vllm.__version__)").stdout.strip()
     staged = lab.box("sh", "-c", "cd /mnt/nvme/models && find . -name SHA256SUMS | sort").stdout.split()
     return {
         "profile": report["profile"],
         "ready": sorted(n for n, e in report["engines"].items() if e["phase"] == "ready"),
         "gpus": report["gpu"]["state"],
-        "answer": answer.choices[0].message.content,
+        # A real vLLM (the CPU build) generated it: four tokens of the tiny model, by vLLM's count.
+        "answer": (answer.system_fingerprint or "").rpartition("-")[0], "tokens": answer.usage.completion_tokens,
+        "vllm": vllm,
         "staged": staged,
         "ollama": lab.box("ls", "/mnt/nvme/ollama/manifests/registry.ollama.ai/library/llama3.2").stdout.split(),
     }
@@ -141,7 +145,9 @@ def test_the_appliance_serves_through_the_router_with_a_key(lab_host):
         "profile": "fast",
         "ready": ["qwen14b", "qwen7b"],
         "gpus": "ok",
-        "answer": "Hello from the stub",  # 4 tokens of the stub engine's answer, through the router
+        "answer": "vllm-0.32.0",  # vLLM's own fingerprint on the answer, through the router
+        "tokens": 4,
+        "vllm": "0.32.0",
         "staged": ["./Qwen/Qwen2.5-14B-Instruct-AWQ/SHA256SUMS", "./Qwen/Qwen2.5-32B-Instruct-AWQ/SHA256SUMS",
                    "./Qwen/Qwen2.5-7B-Instruct/SHA256SUMS"],
         "ollama": ["3b"],
@@ -151,7 +157,8 @@ def test_the_appliance_serves_through_the_router_with_a_key(lab_host):
     assert shown.returncode == 0, shown.stderr
     curl = next(line.strip() for line in shown.stdout.splitlines() if line.strip().startswith("curl "))
     answer = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, env=lab_host.env, check=False)
-    assert json.loads(answer.stdout)["choices"][0]["message"]["content"] == "Hello from the stub engine."
+    reply = json.loads(answer.stdout)
+    assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] >= 1
     with pytest.raises(openai.AuthenticationError):
         lab_host.client(key="aiinfra-not-a-key").models.list()
     model_dir = "/mnt/nvme/models/Qwen/Qwen2.5-7B-Instruct"
@@ -176,11 +183,45 @@ def test_a_rebuilt_host_is_the_same_appliance_with_its_models_from_the_mirror(la
     assert f"agent: {HOST} profile fast: qwen14b, qwen7b ready\n" in again.stdout
     assert f"network change staged, not applied: {HOST} (re-run with --allow-network-change)" in again.stdout
     assert f"model storage: {HOST} /mnt/nvme on " in again.stdout
-    # Not downloaded: the download command does not even exist in the lab (no hf in the stub's
-    # environment), so the weights can only have come from the mirror, and they pass their manifest.
-    assert lab_host.box("test", "-e", "/opt/vllm/0.11.0/bin/hf").returncode == 1
+    # Not downloaded: the lab's download command is /bin/false, so the weights can only have come from
+    # the mirror, and they pass their manifest.
     checked = lab_host.box("sh", "-c", "cd /mnt/nvme/models/Qwen/Qwen2.5-14B-Instruct-AWQ && sha256sum -c SHA256SUMS")
-    assert checked.returncode == 0 and checked.stdout.count(": OK") == 3, checked.stdout
+    assert checked.returncode == 0 and checked.stdout.count(": OK") == 6, checked.stdout
+
+
+def wait_engine(lab: Lab, name: str, predicate, timeout: float) -> dict:
+    deadline, engine = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        engine = lab.status()["engines"][name]
+        if predicate(engine):
+            return engine
+        time.sleep(1)
+    raise AssertionError(f"{name} did not get there in {timeout:.0f}s: {engine}")
+
+
+def engine_unit_pids(lab: Lab, engine: str) -> list[int]:
+    """Every process in the engine's unit (its cgroup): vllm serve, EngineCore, Worker."""
+    found = lab.box("sh", "-c", f"grep -l 'aiinfra-engine@{engine}.service' /proc/[0-9]*/cgroup").stdout.split()
+    return sorted(int(path.split("/")[2]) for path in found)
+
+
+def test_real_vllm_under_systemd_is_adopted_and_a_killed_leader_leaves_nothing_in_its_unit(lab_host):
+    """The systemd backend with a real vLLM: an agent restart adopts the running server; SIGKILL of
+    `vllm serve` takes its EngineCore and Worker along (the unit's cgroup) and the engine comes back."""
+    before = lab_host.status()["engines"]["qwen7b"]
+    pids = engine_unit_pids(lab_host, "qwen7b")
+    assert before["phase"] == "ready" and len(pids) >= 3, pids  # vllm serve, EngineCore, Worker
+    assert lab_host.box("systemctl", "restart", "aiinfra-agent").returncode == 0
+    adopted = wait_engine(lab_host, "qwen7b", lambda e: e["phase"] != "starting", 60)
+    assert (adopted["phase"], adopted["pid"], adopted["restarts"]) == ("ready", before["pid"], before["restarts"])
+    assert engine_unit_pids(lab_host, "qwen7b") == pids
+
+    assert lab_host.box("kill", "-9", str(before["pid"])).returncode == 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and set(engine_unit_pids(lab_host, "qwen7b")) & set(pids):
+        time.sleep(0.5)
+    assert not set(engine_unit_pids(lab_host, "qwen7b")) & set(pids), "EngineCore/Worker outlived vllm serve"
+    wait_engine(lab_host, "qwen7b", lambda e: e["phase"] == "ready" and e["restarts"] == before["restarts"] + 1, 300)
 
 
 def test_check_mode_reports_a_change_and_makes_none(lab_host):
