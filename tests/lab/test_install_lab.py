@@ -189,6 +189,21 @@ def test_a_rebuilt_host_is_the_same_appliance_with_its_models_from_the_mirror(la
     assert checked.returncode == 0 and checked.stdout.count(": OK") == 6, checked.stdout
 
 
+def test_a_flag_the_pinned_vllm_lacks_is_refused_by_the_check_the_install_runs(lab_host):
+    """The agent role writes agent.yml only through `aiinfra-agent check-config`, which holds each
+    engine's command line against `vllm serve --help=all` of the installed vLLM (the vllm role
+    recorded it): a flag that release lacks fails the install, naming the flag and the version."""
+    config = yaml.safe_load(lab_host.read("/etc/aiinfra/agent.yml"))
+    config["engines"]["qwen7b"]["extra_args"] = ["--enable-warp-drive"]
+    lab_host.box("sh", "-c", f"cat > /tmp/agent-bad.yml <<'EOF'\n{yaml.safe_dump(config)}EOF")
+    checked = lab_host.box("/opt/aiinfra/bin/aiinfra-agent", "check-config", "--config", "/tmp/agent-bad.yml")
+    assert checked.returncode == 2
+    assert checked.stderr.strip() == (
+        "/tmp/agent-bad.yml: engines.qwen7b: vLLM 0.32.0 has no flag --enable-warp-drive; "
+        "remove it or pin a vLLM that has it"
+    )
+
+
 def wait_engine(lab: Lab, name: str, predicate, timeout: float) -> dict:
     deadline, engine = time.monotonic() + timeout, {}
     while time.monotonic() < deadline:
