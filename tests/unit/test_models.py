@@ -139,3 +139,16 @@ def test_a_fake_mirror_model_passes_its_own_manifest(tmp_path):
     from tests.kit import fake_models
 
     assert models.manifest_problems(fake_models.vllm_model(tmp_path, MODEL)) == []
+
+
+def test_the_kits_tiny_models_are_the_same_bytes_for_the_same_id_and_differ_between_ids(tmp_path):
+    from tests.kit import fake_models
+
+    first = fake_models.vllm_model(tmp_path / "a", MODEL)
+    again = fake_models.vllm_model(tmp_path / "b", MODEL)
+    other = fake_models.vllm_model(tmp_path / "c", "Qwen/Qwen2.5-14B-Instruct-AWQ")
+    assert (first / "SHA256SUMS").read_text() == (again / "SHA256SUMS").read_text()
+    assert (first / "model.safetensors").read_bytes() != (other / "model.safetensors").read_bytes()
+    config = json.loads((first / "config.json").read_text())
+    assert config["aiinfra_test_double"] == {"stands_in_for": MODEL}
+    assert config["hidden_size"] // config["num_attention_heads"] >= 32  # CPU attention's minimum head size
