@@ -11,6 +11,8 @@ wheel (one file to copy, where a folder costs a round trip per file), sha256 is 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -40,7 +42,22 @@ def _pip(*args: str, env: dict[str, str] | None = None) -> None:
         raise WheelhouseError(f"pip {args[0]} failed: {' '.join(lines) or done.stderr.strip()[-500:]}")
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """One builder at a time for PATH: runs in parallel (Molecule scenarios, the lab) share the
+    cache, and a pip wheel of one checkout builds in its tree."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build(source: Path, dest: Path, python: str, arch: str) -> dict[str, str]:
+    with _locked(Path(tempfile.gettempdir()) / f"aiinfra-wheel-{hashlib.sha256(bytes(source)).hexdigest()[:12]}.lock"):
+        return _build(source, dest, python, arch)
+
+
+def _build(source: Path, dest: Path, python: str, arch: str) -> dict[str, str]:
     if not (source / "pyproject.toml").is_file():
         raise WheelhouseError(f"{source} is not a Python project (no pyproject.toml)")
     major, _, minor = python.partition(".")
@@ -76,23 +93,27 @@ def packages(requirements: list[str], dest: Path, python: str, arch: str) -> Pat
     archive = dest.with_name(dest.name + ".tar")
     stamp = dest.with_name(dest.name + ".requirements")
     wanted = "\n".join(requirements) + "\n"
-    if archive.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return archive
-    dest.mkdir(parents=True, exist_ok=True)
-    _download(requirements, dest, python, arch)
-    _archive(dest, archive)
-    stamp.write_text(wanted)
+    with _locked(dest.with_name(dest.name + ".lock")):
+        if archive.exists() and stamp.exists() and stamp.read_text() == wanted:
+            return archive
+        dest.mkdir(parents=True, exist_ok=True)
+        _download(requirements, dest, python, arch)
+        _archive(dest, archive)
+        stamp.write_text(wanted)
     return archive
 
 
 def _archive(folder: Path, archive: Path) -> None:
-    """The same wheels give the same bytes: sorted names, no dates, no owners."""
-    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+    """The same wheels give the same bytes: sorted names, no dates, no owners. Written aside and moved
+    into place, so that a run copying the archive never reads half of one."""
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(folder.glob("*.whl")):
             info = tar.gettarinfo(str(path), arcname=path.name)
             info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
             with path.open("rb") as f:
                 tar.addfile(info, f)
+    partial.replace(archive)
 
 
 def main() -> None:
