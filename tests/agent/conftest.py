@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -154,6 +155,17 @@ class Agent:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def audit_lines(agent: Agent, at_least: int = 1) -> list[dict]:
+    """The audit log's lines, once it has AT_LEAST (the line is written as the response completes)."""
+    path, deadline, lines = Path(agent.config["audit_log"]), time.monotonic() + 5, []
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        if len(lines) >= at_least:
+            break
+        time.sleep(0.05)
+    return lines
 
 
 def pid_alive(pid: int) -> bool:

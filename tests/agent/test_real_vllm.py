@@ -6,7 +6,6 @@ after an agent restart) is tested on the lab host, which runs the same vLLM (tes
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import psutil
 import pytest
 
 from aiinfra.installer import lab
-from tests.agent.conftest import Agent, free_port, pid_alive
+from tests.agent.conftest import Agent, audit_lines, free_port, pid_alive
 
 # One worker holds the whole module (its host or server is module-wide) under pytest-xdist.
 pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("real-vllm")]
@@ -89,23 +88,13 @@ def tree(pid: int) -> list[psutil.Process]:
     return [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
 
 
-def audit(agent: Agent) -> dict:
-    deadline = time.monotonic() + 5
-    path = Path(agent.config["audit_log"])
-    while time.monotonic() < deadline:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if lines:
-            return json.loads(lines[-1])
-        time.sleep(0.05)
-    raise AssertionError("no audit line")
-
-
 def test_a_real_vllm_starts_becomes_ready_and_answers_through_the_router(agent):
     engine = ready(agent)
     names = [p.cmdline()[0] for p in tree(engine["pid"])]
     assert any(n.startswith("VLLM::EngineCore") for n in names), names  # vLLM's own process tree
     reply = api(agent).chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0
+        model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0,
+        extra_body={"ignore_eos": True},  # random weights may pick the end token: count exactly max_tokens
     )
     assert reply.usage.completion_tokens == 4 and reply.usage.prompt_tokens > 4  # the chat template's tokens too
     assert reply.model == "tiny"
@@ -123,13 +112,16 @@ def test_a_stream_passes_through_with_the_engines_usage(agent):
     ready(agent)
     client = api(agent)
     msg = [{"role": "user", "content": "Hello"}]
+    logged = len(audit_lines(agent, at_least=0))
     asked = list(client.chat.completions.create(model="tiny", messages=msg, max_tokens=5, stream=True,
-                                                stream_options={"include_usage": True}, temperature=0))  # fmt: skip
+                                                stream_options={"include_usage": True}, temperature=0,
+                                                extra_body={"ignore_eos": True}))  # fmt: skip
     assert asked[-1].choices == [] and asked[-1].usage.completion_tokens == 5
     prompt_tokens = asked[-1].usage.prompt_tokens
-    plain = list(client.chat.completions.create(model="tiny", messages=msg, max_tokens=5, stream=True, temperature=0))
+    plain = list(client.chat.completions.create(model="tiny", messages=msg, max_tokens=5, stream=True,
+                                                temperature=0, extra_body={"ignore_eos": True}))  # fmt: skip
     assert all(chunk.choices for chunk in plain)  # the usage chunk the router asked for stayed with it
-    line = audit(agent)
+    line = audit_lines(agent, at_least=logged + 2)[-1]
     assert (line["status"], line["prompt_tokens"], line["completion_tokens"]) == (200, prompt_tokens, 5)
 
 

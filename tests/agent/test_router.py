@@ -16,7 +16,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.agent.conftest import free_port, vllm
+from tests.agent.conftest import audit_lines, free_port, vllm
 
 AGENT = str(Path(sys.executable).with_name("aiinfra-agent"))
 
@@ -219,17 +219,6 @@ def test_an_engine_restarted_under_load_fails_fast_and_the_router_stays_up(make_
     assert kinds <= {"ok", "503", "502"}
     assert max(took for kind, took in outcomes if kind != "ok") < 1.0  # refused fast, nothing hangs
     assert outcomes[-1][0] == "ok"
-
-
-def audit_lines(agent, at_least: int = 1) -> list[dict]:
-    """The audit log's lines, once it has AT_LEAST (the line is written as the response completes)."""
-    path, deadline, lines = Path(agent.config["audit_log"]), time.monotonic() + 5, []
-    while time.monotonic() < deadline:
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-        if len(lines) >= at_least:
-            break
-        time.sleep(0.05)
-    return lines
 
 
 def test_a_stream_is_counted_with_the_engines_own_usage_which_the_client_did_not_ask_for(served):
