@@ -21,8 +21,7 @@ import pytest
 from aiinfra.installer import lab
 from tests.agent.conftest import Agent, audit_lines, free_port, pid_alive
 
-# One worker holds the whole module (its host or server is module-wide) under pytest-xdist.
-pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("real-vllm")]
+pytestmark = pytest.mark.vllm
 KIT = Path(__file__).resolve().parent.parent / "kit" / "fake_models.py"
 MODEL = "Qwen/Qwen2.5-7B-Instruct"  # the tiny stand-in, under the id it stands in for
 POLICY = {

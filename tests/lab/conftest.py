@@ -27,3 +27,15 @@ def require_lab() -> None:
 def podman(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CONTAINERS_CONF": str(lab.CONTAINERS_CONF)}
     return subprocess.run(["podman", *args], capture_output=True, text=True, env=env, check=False)
+
+
+# Longest first, so that two workers (scripts/test) finish together: the lab install (about 11 min
+# on two cores) and the whole-site Molecule scenario (about 9) start at once, the short ones fill in.
+FIRST = ("tests/lab/test_install_lab.py", "tests/lab/test_molecule.py::TestMolecule_default::")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, prefix in enumerate(FIRST) if item.nodeid.startswith(prefix)), len(FIRST))
+
+    items.sort(key=rank)  # stable: within a rank, collection order

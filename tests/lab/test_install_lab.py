@@ -17,8 +17,7 @@ import yaml
 
 from tests.lab.conftest import podman, require_lab
 
-# One worker holds the whole module (its host or server is module-wide) under pytest-xdist.
-pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("lab-install")]
+pytestmark = pytest.mark.lab
 HOST = "labtest"
 AIINFRA = str(Path(sys.executable).with_name("aiinfra"))
 

@@ -1,4 +1,8 @@
-"""Every Molecule scenario under molecule/, run in full (create … verify … destroy) by Molecule."""
+"""Every Molecule scenario under molecule/, run in full (create … verify … destroy) by Molecule.
+
+One test class per scenario, so that pytest-xdist (`--dist loadscope`, scripts/test) can run two
+scenarios, or a scenario and the lab install, at the same time: they wait on containers, not CPU.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +21,7 @@ pytestmark = pytest.mark.lab
 SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_molecule_scenario(scenario):
+def run_scenario(scenario: str) -> None:
     require_lab()
     bin_dir = Path(sys.executable).parent
     env = {
@@ -40,3 +43,14 @@ def test_molecule_scenario(scenario):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"molecule test -s {scenario} failed:\n{output[-15000:]}"
     assert "failed=0" in output and "failed=1" not in output
+
+
+def _scenario_class(scenario: str) -> type:
+    def test_molecule_scenario(self) -> None:
+        run_scenario(scenario)
+
+    return type(f"TestMolecule_{scenario}", (), {"test_molecule_scenario": test_molecule_scenario})
+
+
+for _scenario in SCENARIOS:
+    globals()[f"TestMolecule_{_scenario}"] = _scenario_class(_scenario)
