@@ -23,7 +23,7 @@ from aiinfra.installer.run import (
     RunSummary,
     run_playbook,
 )
-from aiinfra.installer.spec import HostSpec, SpecError, validate
+from aiinfra.installer.spec import HostSpec, SpecError, advice, validate
 
 INVENTORY_HELP = "Ansible inventory (default: ./inventory, then /etc/aiinfra/inventory)."
 
@@ -46,8 +46,9 @@ def load_hosts(inventory: str | None, pattern: str) -> tuple[Inventory, list[str
 INSTALLED_GROUPS = ("inference", "proxmox_hosts")  # the groups playbooks/site.yml installs
 
 
-def check_specs(inv: Inventory, hosts: list[str]) -> list[SpecError]:
-    errors = []
+def check_specs(inv: Inventory, hosts: list[str]) -> tuple[list[SpecError], list[SpecError]]:
+    """The errors (nothing may run) and the warnings (it may) of each host's spec."""
+    errors, warnings = [], []
     for host in hosts:
         if not any(host in inv.groups.get(group, []) for group in INSTALLED_GROUPS):
             errors.append(
@@ -58,8 +59,10 @@ def check_specs(inv: Inventory, hosts: list[str]) -> list[SpecError]:
                     "site.yml installs: add it to that group in the inventory",
                 )
             )
-        errors.extend(validate(host, inv.hostvars[host])[1])
-    return errors
+        spec, found = validate(host, inv.hostvars[host])
+        errors.extend(found)
+        warnings.extend(advice(host, spec) if spec else [])
+    return errors, warnings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,13 +77,18 @@ def main() -> None:
 def validate_cmd(pattern: str, inventory: str | None, as_json: bool) -> None:
     """Check the host spec; change nothing. Exit 2 on any error."""
     inv, hosts = load_hosts(inventory, pattern)
-    errors = check_specs(inv, hosts)
+    errors, warnings = check_specs(inv, hosts)
     if as_json:
         report = {host: [{"field": e.field, "message": e.message} for e in errors if e.host == host] for host in hosts}
-        click.echo(json.dumps({"valid": not errors, "inventory": str(inv.path), "hosts": report}, indent=2))
+        warned = {h: [{"field": w.field, "message": w.message} for w in warnings if w.host == h] for h in hosts}
+        click.echo(
+            json.dumps({"valid": not errors, "inventory": str(inv.path), "hosts": report, "warnings": warned}, indent=2)
+        )
     else:
         for error in errors:
             click.echo(str(error), err=True)
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
         for host in hosts:
             if not any(e.host == host for e in errors):
                 click.echo(f"{host}: spec ok")
@@ -117,11 +125,13 @@ def install(
     3 a host was unreachable, 4 this machine lacks what the run needs.
     """
     inv, hosts = load_hosts(inventory, pattern)
-    errors = check_specs(inv, hosts)
+    errors, warnings = check_specs(inv, hosts)
     if errors:
         for error in errors:
             click.echo(str(error), err=True)
         fail(f"spec invalid ({len(errors)} error{'s' * (len(errors) > 1)}); nothing was changed", EXIT_SPEC)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     out = None if as_json else sys.stderr
     progress = Progress(out=out, live=lambda: out is not None and out.isatty())
     if out is not None:

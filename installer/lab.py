@@ -7,7 +7,6 @@ file limits) rather than changing the machine's configuration.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -115,6 +114,7 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
     spec_vars = yaml.safe_load(source.read_text()) or {}
     if not isinstance(spec_vars, dict):
         raise ValueError(f"{source}: a host spec is a mapping of variables")
+    spec_vars |= lab_driver_vars(spec_vars)
     image = build_image(release, say)
     name = container_name(host)
     if new_spec or not mirror_dir(host).exists():
@@ -150,20 +150,30 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
     write_inventory(host, name, engine_doubles(host, say) | real_vllm(release, say))
     if new_spec:
         spec_file.write_text(
-            f"# Host spec of the lab host {host}, written by `aiinfra lab up`.\n"
+            f"# Host spec of the lab host {host}, written by `aiinfra lab up`: the driver comes from the\n"
+            "# hardware kit's repository, laid out as the spec's source (a TEST DOUBLE).\n"
             + yaml.safe_dump(spec_vars, sort_keys=False)
         )
     install_kit(name, spec_vars, say)
     return lab_inventory_dir()
 
 
-# The lab has no GPU: the hardware kit's TEST DOUBLES stand in (tests/kit), as in Molecule. The lab
-# group's variables point the driver role at their repository.
-LAB_GROUP_VARS = {
-    "nvidia_driver_source": "custom",
-    "nvidia_driver_custom_repo": {"uris": "file:/srv/fake-nvidia", "suites": "./", "trusted": True},
-    "nvidia_driver_kernel_headers_package": "",  # the container runs this machine's kernel
-}
+def lab_driver_vars(spec_vars: dict) -> dict:
+    """The lab has no GPU and no NVIDIA repository: the driver comes from the hardware kit's TEST DOUBLE
+    repository, laid out as the source the spec names (Ubuntu's archive or NVIDIA's CUDA repository)."""
+    named = spec_vars.get("nvidia_driver_source") or "ubuntu"
+    mirrored = spec_vars.get("nvidia_driver_custom_repo") or {}
+    layout = named if named != "custom" else mirrored.get("layout", "ubuntu")
+    return {
+        "nvidia_driver_source": "custom",
+        "nvidia_driver_custom_repo": {
+            "uris": "file:/srv/fake-nvidia",
+            "suites": "./",
+            "trusted": True,
+            "layout": layout,
+        },
+        "nvidia_driver_kernel_headers_package": "",  # the container runs this machine's kernel
+    }
 
 
 LAB_MIRROR = "/srv/model-mirror"
@@ -284,16 +294,24 @@ def engine_doubles(host: str, say: Callable[[str], None]) -> dict:
     lab = state_dir() / "lab"
     lab.mkdir(parents=True, exist_ok=True)
     stub = project_dir() / "tests" / "kit" / "stub_engine.py"
-    archive = lab / "ollama-stub.tgz"
-    # Same layout as ollama-linux-amd64.tgz (bin/ollama); no dates, so the same stub gives the same bytes.
-    with gzip.GzipFile(archive, "wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        for name, source in (("bin/ollama", stub), ("bin/fake_models.py", stub.with_name("fake_models.py"))):
-            data = source.read_bytes()
-            if name == "bin/ollama":  # the agent's environment has aiohttp, which the stub needs
-                data = data.replace(b"#!/usr/bin/env python3", b"#!/opt/aiinfra/bin/python3", 1)
+    archive = lab / "ollama-linux-amd64.tar.zst"
+    # Laid out as Ollama's release since v0.14.0 (bin/ollama, lib/ollama/), zstd-compressed; no
+    # dates, so the same stub gives the same bytes.
+    members = {
+        "bin/ollama": stub.read_bytes().replace(b"#!/usr/bin/env python3", b"#!/opt/aiinfra/bin/python3", 1),
+        "bin/fake_models.py": stub.with_name("fake_models.py").read_bytes(),
+        "lib/ollama/README.test-double": b"TEST DOUBLE: the runners Ollama ships here are not in the kit.\n",
+    }  # the agent's environment has aiohttp, which the stub needs
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w") as tar:
+        for name, data in members.items():
             info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
+            info.size, info.mode = len(data), 0o644 if name.startswith("lib/") else 0o755
             tar.addfile(info, io.BytesIO(data))
+    packed = subprocess.run(["zstd", "-q", "-c"], input=tar_bytes.getvalue(), capture_output=True, check=False)
+    if packed.returncode != 0:
+        raise EnvironmentProblem(f"zstd failed ({packed.stderr.decode().strip()}); scripts/setup installs it")
+    archive.write_bytes(packed.stdout)
     key_file = lab / f"{host}.key"
     if not key_file.exists():
         key_file.touch(mode=0o600)
@@ -342,25 +360,33 @@ py-modules = ["stub_engine"]
 """
 
 
-def install_hardware_kit(name: str, driver_version: str, say: Callable[[str], None]) -> None:
+def install_hardware_kit(name: str, host_vars: dict, say: Callable[[str], None]) -> None:
     """Fake NVIDIA driver packages (a flat apt repository at /srv/fake-nvidia, holding the spec's
-    version), the fake pynvml, put in front of the real one for aiinfra's units, and a fake
-    update-initramfs."""
+    version with the names its source gives it), the fake pynvml, put in front of the real one for
+    aiinfra's units, and a fake update-initramfs."""
     kit = project_dir() / "tests" / "kit"
-    if podman("exec", name, "test", "-e", f"/srv/fake-nvidia/.version-{driver_version}", check=False).returncode == 0:
+    version = str(host_vars.get("nvidia_driver_version") or "580.105.08")
+    packages = [
+        "--layout", lab_driver_vars(host_vars)["nvidia_driver_custom_repo"]["layout"],
+        "--flavour", host_vars.get("nvidia_driver_flavour") or "server",
+        "--modules", host_vars.get("nvidia_driver_kernel_modules") or "open",
+    ]  # fmt: skip
+    marker = "/srv/fake-nvidia/.built-" + "-".join([version, *packages[1::2]])
+    if podman("exec", name, "test", "-e", marker, check=False).returncode == 0:
         return
-    say(f"{name}: hardware kit (test doubles: NVIDIA driver {driver_version} packages, NVML)")
+    say(f"{name}: hardware kit (test doubles: NVIDIA driver {version} packages, NVML)")
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "fake-nvidia"
         built = subprocess.run(
-            [sys.executable, str(kit / "fake_nvidia_driver.py"), str(repo), driver_version, "--flavour", "server-open"],
+            [sys.executable, str(kit / "fake_nvidia_driver.py"), str(repo), version, *packages],
             capture_output=True,
             text=True,
             check=False,
         )
         if built.returncode != 0:
             raise EnvironmentProblem(f"building the fake driver packages failed: {built.stderr.strip()[-300:]}")
-        (repo / f".version-{driver_version}").touch()
+        (repo / Path(marker).name).touch()
+        podman("exec", name, "rm", "-rf", "/srv/fake-nvidia")
         podman("exec", name, "mkdir", "-p", "/srv/fake-nvidia", "/opt/fake-nvml")
         podman("cp", f"{repo}/.", f"{name}:/srv/fake-nvidia")
     podman("cp", str(kit / "fake_nvml" / "pynvml.py"), f"{name}:/opt/fake-nvml/pynvml.py")
@@ -386,7 +412,7 @@ def install_kit(container: str, host_vars: dict, say: Callable[[str], None]) -> 
     """What every lab host gets, made by `up` or by Molecule: the netplan file for the VLANs' links and
     the hardware kit at the spec's driver version."""
     write_installer_netplan(container, host_vars)
-    install_hardware_kit(container, str(host_vars.get("nvidia_driver_version") or "580.105.08"), say)
+    install_hardware_kit(container, host_vars, say)
 
 
 def write_installer_netplan(name: str, host_vars: dict) -> None:
@@ -409,7 +435,7 @@ def kit(container: str, release: str, host_vars: dict, say: Callable[[str], None
     write_mirror(container, host_vars)
     podman("exec", container, "mkdir", "-p", LAB_MIRROR)
     podman("cp", f"{mirror_dir(container)}/.", f"{container}:{LAB_MIRROR}")
-    return {**LAB_GROUP_VARS, **engine_doubles(container, say), **stub_vllm(container, release, say)}
+    return {**lab_driver_vars(host_vars), **engine_doubles(container, say), **stub_vllm(container, release, say)}
 
 
 def endpoint(host: str) -> dict:
@@ -488,5 +514,4 @@ def write_inventory(host: str, container: str, doubles: dict) -> None:
         **doubles,
     }
     data["lab"]["hosts"] = lab_hosts
-    data["lab"]["vars"] = LAB_GROUP_VARS
     hosts_file.write_text(yaml.safe_dump(data, sort_keys=False))

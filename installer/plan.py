@@ -24,25 +24,44 @@ from aiinfra.agent.schema import ModelFacts, VllmEngine
 GIB = 2**30
 OVERHEAD_GIB = 1.5
 
-# GPU memory in GiB, as nvidia-smi reports it.
-GPU_MEMORY_GIB = {
-    "rtx3060": 12,
-    "rtx3090": 24,
-    "rtx3090ti": 24,
-    "rtx4060ti": 16,
-    "rtx4090": 24,
-    "rtx5090": 32,
-    "a4000": 16,
-    "a5000": 24,
-    "a6000": 48,
-    "l4": 24,
-    "l40s": 48,
-    "a10": 24,
-    "a100-40gb": 40,
-    "a100-80gb": 80,
-    "h100-80gb": 80,
-    "h200": 141,
+# The cards by name: (memory in GiB as nvidia-smi reports it, CUDA compute capability).
+GPUS = {
+    "rtx3060": (12, (8, 6)),
+    "rtx3090": (24, (8, 6)),
+    "rtx3090ti": (24, (8, 6)),
+    "rtx4060ti": (16, (8, 9)),
+    "rtx4090": (24, (8, 9)),
+    "rtx5090": (32, (12, 0)),
+    "a4000": (16, (8, 6)),
+    "a5000": (24, (8, 6)),
+    "a6000": (48, (8, 6)),
+    "l4": (24, (8, 9)),
+    "l40s": (48, (8, 9)),
+    "a10": (24, (8, 6)),
+    "a100-40gb": (40, (8, 0)),
+    "a100-80gb": (80, (8, 0)),
+    "h100-80gb": (80, (9, 0)),
+    "h200": (141, (9, 0)),
 }
+GPU_MEMORY_GIB = {name: memory for name, (memory, _) in GPUS.items()}
+
+# vLLM's Marlin kernels (awq_marlin, gptq_marlin) run from compute capability 8.0 (Ampere) on, and
+# vLLM picks them itself for an AWQ or GPTQ checkpoint; forcing `awq` or `gptq` takes the slow kernels.
+MARLIN_MIN_CAPABILITY = (8, 0)
+FORCED_SLOW_KERNELS = {"awq": "awq_marlin", "gptq": "gptq_marlin"}
+
+
+def quantization_advice(engine: VllmEngine, gpu_model: str | None) -> str:
+    """Why an engine's forced quantization is slower than what vLLM would pick on this card ("": it is not)."""
+    better = FORCED_SLOW_KERNELS.get(engine.quantization or "")
+    if better is None or gpu_model not in GPUS or GPUS[gpu_model][1] < MARLIN_MIN_CAPABILITY:
+        return ""
+    major, minor = GPUS[gpu_model][1]
+    return (
+        f"{engine.quantization!r} forces vLLM's slow kernel on a {gpu_model} (compute capability {major}.{minor}); "
+        f"leave quantization out (vLLM picks {better} for this checkpoint) or set {better}"
+    )
+
 
 # Bytes per weight. 4-bit AWQ/GPTQ: 4 bits plus group scales/zeros (group 128) and the embeddings
 # and lm_head left in 16 bits come to about 4.5 bits a parameter (Qwen2.5-32B-AWQ: 19 GB on disk).

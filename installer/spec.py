@@ -58,6 +58,7 @@ class DriverRepo(Strict):
     key_url: str | None = None
     signed_by: str | None = None
     trusted: bool = False
+    layout: Literal["ubuntu", "cuda"] = "ubuntu"  # whose package names and versions the mirror copies
 
     @model_validator(mode="after")
     def _one_trust(self) -> DriverRepo:
@@ -208,7 +209,7 @@ class HostSpec(Strict):
     vllm_models: list[str] | None = None
 
     # role ollama
-    ollama_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+(-rc\d+)?$")] = "0.12.10"
+    ollama_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+(-rc\d+)?$")] = "0.32.15"
     ollama_arch: Literal["amd64", "arm64"] | None = None
     ollama_archive_url: str | None = None
     ollama_archive_file: str = ""
@@ -292,6 +293,13 @@ def _cross_checks(spec: HostSpec) -> list[str]:
         problems.append(
             "nvidia_driver_custom_repo: source custom needs the repository, e.g. {uris: ..., suites: ./, key_url: ...}"
         )
+    repo = spec.nvidia_driver_custom_repo
+    layout = repo.layout if spec.nvidia_driver_source == "custom" and repo else spec.nvidia_driver_source
+    if layout == "cuda" and spec.nvidia_driver_flavour == "server" and spec.nvidia_driver_version:
+        problems.append(
+            "nvidia_driver_flavour: NVIDIA's CUDA repository has no -server packages; set nvidia_driver_flavour: "
+            "desktop, or use nvidia_driver_source: ubuntu with a version Ubuntu ships"
+        )
     router_port = int(spec.router_listen.rpartition(":")[2])
     gpus = spec.gpu_expected_count
     for name, engine in spec.engines.items():
@@ -313,6 +321,11 @@ def _cross_checks(spec: HostSpec) -> list[str]:
     ids = [vlan.id for vlan in spec.vlans]
     for vlan_id in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"vlans: VLAN id {vlan_id} is listed more than once")
+    if spec.ollama_archive_file and not spec.ollama_archive_file.endswith((".tgz", ".tar.zst")):
+        problems.append(
+            f"ollama_archive_file: {spec.ollama_archive_file!r} is not an Ollama release archive "
+            "(ollama-linux-ARCH.tar.zst, or .tgz before 0.14.0)"
+        )
     if spec.ollama_archive_file and not spec.ollama_archive_sha256:
         problems.append("ollama_archive_sha256: required with ollama_archive_file; the sha256 of that archive")
     if spec.aiinfra_agent_policy:
@@ -353,6 +366,15 @@ def _fit_problems(spec: HostSpec) -> list[str]:
             continue
         problems += plan.problems(name, engine, facts, gpu_gib)
     return problems
+
+
+def advice(host: str, spec: HostSpec) -> list[SpecError]:
+    """What is valid but likely not meant: warnings, the install still runs."""
+    notes = []
+    for name, engine in spec.engines.items():
+        if isinstance(engine, VllmEngine) and (said := plan.quantization_advice(engine, spec.gpu_model)):
+            notes.append(SpecError(host, f"engines.{name}.quantization", said))
+    return notes
 
 
 @dataclass(frozen=True)

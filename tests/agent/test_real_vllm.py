@@ -92,7 +92,10 @@ def test_a_real_vllm_starts_becomes_ready_and_answers_through_the_router(agent):
     names = [p.cmdline()[0] for p in tree(engine["pid"])]
     assert any(n.startswith("VLLM::EngineCore") for n in names), names  # vLLM's own process tree
     reply = api(agent).chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0,
+        model="tiny",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=4,
+        temperature=0,
         extra_body={"ignore_eos": True},  # random weights may pick the end token: count exactly max_tokens
     )
     assert reply.usage.completion_tokens == 4 and reply.usage.prompt_tokens > 4  # the chat template's tokens too

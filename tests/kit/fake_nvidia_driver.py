@@ -1,14 +1,16 @@
-"""TEST DOUBLE for NVIDIA's driver packages (hardware kit): tiny .debs with the real Ubuntu package
-names and versions, in a flat apt repository, so that a driver role's real apt, pin, hold and
-upgrade paths run where no GPU or Ubuntu archive is.
+"""TEST DOUBLE for NVIDIA's driver packages (hardware kit): tiny .debs named and versioned as each
+real source publishes them, in a flat apt repository, so that a driver role's real apt, pin, hold and
+upgrade paths run where no GPU, Ubuntu archive or CUDA repository is.
 
-    python3 tests/kit/fake_nvidia_driver.py REPO_DIR 580.105.08 580.126.09 [--flavour server]
+    python3 tests/kit/fake_nvidia_driver.py REPO_DIR 580.105.08 580.126.09 [--layout ubuntu|cuda]
+        [--flavour server|desktop] [--modules open|proprietary]
 
-builds, per version, nvidia-driver-580[-server] (the metapackage), nvidia-utils-580[-server] (a fake
-`nvidia-smi`), libnvidia-compute-580[-server], nvidia-compute-utils-580[-server] (a fake
-`nvidia-persistenced` and its unit) and nvidia-dkms-580[-server] (empty), all at
-VERSION-0ubuntu0.24.04.1, then writes the repository's Packages index. Use it with
-`deb [trusted=yes] file:REPO_DIR ./`.
+builds, per version, the metapackage (nvidia-driver-580-server-open on Ubuntu's layout,
+nvidia-driver-580-open on the CUDA repository's), nvidia-utils (a fake `nvidia-smi`),
+libnvidia-compute, nvidia-compute-utils (a fake `nvidia-persistenced` and a unit shaped like
+Ubuntu's) and nvidia-dkms (empty), at each source's revision (-0ubuntu0.24.04.1; -0ubuntu1 or
+-1ubuntu1). Ubuntu's layout also gets a prebuilt-modules package versioned by kernel. Then it writes
+the repository's Packages index. Use it with `deb [trusted=yes] file:REPO_DIR ./`.
 
 The fake nvidia-smi keeps GPU state in /var/lib/fake-nvidia/state.json, in the same format as the
 fake pynvml (tests/kit/fake_nvml), so the agent's NVML code and the roles' nvidia-smi calls see one
@@ -137,39 +139,98 @@ main(sys.argv[1:])
 '''
 
 PERSISTENCED = r"""#!/bin/sh
-# TEST DOUBLE for nvidia-persistenced (aiinfra hardware kit): with --persistence-mode it turns
-# persistence on for every fake GPU, as the real daemon does; then it stays, like a daemon.
+# TEST DOUBLE for nvidia-persistenced (aiinfra hardware kit). As the real daemon: persistence mode
+# comes on for every GPU unless --no-persistence-mode is given; then it forks into the background.
 case " $* " in
-  *" --persistence-mode "*) /usr/bin/nvidia-smi -pm 1 >/dev/null ;;
+  *" --no-persistence-mode "*) ;;
+  *) /usr/bin/nvidia-smi -pm 1 >/dev/null ;;
 esac
-exec sleep infinity
+sleep infinity >/dev/null 2>&1 &
 """
 
+# Shaped like the unit of Ubuntu's nvidia-compute-utils-580(-server) (and the CUDA repository's, built
+# from the same packaging): --user and --verbose only, StopWhenUnneeded=true and no [Install]
+# section, so nothing starts it at boot unless another unit wants it, and it stops once none does.
 PERSISTENCED_UNIT = """[Unit]
 Description=NVIDIA Persistence Daemon (aiinfra test double)
+Wants=syslog.target
+StopWhenUnneeded=true
+Before=systemd-backlight@backlight:nvidia_0.service
 
 [Service]
-Type=simple
-ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --no-persistence-mode --verbose
+Type=forking
+ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --verbose
 ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
-
-[Install]
-WantedBy=multi-user.target
 """
 
+# A kernel Ubuntu 24.04 ships prebuilt NVIDIA modules for; their packages carry the kernel's version.
+PREBUILT_KERNEL = ("6.8.0-149-generic", "6.8.0-149.149")
 
-def package_names(branch: str, flavour: str) -> dict[str, str]:
-    suffix = f"-{flavour}" if flavour != "desktop" else ""
+
+def revision(layout: str, version: str) -> str:
+    """The Debian revision each source gives a driver version.
+
+    ubuntu: Ubuntu's archive, e.g. 580.159.03-0ubuntu0.24.04.1 (packages.ubuntu.com, noble-updates).
+    cuda: NVIDIA's CUDA repository (developer.download.nvidia.com/compute/cuda/repos/ubuntu2404),
+    580.105.08-0ubuntu1, and -1ubuntu1 for the 580 releases after it."""
+    if layout == "ubuntu":
+        return "0ubuntu0.24.04.1"
+    return "0ubuntu1" if tuple(map(int, version.split("."))) <= (580, 105, 8) else "1ubuntu1"
+
+
+def package_names(layout: str, branch: int, flavour: str, modules: str) -> dict[str, str]:
+    """The driver's packages by kind, as each source names them.
+
+    ubuntu: only the kernel-side packages say -open; the server branch adds -server to all
+    (nvidia-driver-580-server-open needs nvidia-utils-580-server; packages.ubuntu.com).
+    cuda: no -server packages; from 590 on no branch in the names either (NVIDIA's driver
+    installation guide, "Ubuntu 590 and later packages")."""
+    kernel = "-open" if modules == "open" else ""
+    if layout == "ubuntu":
+        tag = f"-{branch}" + ("-server" if flavour == "server" else "")
+    else:
+        tag = f"-{branch}" if branch < 590 else ""
     return {
-        kind: f"{kind}-{branch}{suffix}"
-        for kind in ("nvidia-driver", "nvidia-utils", "libnvidia-compute", "nvidia-compute-utils", "nvidia-dkms")
+        "nvidia-driver": f"nvidia-driver{tag}{kernel}",
+        "nvidia-dkms": f"nvidia-dkms{tag}{kernel}",
+        "nvidia-utils": f"nvidia-utils{tag}",
+        "libnvidia-compute": f"libnvidia-compute{tag}",
+        "nvidia-compute-utils": f"nvidia-compute-utils{tag}",
     }
 
 
-def build_version(repo: Path, version: str, flavour: str) -> list[Path]:
-    branch = version.split(".")[0]
-    full = f"{version}-0ubuntu0.24.04.1"
-    names = package_names(branch, flavour)
+def build_deb(repo: Path, name: str, version: str, files: dict, depends: str = "", section: str = "restricted/libs"):
+    with tempfile.TemporaryDirectory() as root:
+        base = Path(root)
+        (base / "DEBIAN").mkdir()
+        control = [
+            f"Package: {name}",
+            f"Version: {version}",
+            "Architecture: all",
+            *([f"Depends: {depends}"] if depends else []),
+            "Maintainer: aiinfra tests <tests@aiinfra.invalid>",
+            f"Section: {section}",
+            "Priority: optional",
+            f"Description: TEST DOUBLE of {name} (aiinfra hardware kit), no driver inside",
+        ]
+        (base / "DEBIAN" / "control").write_text("\n".join(control) + "\n")
+        for path, (content, mode) in files.items():
+            target = base / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+            target.chmod(mode)
+        deb = repo / f"{name}_{version}_all.deb"
+        subprocess.run(
+            ["dpkg-deb", "--root-owner-group", "--build", str(base), str(deb)], check=True, capture_output=True
+        )
+    return deb
+
+
+def build_version(repo: Path, version: str, layout: str, flavour: str, modules: str) -> list[Path]:
+    if layout == "cuda" and flavour == "server":
+        raise SystemExit("NVIDIA's CUDA repository has no -server packages")
+    full = f"{version}-{revision(layout, version)}"
+    names = package_names(layout, int(version.split(".")[0]), flavour, modules)
     files = {
         "nvidia-utils": {
             "usr/bin/nvidia-smi": (NVIDIA_SMI.replace("@VERSION@", version).replace("@STATE@", STATE), 0o755)
@@ -187,40 +248,19 @@ def build_version(repo: Path, version: str, flavour: str) -> list[Path]:
         "nvidia-dkms": {},
         "nvidia-driver": {},
     }
-    depends = {
-        "nvidia-driver": ", ".join(
-            f"{names[k]} (= {full})"
-            for k in ("nvidia-utils", "libnvidia-compute", "nvidia-compute-utils", "nvidia-dkms")
-        )
-    }
-    built = []
-    for kind, name in names.items():
-        with tempfile.TemporaryDirectory() as root:
-            base = Path(root)
-            (base / "DEBIAN").mkdir()
-            control = [
-                f"Package: {name}",
-                f"Version: {full}",
-                "Architecture: all",
-                "Maintainer: aiinfra tests <tests@aiinfra.invalid>",
-                "Section: restricted/libs",
-                "Priority: optional",
-                f"Description: TEST DOUBLE of {name} (aiinfra hardware kit), no driver inside",
-            ]
-            if kind in depends:
-                control.insert(3, f"Depends: {depends[kind]}")
-            (base / "DEBIAN" / "control").write_text("\n".join(control) + "\n")
-            for path, (content, mode) in files[kind].items():
-                target = base / path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(content)
-                target.chmod(mode)
-            deb = repo / f"{name}_{full}_all.deb"
-            subprocess.run(
-                ["dpkg-deb", "--root-owner-group", "--build", str(base), str(deb)], check=True, capture_output=True
-            )
-            built.append(deb)
-    return built
+    needs = ("nvidia-utils", "libnvidia-compute", "nvidia-compute-utils", "nvidia-dkms")
+    depends = {"nvidia-driver": ", ".join(f"{names[k]} (= {full})" for k in needs)}
+    return [build_deb(repo, names[kind], full, files[kind], depends.get(kind, "")) for kind in names]
+
+
+def build_prebuilt_modules(repo: Path, branch: int, flavour: str, modules: str) -> Path:
+    """Ubuntu's prebuilt modules (source linux-restricted-modules): versioned by the kernel, not by
+    the driver (linux-modules-nvidia-580-server-open-6.8.0-149-generic 6.8.0-149.149)."""
+    kernel, version = PREBUILT_KERNEL
+    tag = f"-{branch}" + ("-server" if flavour == "server" else "") + ("-open" if modules == "open" else "")
+    name = f"linux-modules-nvidia{tag}-{kernel}"
+    files = {f"lib/modules/{kernel}/kernel/nvidia{tag}/README.test-double": ("Test double: no module here.\n", 0o644)}
+    return build_deb(repo, name, version, files, section="restricted/kernel")
 
 
 def write_index(repo: Path) -> None:
@@ -237,10 +277,15 @@ def write_index(repo: Path) -> None:
     (repo / "Packages").write_text("\n\n".join(stanzas) + "\n")
 
 
-def build(repo: Path, versions: list[str], flavour: str = "server") -> None:
+def build(
+    repo: Path, versions: list[str], layout: str = "ubuntu", flavour: str = "server", modules: str = "open"
+) -> None:
     repo.mkdir(parents=True, exist_ok=True)
     for version in versions:
-        build_version(repo, version, flavour)
+        build_version(repo, version, layout, flavour, modules)
+    if layout == "ubuntu":
+        for branch in sorted({int(v.split(".")[0]) for v in versions}):
+            build_prebuilt_modules(repo, branch, flavour, modules)
     write_index(repo)
 
 
@@ -248,6 +293,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("repo", type=Path)
     parser.add_argument("versions", nargs="+")
-    parser.add_argument("--flavour", choices=["server", "desktop", "open", "server-open"], default="server")
+    parser.add_argument("--layout", choices=["ubuntu", "cuda"], default="ubuntu", help="whose package names")
+    parser.add_argument("--flavour", choices=["server", "desktop"], default="server")
+    parser.add_argument("--modules", choices=["open", "proprietary"], default="open")
     args = parser.parse_args()
-    build(args.repo, args.versions, args.flavour)
+    build(args.repo, args.versions, args.layout, args.flavour, args.modules)

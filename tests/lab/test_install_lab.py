@@ -64,7 +64,9 @@ def appliance_state(lab: Lab) -> dict:
     """What an operator would compare before and after a rebuild."""
     report = lab.status()
     answer = lab.client().chat.completions.create(
-        model="Qwen/Qwen2.5-7B-Instruct", messages=[{"role": "user", "content": "hello"}], max_tokens=4,
+        model="Qwen/Qwen2.5-7B-Instruct",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=4,
         extra_body={"ignore_eos": True},  # the tiny model's random weights may pick the end token early
     )
     vllm = lab.box("/opt/vllm/current/bin/python", "-c", "import vllm; print(vllm.__version__)").stdout.strip()
@@ -74,7 +76,8 @@ def appliance_state(lab: Lab) -> dict:
         "ready": sorted(n for n, e in report["engines"].items() if e["phase"] == "ready"),
         "gpus": report["gpu"]["state"],
         # A real vLLM (the CPU build) generated it: four tokens of the tiny model, by vLLM's count.
-        "answer": (answer.system_fingerprint or "").rpartition("-")[0], "tokens": answer.usage.completion_tokens,
+        "answer": (answer.system_fingerprint or "").rpartition("-")[0],
+        "tokens": answer.usage.completion_tokens,
         "vllm": vllm,
         "staged": staged,
         "ollama": lab.box("ls", "/mnt/nvme/ollama/manifests/registry.ollama.ai/library/llama3.2").stdout.split(),

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 from tests.kit.fake_nvidia_driver import build
 
@@ -23,21 +25,48 @@ def stanzas(repo: Path) -> dict[str, dict[str, str]]:
     return found
 
 
-def test_two_versions_of_the_server_driver_in_one_repository(tmp_path):
+def test_two_versions_of_the_server_driver_in_ubuntus_layout(tmp_path):
     repo = tmp_path / "repo"
     build(repo, ["580.105.08", "580.126.09"])
     index = stanzas(repo)
-    assert len(index) == 10
-    meta = index["nvidia-driver-580-server=580.105.08-0ubuntu0.24.04.1"]
+    assert len(index) == 11  # five packages per version, and one prebuilt-modules package
+    meta = index["nvidia-driver-580-server-open=580.105.08-0ubuntu0.24.04.1"]
+    # Only the kernel-side packages say -open in Ubuntu's names.
     assert meta["Depends"] == (
         "nvidia-utils-580-server (= 580.105.08-0ubuntu0.24.04.1), "
         "libnvidia-compute-580-server (= 580.105.08-0ubuntu0.24.04.1), "
         "nvidia-compute-utils-580-server (= 580.105.08-0ubuntu0.24.04.1), "
-        "nvidia-dkms-580-server (= 580.105.08-0ubuntu0.24.04.1)"
+        "nvidia-dkms-580-server-open (= 580.105.08-0ubuntu0.24.04.1)"
     )
     assert meta["Description"].startswith("TEST DOUBLE")
+    # Prebuilt modules carry the kernel's version, not the driver's.
+    assert "linux-modules-nvidia-580-server-open-6.8.0-149-generic=6.8.0-149.149" in index
     for fields in index.values():
         assert (repo / fields["Filename"]).stat().st_size == int(fields["Size"])
+
+
+def test_the_cuda_repositorys_layout_has_no_server_packages_and_its_own_revisions(tmp_path):
+    repo = tmp_path / "repo"
+    build(repo, ["580.105.08", "580.126.09", "590.44.01"], layout="cuda", flavour="desktop")
+    assert sorted(index for index in stanzas(repo) if index.startswith("nvidia-driver")) == [
+        "nvidia-driver-580-open=580.105.08-0ubuntu1",
+        "nvidia-driver-580-open=580.126.09-1ubuntu1",
+        "nvidia-driver-open=590.44.01-1ubuntu1",  # from 590 on, no branch in the names
+    ]
+    assert not [name for name in stanzas(repo) if "server" in name or name.startswith("linux-modules")]
+    with pytest.raises(SystemExit, match="no -server packages"):
+        build(tmp_path / "other", ["580.105.08"], layout="cuda", flavour="server")
+
+
+def test_the_persistence_daemons_unit_is_shaped_like_ubuntus(tmp_path):
+    repo = tmp_path / "repo"
+    build(repo, ["580.105.08"])
+    root = tmp_path / "root"
+    deb = repo / "nvidia-compute-utils-580-server_580.105.08-0ubuntu0.24.04.1_all.deb"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    unit = (root / "lib/systemd/system/nvidia-persistenced.service").read_text()
+    assert "StopWhenUnneeded=true" in unit and "[Install]" not in unit
+    assert "ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --verbose\n" in unit
 
 
 def test_the_fake_nvidia_smi_and_the_fake_pynvml_see_one_machine(tmp_path):

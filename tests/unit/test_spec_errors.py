@@ -186,6 +186,25 @@ CASES: dict[str, tuple[Mutate, str, str]] = {
         "ollama_archive_sha256",
         "required with ollama_archive_file",
     ),
+    "ollama archive not a release archive": (
+        setter("ollama_archive_file", "/home/ops/ollama.zip"),
+        "ollama_archive_file",
+        "not an Ollama release archive",
+    ),
+    "driver from the cuda repository in the server flavour": (
+        setter("nvidia_driver_flavour", "server"),
+        "nvidia_driver_flavour",
+        "CUDA repository has no -server packages",
+    ),
+    "mirror of the cuda repository in the server flavour": (
+        lambda spec: spec.update(
+            nvidia_driver_source="custom",
+            nvidia_driver_flavour="server",
+            nvidia_driver_custom_repo={"uris": "http://mirror/cuda", "suites": "/", "trusted": True, "layout": "cuda"},
+        ),
+        "nvidia_driver_flavour",
+        "no -server packages",
+    ),
     "ollama checksum not sha256": (setter("ollama_archive_sha256", "abc123"), "ollama_archive_sha256", "pattern"),
     "vllm version not exact": (setter("vllm_version", "latest"), "vllm_version", "pattern"),
     "misspelt agent policy setting": (

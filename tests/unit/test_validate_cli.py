@@ -17,6 +17,23 @@ def test_the_example_thor_spec_is_valid(tmp_path, cli):
     assert result.stdout.strip() == "thor: spec ok"
 
 
+def test_forcing_the_slow_awq_kernel_on_an_ampere_card_is_a_warning(tmp_path, cli):
+    spec = thor_spec()
+    spec["engines"]["qwen14b"]["quantization"] = "awq"
+    inventory = write_inventory(tmp_path / "inv", spec)
+    result = cli("validate", "--host", "thor", "-i", str(inventory))
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "warning: thor: engines.qwen14b.quantization: 'awq' forces vLLM's slow kernel on a rtx3090 (compute "
+        "capability 8.6); leave quantization out (vLLM picks awq_marlin for this checkpoint) or set awq_marlin"
+    ]
+    report = json.loads(cli("validate", "--host", "thor", "-i", str(inventory), "--json").stdout)
+    assert [w["field"] for w in report["warnings"]["thor"]] == ["engines.qwen14b.quantization"]
+    spec["engines"]["qwen14b"]["quantization"] = "awq_marlin"
+    again = cli("validate", "--host", "thor", "-i", str(write_inventory(tmp_path / "inv2", spec)))
+    assert again.exit_code == 0 and "warning" not in again.stderr
+
+
 def test_json_output_parses_for_good_and_bad_specs(tmp_path, cli):
     good = write_inventory(tmp_path / "good", thor_spec())
     report = json.loads(cli("validate", "--host", "thor", "-i", str(good), "--json").stdout)
