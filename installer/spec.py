@@ -73,6 +73,7 @@ class Vlan(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,15}$")]
     addresses: list[str] = []
     gateway: str | None = None
+    route_metric: Annotated[int, Field(ge=0, le=4294967295)] | None = None  # default 10000 + id
     dns: list[str] = []
     mtu: Annotated[int, Field(ge=576, le=9216)] | None = None
 
@@ -189,7 +190,7 @@ class HostSpec(Strict):
     proxmox_passthrough_enabled: bool = False
     proxmox_passthrough_cpu_vendor: Literal["auto", "intel", "amd"] = "auto"
     proxmox_passthrough_extra_kernel_args: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,:=/-]+$")]] = []
-    proxmox_passthrough_bootloader: Literal["auto", "grub", "proxmox-boot-tool"] = "auto"
+    proxmox_passthrough_bootloader: Literal["auto", "grub", "systemd-boot"] = "auto"
     proxmox_passthrough_gpu_ids: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")]] = []
     proxmox_passthrough_hugepages_1g: Annotated[int, Field(ge=0, le=4096)] = 0
     proxmox_passthrough_vm_id: Annotated[int, Field(ge=100, le=999999999)] | None = None

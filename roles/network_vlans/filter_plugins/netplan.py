@@ -7,15 +7,22 @@ import ipaddress
 import json
 
 
+# A VLAN's default route must not take over from the host's own (netplan's DHCP routes have metric
+# 100, networkd's 1024, a static one 0): by default it gets 10000 + its id, one metric per VLAN.
+ROUTE_METRIC_BASE = 10000
+
+
 def netplan_vlans(vlans: list[dict]) -> dict:
-    """[{id, link, name, addresses, gateway, dns, mtu}] -> {name: {id, link, addresses, routes, ...}}."""
+    """[{id, link, name, addresses, gateway, route_metric, dns, mtu}] -> {name: {id, link, addresses, routes, ...}}."""
     rendered = {}
     for vlan in vlans:
         entry: dict = {"id": int(vlan["id"]), "link": vlan["link"]}
         if vlan.get("addresses"):
             entry["addresses"] = list(vlan["addresses"])
         if vlan.get("gateway"):
-            entry["routes"] = [{"to": "default", "via": vlan["gateway"]}]
+            metric = vlan.get("route_metric")
+            metric = ROUTE_METRIC_BASE + int(vlan["id"]) if metric is None else int(metric)
+            entry["routes"] = [{"to": "default", "via": vlan["gateway"], "metric": metric}]
         if vlan.get("dns"):
             entry["nameservers"] = {"addresses": list(vlan["dns"])}
         if vlan.get("mtu"):

@@ -23,6 +23,84 @@ def passthrough_functions(lspci: str, ids: list[str]) -> list[dict[str, str]]:
     return [d for d in devices if d["slot"] in slots]
 
 
+def boot_loaders(status: str) -> list[str]:
+    """The loaders `proxmox-boot-tool status` names for its ESPs ("2A5B-0C1D is configured with: grub
+    (versions: ...)"): uefi there is systemd-boot, which reads /etc/kernel/cmdline; grub (legacy BIOS,
+    or Secure Boot) reads GRUB's configuration."""
+    found: set[str] = set()
+    for line in status.splitlines():
+        if " is configured with: " in line:
+            kinds = line.split(" is configured with: ", 1)[1].split(" (", 1)[0]
+            found |= {"systemd-boot" if kind.strip() == "uefi" else kind.strip() for kind in kinds.split(",")}
+    return sorted(found)
+
+
+def iommu_group_problems(listing: str, slots: list[str]) -> dict:
+    """{problems, unchecked}: each GPU slot's IOMMU group from `grep -H . .../iommu_groups/*/devices/*/class`
+    lines (".../iommu_groups/12/devices/0000:41:00.0/class:0x030000"). A group is passed whole, so any
+    member outside the GPU's slot is a problem, except PCI bridges and root ports (class 0x0604), which
+    stay with the host (Proxmox's passthrough documentation). A slot with no group yet is unchecked."""
+    groups: dict[str, dict[str, str]] = {}
+    for line in listing.splitlines():
+        path, _, cls = line.rpartition(":")
+        parts = path.split("/")
+        if len(parts) >= 5 and parts[-5] == "iommu_groups":
+            groups.setdefault(parts[-4], {})[parts[-2]] = cls.strip().lower()
+    problems, unchecked = [], []
+    for slot in slots:
+        group = next((g for g, members in groups.items() if f"{slot}.0" in members), None)
+        if group is None:
+            unchecked.append(slot)
+            continue
+        strangers = sorted(
+            address
+            for address, cls in groups[group].items()
+            if not address.startswith(f"{slot}.") and not cls.startswith("0x0604")
+        )
+        if strangers:
+            problems.append(
+                f"GPU {slot}.0 shares IOMMU group {group} with {', '.join(strangers)}; passing it through would "
+                "hand those to the VM too. Move the card to another slot, or see the board's ACS settings"
+            )
+    return {"problems": problems, "unchecked": unchecked}
+
+
+def vm_problems(current: dict[str, str], vm_id: int, hugepages_1g: int, host_numa_nodes: int) -> list[str]:
+    """What the VM's own settings must be for the passthrough settings to start (qemu-server refuses
+    otherwise), each with the operator's fix; the role does not change them itself, since a new
+    machine type renames the guest's NICs and a new firmware leaves an installed OS unbootable."""
+    problems = []
+    if "q35" not in current.get("machine", "i440fx"):
+        problems.append(
+            f"VM {vm_id} has machine type {current.get('machine', 'i440fx (the default)')}: hostpci with pcie=1 needs "
+            f"q35; run `qm set {vm_id} --machine q35` (the guest's NIC names may change)"
+        )
+    if current.get("bios", "seabios") != "ovmf":
+        problems.append(
+            f"VM {vm_id} boots with {current.get('bios', 'seabios (the default)')}: a passed-through GPU with "
+            f"disable_vga needs OVMF; run `qm set {vm_id} --bios ovmf --efidisk0 STORAGE:1,efitype=4m` on a "
+            "VM whose OS boots by UEFI"
+        )
+    if hugepages_1g > 0:
+        memory = int(current.get("memory", "2048"))
+        sockets = int(current.get("sockets", "1"))
+        if memory % 1024:
+            problems.append(f"VM {vm_id} has memory {memory} MiB: 1 GiB huge pages need a multiple of 1024")
+        if memory > hugepages_1g * 1024:
+            problems.append(
+                f"VM {vm_id} has memory {memory} MiB, more than the {hugepages_1g} GiB of huge pages reserved "
+                "(proxmox_passthrough_hugepages_1g)"
+            )
+        # The kernel spreads hugepages=N over the host's NUMA nodes; a one-socket VM takes all from node 0.
+        per_node = hugepages_1g // max(host_numa_nodes, 1)
+        if host_numa_nodes > 1 and sockets == 1 and memory > per_node * 1024:
+            problems.append(
+                f"VM {vm_id} has one socket, so all {memory // 1024} GiB come from host NUMA node 0, which holds "
+                f"{per_node} of the {hugepages_1g} huge pages; give it {host_numa_nodes} sockets or reserve more"
+            )
+    return problems
+
+
 def passthrough_kernel_args(vendor: str, hugepages_1g: int, extra: list[str]) -> list[str]:
     args = ["intel_iommu=on"] if vendor == "intel" else []
     args.append("iommu=pt")
@@ -78,6 +156,9 @@ class FilterModule:
     def filters(self):
         return {
             "passthrough_functions": passthrough_functions,
+            "boot_loaders": boot_loaders,
+            "iommu_group_problems": iommu_group_problems,
+            "vm_problems": vm_problems,
             "passthrough_kernel_args": passthrough_kernel_args,
             "replace_kernel_args": replace_kernel_args,
             "qm_config": qm_config,
