@@ -132,9 +132,10 @@ def test_install_converges_then_a_second_run_changes_nothing(lab_host):
         "-W",
         "-f",
         "${Version} ${db:Status-Abbrev}",
-        "nvidia-driver-580-server-open",
+        "nvidia-driver-580-open",
     )
-    assert held.stdout.strip() == "580.105.08-0ubuntu0.24.04.1 hi"
+    # The example spec's source is NVIDIA's CUDA repository: its names and its revision.
+    assert held.stdout.strip() == "580.105.08-0ubuntu1 hi"
     gpus = podman(
         "exec", f"aiinfra-lab-{HOST}", "nvidia-smi", "--query-gpu=power.limit,persistence_mode", "--format=csv,noheader"
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import json
 
-
 # A VLAN's default route must not take over from the host's own (netplan's DHCP routes have metric
 # 100, networkd's 1024, a static one 0): by default it gets 10000 + its id, one metric per VLAN.
 ROUTE_METRIC_BASE = 10000
