@@ -96,7 +96,7 @@ CASES: dict[str, tuple[Mutate, str, str]] = {
     "unknown bootloader": (
         setter("proxmox_passthrough_bootloader", "lilo"),
         "proxmox_passthrough_bootloader",
-        "'auto', 'grub' or 'proxmox-boot-tool'",
+        "'auto', 'grub' or 'systemd-boot'",
     ),
     "VM id below Proxmox's range": (
         setter("proxmox_passthrough_vm_id", 42),
