@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import json
 import os
@@ -64,30 +65,43 @@ async def serve(config: AgentConfig) -> None:
     await supervisor.adopt()
     metrics = Metrics()
     metrics.watch_engines(supervisor.status)
+    keyring = KeyRing(Path(config.keys_file)) if config.router_listen is not None and config.router_auth else None
+
+    def router_status() -> dict:
+        return router_info(config) | ({"keys": keyring.health()} if keyring is not None else {})
+
     runners = [
-        web.AppRunner(status_app(supervisor, metrics, router_info(config)), access_log=None),
+        web.AppRunner(status_app(supervisor, metrics, router_status), access_log=None),
         web.AppRunner(control_app(supervisor), access_log=None),
     ]
     for runner in runners:
         await runner.setup()
-    host, _, port = config.status_listen.rpartition(":")
-    await web.TCPSite(runners[0], host, int(port)).start()
+    await listen(web.TCPSite(runners[0], *_host_port(config.status_listen)), "status", config.status_listen)
     if config.router_listen is not None:
-        keyring = KeyRing(Path(config.keys_file)) if config.router_auth else None
-        router = Router(supervisor, keyring, metrics, config.router_timeout_s, config.audit_include_text)
-        # handler_cancellation: a client that goes away cancels its upstream request too
+        router = Router(
+            supervisor,
+            keyring,
+            metrics,
+            config.router_timeout_s,
+            config.audit_include_text,
+            config.router_read_timeout_s,
+        )
+        # handler_cancellation: a client that goes away cancels its upstream request too.
+        # keepalive_timeout: also bounds how long a connection may take to send a whole header.
         runners.append(
             web.AppRunner(
-                router.app(int(config.router_max_body_mb * 2**20)), access_log=None, handler_cancellation=True
+                router.app(int(config.router_max_body_mb * 2**20)),
+                access_log=None,
+                handler_cancellation=True,
+                keepalive_timeout=config.router_read_timeout_s,
             )
         )
         await runners[-1].setup()
-        host, _, port = config.router_listen.rpartition(":")
-        await web.TCPSite(runners[-1], host.strip("[]"), int(port)).start()
+        await listen(web.TCPSite(runners[-1], *_host_port(config.router_listen)), "router", config.router_listen)
     sock = Path(config.control_socket)
     sock.parent.mkdir(parents=True, exist_ok=True)
     sock.unlink(missing_ok=True)
-    await web.UnixSite(runners[1], str(sock)).start()
+    await listen(web.UnixSite(runners[1], str(sock)), "control", str(sock))
     _restrict_socket(sock, config.control_group)
 
     stop = asyncio.Event()
@@ -110,6 +124,47 @@ async def serve(config: AgentConfig) -> None:
         for runner in runners:
             await runner.cleanup()
         sock.unlink(missing_ok=True)
+
+
+class BindError(Exception):
+    """A listening address the agent cannot take: the operator's to fix, before any engine starts."""
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def listen(site, what: str, address: str) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        holder = listener_of(address) if exc.errno == errno.EADDRINUSE else None
+        fix = {
+            errno.EADDRINUSE: f"held by {holder}" if holder else "another process listens there",
+            errno.EACCES: "not permitted for this user",
+            errno.EADDRNOTAVAIL: "no interface of this host has that address",
+        }.get(exc.errno, exc.strerror or str(exc))
+        key = {"status": "status_listen", "router": "router_listen", "control": "control_socket"}[what]
+        raise BindError(f"{what} cannot listen on {address}: {fix}; stop that or change {key}") from None
+
+
+def listener_of(address: str) -> str | None:
+    """Which process listens on ADDRESS's TCP port ("pid 123 (nginx)"), where /proc lets this user see."""
+    port = address.rpartition(":")[2]
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and port.isdigit() and int(fields[1].rsplit(":", 1)[1], 16) == int(port):
+                    inodes.add(f"socket:[{fields[9]}]")
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
+                pid = fd_dir.parent.name
+                return f"pid {pid} ({Path(f'/proc/{pid}/comm').read_text().strip()})"
+    return None
 
 
 def router_info(config: AgentConfig) -> dict:
@@ -162,9 +217,14 @@ def run(config_path: Path) -> None:
     try:
         import uvloop  # about twice the proxy throughput of the default loop (bench/router.py)
     except ImportError:
-        asyncio.run(serve(config))
+        runner = asyncio.run
     else:
-        uvloop.run(serve(config))
+        runner = uvloop.run
+    try:
+        runner(serve(config))
+    except BindError as exc:
+        click.echo(f"aiinfra-agent: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
 
 
 @main.command("check-config")
@@ -329,7 +389,11 @@ def keys_new(name: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def keys_list(keys_path: Path, as_json: bool) -> None:
     """List the keys (names, limits, hints; never the keys)."""
-    found = keyfile.load(keys_path)
+    try:
+        found = keyfile.load(keys_path)
+    except keyfile.KeysFileError as exc:
+        click.echo(f"aiinfra-agent: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
     if as_json:
         click.echo(
             json.dumps([{k: v for k, v in vars(key).items() if k != "sha256"} for key in found.values()], indent=2)
@@ -385,7 +449,7 @@ def _print_staged(stage: Callable[[], model_store.Staged]) -> None:
         staged = stage()
     except model_store.StagingError as exc:
         click.echo(f"aiinfra-agent: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_CONFIG if isinstance(exc, model_store.BadModelId) else 1)
     click.echo(json.dumps(vars(staged)))
 
 

@@ -62,6 +62,8 @@ class Supervisor:
         self.last_tick: float | None = None
         self.session: aiohttp.ClientSession | None = None
         self.gpu: GpuMonitor | None = gpu
+        # Every name any engine serves, in any profile: a fixed set, for the metrics' labels.
+        self.served: frozenset[str] = frozenset(m for target in self.launches.values() for m in target.served)
 
     # -- what the operator asks for ----------------------------------------------------------------
 
