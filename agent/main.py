@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -76,7 +77,8 @@ async def serve(config: AgentConfig) -> None:
     ]
     for runner in runners:
         await runner.setup()
-    await listen(web.TCPSite(runners[0], *_host_port(config.status_listen)), "status", config.status_listen)
+    inherited = inherited_sockets()
+    await listen(site_for(runners[0], inherited, "status", config.status_listen), "status", config.status_listen)
     if config.router_listen is not None:
         router = Router(
             supervisor,
@@ -97,7 +99,7 @@ async def serve(config: AgentConfig) -> None:
             )
         )
         await runners[-1].setup()
-        await listen(web.TCPSite(runners[-1], *_host_port(config.router_listen)), "router", config.router_listen)
+        await listen(site_for(runners[-1], inherited, "router", config.router_listen), "router", config.router_listen)
     sock = Path(config.control_socket)
     sock.parent.mkdir(parents=True, exist_ok=True)
     sock.unlink(missing_ok=True)
@@ -130,9 +132,25 @@ class BindError(Exception):
     """A listening address the agent cannot take: the operator's to fix, before any engine starts."""
 
 
-def _host_port(listen: str) -> tuple[str, int]:
+def inherited_sockets() -> dict[str, socket.socket]:
+    """The listening sockets systemd passed this process (socket activation: aiinfra-router.socket,
+    aiinfra-status.socket), by their FileDescriptorName. Held by systemd across an agent restart,
+    they queue connections meanwhile instead of refusing them."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return {}
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    return {names[i] if i < len(names) else f"fd{i}": socket.socket(fileno=3 + i) for i in range(count)}
+
+
+def site_for(runner, inherited: dict[str, socket.socket], name: str, listen: str):
+    """A site on the socket systemd passed under NAME, else one that binds LISTEN itself."""
+    from aiohttp import web
+
+    if name in inherited:
+        return web.SockSite(runner, inherited[name])
     host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
+    return web.TCPSite(runner, host.strip("[]"), int(port))
 
 
 async def listen(site, what: str, address: str) -> None:
