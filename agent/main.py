@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import grp
 import json
 import os
 import re
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +27,7 @@ from aiinfra.agent.gpu.nvml import Nvml
 from aiinfra.agent.gpu.policy import Refused, SetPersistence, SetPowerLimit, settings_actions
 from aiinfra.agent.http import keys as keyfile
 from aiinfra.agent.http.keys import KeyRing
+from aiinfra.agent.http.listen import BindError, inherited_sockets, listen, listen_unix
 from aiinfra.agent.http.router import Router
 from aiinfra.agent.metrics import Metrics
 from aiinfra.agent.notify import notify, setup_logging, watchdog_enabled
@@ -78,7 +77,7 @@ async def serve(config: AgentConfig) -> None:
     for runner in runners:
         await runner.setup()
     inherited = inherited_sockets()
-    await listen(site_for(runners[0], inherited, "status", config.status_listen), "status", config.status_listen)
+    await listen(runners[0], inherited, "status", config.status_listen)
     if config.router_listen is not None:
         router = Router(
             supervisor,
@@ -99,11 +98,9 @@ async def serve(config: AgentConfig) -> None:
             )
         )
         await runners[-1].setup()
-        await listen(site_for(runners[-1], inherited, "router", config.router_listen), "router", config.router_listen)
+        await listen(runners[-1], inherited, "router", config.router_listen, config.router_max_connections)
     sock = Path(config.control_socket)
-    sock.parent.mkdir(parents=True, exist_ok=True)
-    sock.unlink(missing_ok=True)
-    await listen(web.UnixSite(runners[1], str(sock)), "control", str(sock))
+    await listen_unix(runners[1], sock)
     _restrict_socket(sock, config.control_group)
 
     stop = asyncio.Event()
@@ -126,63 +123,6 @@ async def serve(config: AgentConfig) -> None:
         for runner in runners:
             await runner.cleanup()
         sock.unlink(missing_ok=True)
-
-
-class BindError(Exception):
-    """A listening address the agent cannot take: the operator's to fix, before any engine starts."""
-
-
-def inherited_sockets() -> dict[str, socket.socket]:
-    """The listening sockets systemd passed this process (socket activation: aiinfra-router.socket,
-    aiinfra-status.socket), by their FileDescriptorName. Held by systemd across an agent restart,
-    they queue connections meanwhile instead of refusing them."""
-    if os.environ.get("LISTEN_PID") != str(os.getpid()):
-        return {}
-    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
-    count = int(os.environ.get("LISTEN_FDS", "0"))
-    return {names[i] if i < len(names) else f"fd{i}": socket.socket(fileno=3 + i) for i in range(count)}
-
-
-def site_for(runner, inherited: dict[str, socket.socket], name: str, listen: str):
-    """A site on the socket systemd passed under NAME, else one that binds LISTEN itself."""
-    from aiohttp import web
-
-    if name in inherited:
-        return web.SockSite(runner, inherited[name])
-    host, _, port = listen.rpartition(":")
-    return web.TCPSite(runner, host.strip("[]"), int(port))
-
-
-async def listen(site, what: str, address: str) -> None:
-    try:
-        await site.start()
-    except OSError as exc:
-        holder = listener_of(address) if exc.errno == errno.EADDRINUSE else None
-        fix = {
-            errno.EADDRINUSE: f"held by {holder}" if holder else "another process listens there",
-            errno.EACCES: "not permitted for this user",
-            errno.EADDRNOTAVAIL: "no interface of this host has that address",
-        }.get(exc.errno, exc.strerror or str(exc))
-        key = {"status": "status_listen", "router": "router_listen", "control": "control_socket"}[what]
-        raise BindError(f"{what} cannot listen on {address}: {fix}; stop that or change {key}") from None
-
-
-def listener_of(address: str) -> str | None:
-    """Which process listens on ADDRESS's TCP port ("pid 123 (nginx)"), where /proc lets this user see."""
-    port = address.rpartition(":")[2]
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and port.isdigit() and int(fields[1].rsplit(":", 1)[1], 16) == int(port):
-                    inodes.add(f"socket:[{fields[9]}]")
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        with contextlib.suppress(OSError):
-            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
-                pid = fd_dir.parent.name
-                return f"pid {pid} ({Path(f'/proc/{pid}/comm').read_text().strip()})"
-    return None
 
 
 def router_info(config: AgentConfig) -> dict:

@@ -157,3 +157,19 @@ def test_staging_refuses_a_model_id_outside_the_store(tmp_path):
         )
         assert done.returncode == 2 and "is not a model id" in done.stderr, done.stderr
     assert (precious / "data").read_text() == "keep me"
+
+
+def test_connections_past_the_cap_get_a_503_and_the_cap_frees_up(make_agent):
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p")
+    agent.config["router_max_connections"] = 5
+    agent.start().wait_phase("e", "ready")
+    key = add_key(agent, "many")
+    host, port = agent.config["router_listen"].split(":")
+    idle = [socket.create_connection((host, int(port))) for _ in range(5)]  # held open, sending nothing
+    time.sleep(0.3)
+    status, answer = post(agent, json.dumps({"model": "e", "messages": HI}).encode(), key)
+    assert status == 503 and answer["error"]["code"] == "too_many_connections"
+    for sock in idle:
+        sock.close()
+    time.sleep(0.3)
+    assert client(agent, key).chat.completions.create(model=agent.engine("e")["served"][0], messages=HI).choices
