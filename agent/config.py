@@ -67,6 +67,12 @@ class AgentConfig(Strict):
     keys_file: str = "/etc/aiinfra/keys.json"
     router_timeout_s: Annotated[float, Field(gt=0, strict=False)] = 600
     router_max_body_mb: Annotated[float, Field(gt=0, strict=False)] = 16
+    # A client has this long to send a request's header, and again its body; an idle keep-alive
+    # connection is closed after it too (slow or half-sent requests hold no connection for long).
+    router_read_timeout_s: Annotated[float, Field(gt=0, strict=False)] = 30
+    # Connections open at once on the router; past it a new one gets a 503 and is closed. Each takes
+    # two descriptors (the client's, the engine's): the agent's unit gives it LimitNOFILE=8192.
+    router_max_connections: Annotated[int, Field(ge=1, le=3000)] = 1024
     audit_log: str | None = "/var/log/aiinfra/audit.log"  # one JSON line per request; None: none
     audit_include_text: bool = False  # prompts stay out of the audit log unless this says otherwise
     vllm_command: list[str] = ["/opt/vllm/current/bin/vllm"]  # role vllm: one venv per version

@@ -27,6 +27,7 @@ from aiinfra.agent.gpu.nvml import Nvml
 from aiinfra.agent.gpu.policy import Refused, SetPersistence, SetPowerLimit, settings_actions
 from aiinfra.agent.http import keys as keyfile
 from aiinfra.agent.http.keys import KeyRing
+from aiinfra.agent.http.listen import BindError, inherited_sockets, listen, listen_unix
 from aiinfra.agent.http.router import Router
 from aiinfra.agent.metrics import Metrics
 from aiinfra.agent.notify import notify, setup_logging, watchdog_enabled
@@ -64,30 +65,42 @@ async def serve(config: AgentConfig) -> None:
     await supervisor.adopt()
     metrics = Metrics()
     metrics.watch_engines(supervisor.status)
+    keyring = KeyRing(Path(config.keys_file)) if config.router_listen is not None and config.router_auth else None
+
+    def router_status() -> dict:
+        return router_info(config) | ({"keys": keyring.health()} if keyring is not None else {})
+
     runners = [
-        web.AppRunner(status_app(supervisor, metrics, router_info(config)), access_log=None),
+        web.AppRunner(status_app(supervisor, metrics, router_status), access_log=None),
         web.AppRunner(control_app(supervisor), access_log=None),
     ]
     for runner in runners:
         await runner.setup()
-    host, _, port = config.status_listen.rpartition(":")
-    await web.TCPSite(runners[0], host, int(port)).start()
+    inherited = inherited_sockets()
+    await listen(runners[0], inherited, "status", config.status_listen)
     if config.router_listen is not None:
-        keyring = KeyRing(Path(config.keys_file)) if config.router_auth else None
-        router = Router(supervisor, keyring, metrics, config.router_timeout_s, config.audit_include_text)
-        # handler_cancellation: a client that goes away cancels its upstream request too
+        router = Router(
+            supervisor,
+            keyring,
+            metrics,
+            config.router_timeout_s,
+            config.audit_include_text,
+            config.router_read_timeout_s,
+        )
+        # handler_cancellation: a client that goes away cancels its upstream request too.
+        # keepalive_timeout: also bounds how long a connection may take to send a whole header.
         runners.append(
             web.AppRunner(
-                router.app(int(config.router_max_body_mb * 2**20)), access_log=None, handler_cancellation=True
+                router.app(int(config.router_max_body_mb * 2**20)),
+                access_log=None,
+                handler_cancellation=True,
+                keepalive_timeout=config.router_read_timeout_s,
             )
         )
         await runners[-1].setup()
-        host, _, port = config.router_listen.rpartition(":")
-        await web.TCPSite(runners[-1], host.strip("[]"), int(port)).start()
+        await listen(runners[-1], inherited, "router", config.router_listen, config.router_max_connections)
     sock = Path(config.control_socket)
-    sock.parent.mkdir(parents=True, exist_ok=True)
-    sock.unlink(missing_ok=True)
-    await web.UnixSite(runners[1], str(sock)).start()
+    await listen_unix(runners[1], sock)
     _restrict_socket(sock, config.control_group)
 
     stop = asyncio.Event()
@@ -162,9 +175,14 @@ def run(config_path: Path) -> None:
     try:
         import uvloop  # about twice the proxy throughput of the default loop (bench/router.py)
     except ImportError:
-        asyncio.run(serve(config))
+        runner = asyncio.run
     else:
-        uvloop.run(serve(config))
+        runner = uvloop.run
+    try:
+        runner(serve(config))
+    except BindError as exc:
+        click.echo(f"aiinfra-agent: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
 
 
 @main.command("check-config")
@@ -329,7 +347,11 @@ def keys_new(name: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def keys_list(keys_path: Path, as_json: bool) -> None:
     """List the keys (names, limits, hints; never the keys)."""
-    found = keyfile.load(keys_path)
+    try:
+        found = keyfile.load(keys_path)
+    except keyfile.KeysFileError as exc:
+        click.echo(f"aiinfra-agent: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
     if as_json:
         click.echo(
             json.dumps([{k: v for k, v in vars(key).items() if k != "sha256"} for key in found.values()], indent=2)
@@ -385,7 +407,7 @@ def _print_staged(stage: Callable[[], model_store.Staged]) -> None:
         staged = stage()
     except model_store.StagingError as exc:
         click.echo(f"aiinfra-agent: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_CONFIG if isinstance(exc, model_store.BadModelId) else 1)
     click.echo(json.dumps(vars(staged)))
 
 

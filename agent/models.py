@@ -17,6 +17,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiinfra.agent.schema import OLLAMA_MODEL, model_id_problem
+
 MANIFEST = "SHA256SUMS"
 VERIFIED = ".aiinfra-verified"  # holds the manifest's own hash once every file matched it
 DOWNLOAD_LEFTOVERS = (".cache",)  # `hf download --local-dir` keeps its bookkeeping here
@@ -24,6 +26,10 @@ DOWNLOAD_LEFTOVERS = (".cache",)  # `hf download --local-dir` keeps its bookkeep
 
 class StagingError(Exception):
     """The model could not be staged; the message says from where and what failed."""
+
+
+class BadModelId(StagingError):
+    """A model id that would name a path outside the store: the caller's mistake, nothing touched."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ def _from_mirror(model: str, mirror: str, dest: Path) -> bool:
 
 def stage(model: str, root: Path, mirror: str | None, download: list[str]) -> Staged:
     """Make ROOT/MODEL hold the model, checked; idempotent."""
+    if (problem := model_id_problem(model)) is not None:
+        raise BadModelId(problem)  # ROOT / "/var/lib/x" is /var/lib/x, which would be replaced
     final = root / model
     if final.is_dir() and is_staged(final):
         return Staged(model, str(final), "present", *_size(final))
@@ -186,6 +194,8 @@ def _ollama_blobs(manifest: Path) -> list[str]:
 
 def stage_ollama(name: str, store: Path, mirror: str | None) -> Staged:
     """Make Ollama's store hold model NAME from the mirror; source "missing" when it cannot."""
+    if (problem := model_id_problem(name, OLLAMA_MODEL)) is not None:
+        raise BadModelId(problem)
     wanted = ollama_manifest(name)
     manifest = store / wanted
     if manifest.is_file() and all((store / "blobs" / blob).is_file() for blob in _ollama_blobs(manifest)):

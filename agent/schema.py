@@ -8,22 +8,49 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+# Model ids become paths under the model store: Hugging Face's `org/name` (or a bare `name`), each
+# part starting with a letter or digit, so that none is absolute, `..` or hidden.
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+# Ollama's names, `[namespace/]model[:tag]`, become paths under its store's manifests the same way.
+OLLAMA_MODEL = re.compile(r"^([a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*(:[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def model_id_problem(model: str, pattern: re.Pattern[str] = MODEL_ID) -> str | None:
+    """Why MODEL cannot name a folder inside the model store; None when it can."""
+    if pattern.match(model) and ".." not in model:
+        return None
+    example = "llama3.2:3b" if pattern is OLLAMA_MODEL else "Qwen/Qwen2.5-7B-Instruct"
+    return f"{model!r} is not a model id like {example!r}: it must stay inside the model store"
+
+
+def _model_id(value: str) -> str:
+    if (problem := model_id_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _ollama_models(values: list[str]) -> list[str]:
+    for value in values:
+        if (problem := model_id_problem(value, OLLAMA_MODEL)) is not None:
+            raise ValueError(problem)
+    return values
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-Port = Annotated[int, Field(ge=1, le=65535)]
+# Engines run unprivileged: a port below 1024 would need a capability they are not given.
+EnginePort = Annotated[int, Field(ge=1024, le=65535)]
 GpuIndex = Annotated[int, Field(ge=0, le=15)]
 
 
 class EngineBase(Strict):
     gpus: Annotated[list[GpuIndex], Field(min_length=1)]
-    port: Port
+    port: EnginePort
 
 
 class ModelFacts(Strict):
@@ -39,7 +66,7 @@ class ModelFacts(Strict):
 
 class VllmEngine(EngineBase):
     runtime: Literal["vllm"]
-    model: Annotated[str, Field(min_length=1)]
+    model: Annotated[str, Field(min_length=1), AfterValidator(_model_id)]
     served_name: str | None = None  # the name clients ask for; default: the model id
     max_model_len: Annotated[int, Field(ge=256)] | None = None
     gpu_memory_utilization: Annotated[float, Field(gt=0.1, le=0.98)] = 0.9
@@ -60,7 +87,7 @@ class VllmEngine(EngineBase):
 class OllamaEngine(EngineBase):
     runtime: Literal["ollama"]
     keep_alive: Annotated[str, Field(pattern=r"^(-1|\d+[smh]?)$")] = "30m"
-    models: list[str] = []  # pulled by the ollama role; the first one serves the liveness probe
+    models: Annotated[list[str], AfterValidator(_ollama_models)] = []  # the first serves the liveness probe
 
 
 Engine = Annotated[VllmEngine | OllamaEngine, Field(discriminator="runtime")]
@@ -152,8 +179,10 @@ def _describe(error: dict[str, Any], model_at: ModelAt) -> tuple[str, str]:
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         return field + ".runtime", "must be one of 'vllm', 'ollama'"
     message = error["msg"].removeprefix("Value error, ")
-    if kind.endswith("_type") or kind in ("literal_error", "string_pattern_mismatch"):
-        message = f"{message[0].lower()}{message[1:]} (got {error.get('input')!r})"
+    if kind == "greater_than_equal" and loc[0] == "engines" and loc[-1] == "port":
+        message = "engines run unprivileged, so ports below 1024 are not theirs; pick one from 1024"
+    if kind != "value_error" and "input" in error:  # value errors quote the value themselves
+        message = f"{message[0].lower()}{message[1:]} (got {error['input']!r})"
     return field, message
 
 

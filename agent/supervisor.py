@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -38,6 +40,16 @@ from aiinfra.agent.reconcile import (
 log = logging.getLogger("aiinfra.agent")
 
 
+def _read_counts(path: Path) -> dict[str, int]:
+    try:
+        counts = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(counts, dict):
+        return {}
+    return {k: v for k, v in counts.items() if isinstance(k, str) and isinstance(v, int) and v >= 0}
+
+
 class Supervisor:
     def __init__(
         self,
@@ -51,7 +63,12 @@ class Supervisor:
         self.backend = backend
         self.clock = clock
         self.launches: dict[str, Launch] = {name: launch(name, config) for name in config.engines}
-        self.states: dict[str, EngineState] = {name: EngineState(name) for name in config.engines}
+        # Restart counts outlive the agent (its state directory does, across its own restarts).
+        self.counts_file = Path(config.state_dir) / "restarts.json"
+        self.counts = _read_counts(self.counts_file)
+        self.states: dict[str, EngineState] = {
+            name: EngineState(name, restarts=self.counts.get(name, 0)) for name in config.engines
+        }
         self.profile = config.default_profile
         self.stops: dict[str, asyncio.Task[None]] = {}
         self.ready_probes: dict[str, asyncio.Task[tuple[bool, float]]] = {}
@@ -62,6 +79,8 @@ class Supervisor:
         self.last_tick: float | None = None
         self.session: aiohttp.ClientSession | None = None
         self.gpu: GpuMonitor | None = gpu
+        # Every name any engine serves, in any profile: a fixed set, for the metrics' labels.
+        self.served: frozenset[str] = frozenset(m for target in self.launches.values() for m in target.served)
 
     # -- what the operator asks for ----------------------------------------------------------------
 
@@ -90,6 +109,16 @@ class Supervisor:
         self._event(name, "restart", "restart asked for by the operator")
 
     # -- the loop ----------------------------------------------------------------------------------
+
+    def _save_counts(self) -> None:
+        counts = {name: state.restarts for name, state in self.states.items() if state.restarts}
+        if counts != self.counts:
+            self.counts = counts
+            tmp = self.counts_file.with_suffix(".tmp")
+            with contextlib.suppress(OSError):  # a count is worth less than a running agent
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps(counts))
+                tmp.replace(self.counts_file)
 
     async def adopt(self) -> None:
         now = self.clock()
@@ -121,6 +150,7 @@ class Supervisor:
             elif isinstance(action, Start):
                 await self._start(action.name, now)
         self._schedule_probes(now)
+        self._save_counts()
         self.last_tick = now
 
     async def _gpu_tick(self, now: float) -> bool:

@@ -387,12 +387,13 @@ def install_hardware_kit(name: str, host_vars: dict, say: Callable[[str], None])
             raise EnvironmentProblem(f"building the fake driver packages failed: {built.stderr.strip()[-300:]}")
         (repo / Path(marker).name).touch()
         podman("exec", name, "rm", "-rf", "/srv/fake-nvidia")
-        podman("exec", name, "mkdir", "-p", "/srv/fake-nvidia", "/opt/fake-nvml")
+        podman("exec", name, "mkdir", "-p", "/srv/fake-nvidia", "/opt/fake-nvml", "/var/lib/fake-nvidia")
         podman("cp", f"{repo}/.", f"{name}:/srv/fake-nvidia")
     podman("cp", str(kit / "fake_nvml" / "pynvml.py"), f"{name}:/opt/fake-nvml/pynvml.py")
     dropin = (
         "# TEST DOUBLE (aiinfra lab): the fake pynvml instead of NVIDIA's.\n[Service]\n"
         "Environment=PYTHONPATH=/opt/fake-nvml AIINFRA_FAKE_NVML=/var/lib/fake-nvidia/state.json\n"
+        "ReadWritePaths=-/var/lib/fake-nvidia\n"  # the fake GPUs' state, which the units' sandbox would hide
     )
     podman(
         "exec", "-i", name, "sh", "-c",

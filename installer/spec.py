@@ -336,12 +336,32 @@ def _cross_checks(spec: HostSpec) -> list[str]:
         problems += [
             f"aiinfra_agent_policy.{key}: unknown setting{did_you_mean(key, Policy.model_fields)}" for key in unknown
         ]
+    mount = spec.model_storage_mount.rstrip("/") or "/"
+    if mount in SYSTEM_DIRS or any(mount.startswith(d + "/") for d in ("/proc", "/sys", "/dev", "/run", "/boot")):
+        problems.append(
+            f"model_storage_mount: {spec.model_storage_mount!r} is a system directory; "
+            "give the model disk a mount point of its own, e.g. /mnt/nvme"
+        )
+    if not spec.aiinfra_agent_router_auth and _all_interfaces(spec.router_listen):
+        problems.append(
+            f"aiinfra_agent_router_auth: false with router_listen {spec.router_listen!r} opens every engine to "
+            "anyone who can reach the box; keep keys on, or listen on 127.0.0.1 or one VLAN's address"
+        )
     if spec.model_storage_fstype == "xfs" and len(spec.model_storage_label) > 12:
         problems.append(f"model_storage_label: xfs labels have at most 12 characters ({spec.model_storage_label!r})")
     names = [vlan.name for vlan in spec.vlans]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"vlans: interface name {name!r} is used by more than one VLAN")
     return problems
+
+
+# Where a model disk must never be mounted.
+SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root", "/run",
+               "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/log"}  # fmt: skip
+
+
+def _all_interfaces(listen: str) -> bool:
+    return ipaddress.ip_address(listen.rpartition(":")[0].strip("[]")).is_unspecified
 
 
 def _fit_problems(spec: HostSpec) -> list[str]:
@@ -372,6 +392,17 @@ def _fit_problems(spec: HostSpec) -> list[str]:
 def advice(host: str, spec: HostSpec) -> list[SpecError]:
     """What is valid but likely not meant: warnings, the install still runs."""
     notes = []
+    addresses = [a.split("/")[0] for vlan in spec.vlans for a in vlan.addresses]
+    if addresses and _all_interfaces(spec.router_listen):
+        port = spec.router_listen.rpartition(":")[2]
+        notes.append(
+            SpecError(
+                host,
+                "router_listen",
+                f"{spec.router_listen!r} listens on every interface, not only the VLANs'; to serve them alone, "
+                f"listen on {' or '.join(a + ':' + port for a in addresses)}",
+            )
+        )
     for name, engine in spec.engines.items():
         if isinstance(engine, VllmEngine) and (said := plan.quantization_advice(engine, spec.gpu_model)):
             notes.append(SpecError(host, f"engines.{name}.quantization", said))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -19,7 +20,8 @@ from aiinfra.agent.supervisor import Supervisor
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 METRICS = web.AppKey("metrics", Metrics)
-ROUTER = web.AppKey("router", dict)
+# The router's settings and its keys file's health, read at each /status.
+ROUTER = web.AppKey("router", Callable[[], dict])
 STARTED = web.AppKey("started", float)
 
 
@@ -52,9 +54,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
-    return web.json_response(
-        {"agent": agent_info(request.app), "router": request.app.get(ROUTER), **supervisor.status()}
-    )
+    return web.json_response({"agent": agent_info(request.app), "router": request.app[ROUTER](), **supervisor.status()})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -76,7 +76,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def status_app(supervisor: Supervisor, metrics_of: Metrics, router: dict) -> web.Application:
+def status_app(supervisor: Supervisor, metrics_of: Metrics, router: Callable[[], dict]) -> web.Application:
     app = web.Application()
     app[SUPERVISOR] = supervisor
     app[METRICS] = metrics_of

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import time
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 PREFIX = "aiinfra-"
+log = logging.getLogger("aiinfra.keys")
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,32 @@ def digest(token: str) -> str:
 
 
 def load(path: Path) -> dict[str, Key]:
-    if not path.exists():
+    """The keys in PATH ({} when there is none); KeysFileError naming what is wrong with it."""
+    try:
+        if path.stat().st_mode & 0o022:
+            raise KeysFileError(f"{path}: writable by others (mode {path.stat().st_mode & 0o777:o}); chmod 600 it")
+        text = path.read_text()
+    except FileNotFoundError:
         return {}
-    data = json.loads(path.read_text() or "{}")
-    return {k["name"]: Key(**k) for k in data.get("keys", [])}
+    except OSError as exc:
+        raise KeysFileError(f"{path}: cannot be read: {exc.strerror}") from None
+    try:
+        entries = (json.loads(text or "{}") or {}).get("keys", [])
+        keys = [_key(entry) for entry in entries]
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise KeysFileError(
+            f"{path}: not a keys file ({type(exc).__name__}: {exc}); `aiinfra-agent keys add` writes one"
+        ) from None
+    return {key.name: key for key in keys}
+
+
+def _key(entry: dict) -> Key:
+    key = Key(**entry)
+    limits = all(v is None or (isinstance(v, int) and v > 0) for v in (key.rpm, key.tpm))
+    models = isinstance(key.models, list) and all(isinstance(m, str) for m in key.models)
+    if not (isinstance(key.name, str) and isinstance(key.sha256, str) and len(key.sha256) == 64 and models and limits):
+        raise TypeError(f"key {entry.get('name')!r} has a field of the wrong type")
+    return key
 
 
 def save(path: Path, keys: dict[str, Key]) -> None:
@@ -79,12 +103,19 @@ def revoke(path: Path, name: str) -> None:
 
 
 class KeyRing:
-    """The router's view of the keys file, reloaded when the file changes."""
+    """The router's view of the keys file, reloaded when the file changes. A file that cannot be used
+    leaves the last good keys in place (none ever loaded: every request is refused), says why once
+    in the log, and in `problem` for /status."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.stamp: tuple[float, int] | None = None
+        self.stamp: tuple[float, int, int] | None = None
         self.by_digest: dict[str, Key] = {}
+        self.problem: str | None = None
+
+    def health(self) -> dict:
+        self._refresh()
+        return {"file": str(self.path), "keys": len(self.by_digest), "problem": self.problem}
 
     def lookup(self, token: str) -> Key | None:
         self._refresh()
@@ -97,12 +128,18 @@ class KeyRing:
     def _refresh(self) -> None:
         try:
             st = self.path.stat()
-            stamp = (st.st_mtime, st.st_size)
-        except FileNotFoundError:
+            stamp = (st.st_mtime_ns, st.st_size, st.st_mode)
+        except OSError:
             stamp = None
-        if stamp != self.stamp:
-            self.stamp = stamp
-            self.by_digest = {k.sha256: k for k in load(self.path).values()} if stamp else {}
+        if stamp == self.stamp:
+            return
+        self.stamp = stamp
+        try:
+            self.by_digest = {k.sha256: k for k in load(self.path).values()}
+            self.problem = None
+        except KeysFileError as exc:
+            self.problem = f"{exc}; keeping the last good keys ({len(self.by_digest)})"
+            log.error("keys file: %s", self.problem)
 
 
 class RateLimiter:

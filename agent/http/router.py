@@ -7,6 +7,7 @@ large, 429 rate limited, 503 model known but not ready (Retry-After), 502 engine
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -23,6 +24,8 @@ from aiinfra.agent.reconcile import Phase
 from aiinfra.agent.supervisor import Supervisor
 
 audit_log = logging.getLogger("aiinfra.audit")
+MAX_MODEL_NAME = 256  # what of a client's model name reaches the audit log
+UNKNOWN_MODEL = "(unknown)"  # the metrics' label for any name not configured here
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
@@ -79,16 +82,20 @@ class Router:
         metrics: Metrics,
         timeout_s: float,
         include_text: bool = False,
+        read_timeout_s: float = 30,
     ) -> None:
         self.supervisor = supervisor
         self.keys = keys  # None: authentication turned off by configuration
         self.limiter = RateLimiter()
         self.metrics = metrics
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=5)
+        self.read_timeout_s = read_timeout_s
         self.include_text = include_text
         self.session: aiohttp.ClientSession | None = None
+        self.max_body_bytes = 0
 
     def app(self, max_body_bytes: int) -> web.Application:
+        self.max_body_bytes = max_body_bytes
         app = web.Application(client_max_size=max_body_bytes)
         app.router.add_get("/v1/models", self.models)
         for route in ROUTES:
@@ -163,15 +170,22 @@ class Router:
             key = self._authenticate(request)
             exchange.key = key.name if key else "-"
             try:
-                raw = await request.read()
-            except web.HTTPRequestEntityTooLarge as exc:
-                raise Refusal(413, f"request body over {exc.max_size} bytes", "request_too_large") from None
+                raw = await asyncio.wait_for(request.read(), self.read_timeout_s)
+            except web.HTTPRequestEntityTooLarge:
+                raise Refusal(413, f"request body over {self.max_body_bytes} bytes", "request_too_large") from None
+            except TimeoutError:
+                raise Refusal(
+                    408, f"request body not sent within {self.read_timeout_s:g}s", "request_timeout"
+                ) from None
             try:
                 body = json.loads(raw)
                 model = body["model"]
-            except (ValueError, KeyError, TypeError):
+            # RecursionError: JSON nested deeper than the parser goes
+            except (ValueError, KeyError, TypeError, RecursionError):
                 raise Refusal(400, "the body must be JSON with a 'model'", "invalid_request") from None
-            exchange.model = str(model)
+            if not isinstance(model, str):
+                raise Refusal(400, "'model' must be a string", "invalid_request")
+            exchange.model = model[:MAX_MODEL_NAME]
             body_text = raw.decode(errors="replace") if self.include_text else None
             launch, ready = self._find(exchange.model)
             exchange.engine = launch.name
@@ -314,8 +328,10 @@ class Router:
         if exchange.status == 0:  # the client went away before an answer
             exchange.status = 499
         latency = time.monotonic() - exchange.started
+        # Labels only from what the spec configures: a client's made-up names must not add series.
+        configured = exchange.model in self.supervisor.served
         self.metrics.observe_request(
-            exchange.model,
+            exchange.model if configured else UNKNOWN_MODEL,
             exchange.status,
             latency,
             exchange.ttft_s,

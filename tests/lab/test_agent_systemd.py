@@ -100,7 +100,7 @@ def box(tmp_path_factory):
     assert (
         podman("cp", str(ROOT / "tests" / "kit" / "stub_engine.py"), f"{CONTAINER}:/opt/stub_engine.py").returncode == 0
     )
-    for unit in ("aiinfra-agent.service", "aiinfra-engine@.service"):
+    for unit in ("aiinfra-agent.service", "aiinfra-engine@.service", "aiinfra-router.socket", "aiinfra-status.socket"):
         assert podman("cp", str(ROOT / "systemd" / unit), f"{CONTAINER}:/etc/systemd/system/{unit}").returncode == 0
     sh(
         "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-systemd"
@@ -152,6 +152,42 @@ def test_an_engine_death_is_noticed_and_restarted(box):
     assert report["engines"]["alpha"]["pid"] != pid
     backoff = [e for e in report["events"] if e["event"] == "backoff" and e["engine"] == "alpha"]
     assert backoff[-1]["message"].startswith("exited with signal 9")
+
+
+# A client inside the box that asks the status and router sockets without pause and counts the answers,
+# the refused connections and any other failure.
+HAMMER = """
+import json, socket, sys, time
+deadline, counts = time.monotonic() + float(sys.argv[1]), {"answered": 0, "refused": 0, "failed": 0}
+while time.monotonic() < deadline:
+    for port, path in ((8079, "/healthz"), (8000, "/v1/models")):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                s.sendall(f"GET {path} HTTP/1.0\\r\\n\\r\\n".encode())
+                counts["answered" if s.recv(12).startswith(b"HTTP/1.") else "failed"] += 1
+        except ConnectionRefusedError:
+            counts["refused"] += 1
+        except OSError:
+            counts["failed"] += 1
+print(json.dumps(counts))
+"""
+
+
+def test_an_agent_restart_refuses_no_connection_and_keeps_the_restart_counts(box):
+    before = wait(lambda s: s["engines"]["alpha"]["phase"] == "ready", 30, "alpha ready")["engines"]["alpha"]
+    assert sh("systemctl is-active aiinfra-router.socket aiinfra-status.socket").split() == ["active", "active"]
+    sh(f"cat > /tmp/hammer.py <<'EOF'\n{HAMMER}EOF")
+    sh("systemd-run --unit aiinfra-test-hammer -p StandardOutput=file:/tmp/hammer.out python3 /tmp/hammer.py 12")
+    time.sleep(2)
+    for _ in range(2):
+        sh("systemctl restart aiinfra-agent")  # returns once the new agent said READY=1
+        time.sleep(1)
+    wait(lambda s: sh("systemctl is-active aiinfra-test-hammer", check=False).strip() != "active", 30, "the client")
+    counts = json.loads(sh("cat /tmp/hammer.out"))
+    print(f"across two agent restarts: {counts}")
+    assert counts["refused"] == 0 and counts["failed"] == 0 and counts["answered"] > 20, counts
+    after = wait(lambda s: s["engines"]["alpha"]["phase"] == "ready", 30, "alpha ready again")["engines"]["alpha"]
+    assert after["restarts"] == before["restarts"] and after["pid"] == before["pid"]
 
 
 def test_a_profile_switch_stops_the_unit_of_the_leaving_engine(box):

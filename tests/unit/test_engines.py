@@ -113,7 +113,7 @@ def test_ollama():
     ("change", "line"),
     [
         ({"backend": "docker"}, "backend: input should be 'auto', 'systemd' or 'process' (got 'docker')"),
-        ({"policy": {"tick_s": 0}}, "policy.tick_s: Input should be greater than 0"),
+        ({"policy": {"tick_s": 0}}, "policy.tick_s: input should be greater than 0 (got 0)"),
         ({"policy": {"backof_max_s": 5}}, "policy.backof_max_s: unknown key; did you mean 'backoff_max_s'?"),
         ({"default_profile": "turbo"}, "default_profile: 'turbo' is not one of the profiles (fast, deep)"),
     ],

@@ -205,6 +205,29 @@ CASES: dict[str, tuple[Mutate, str, str]] = {
         "nvidia_driver_flavour",
         "no -server packages",
     ),
+    "model id an absolute path": (
+        engine("qwen7b", "model", "/var/lib/important"),
+        "engines.qwen7b.model",
+        "'/var/lib/important' is not a model id",
+    ),
+    "model id climbing out of the store": (
+        engine("qwen7b", "model", "Qwen/../../etc"),
+        "engines.qwen7b.model",
+        "inside",
+    ),
+    "ollama model name a path": (
+        engine("ollama", "models", ["../../etc/passwd"]),
+        "engines.ollama.models",
+        "not a model id like 'llama3.2:3b'",
+    ),
+    "engine on a privileged port": (engine("qwen7b", "port", 80), "engines.qwen7b.port", "from 1024 (got 80)"),
+    "model disk on the root": (setter("model_storage_mount", "/"), "model_storage_mount", "'/' is a system directory"),
+    "model disk on /var/lib": (setter("model_storage_mount", "/var/lib"), "model_storage_mount", "system directory"),
+    "router open to all without keys": (
+        setter("aiinfra_agent_router_auth", False),
+        "aiinfra_agent_router_auth",
+        "false with router_listen '0.0.0.0:8000'",
+    ),
     "ollama checksum not sha256": (setter("ollama_archive_sha256", "abc123"), "ollama_archive_sha256", "pattern"),
     "vllm version not exact": (setter("vllm_version", "latest"), "vllm_version", "pattern"),
     "misspelt agent policy setting": (

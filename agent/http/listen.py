@@ -1,0 +1,130 @@
+"""Where the agent listens: sockets systemd hands over (socket activation), else bound here; at most
+so many connections at once on the router; a socket that cannot be had is one line for the operator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import socket
+from pathlib import Path
+
+from aiohttp import web
+
+SETTING = {"status": "status_listen", "router": "router_listen", "control": "control_socket"}
+BUSY = json.dumps({"error": {"message": "too many connections; retry shortly", "type": "api_error",
+                             "code": "too_many_connections"}}).encode()  # fmt: skip
+
+
+class BindError(Exception):
+    """A listening address the agent cannot take: the operator's to fix, before any engine starts."""
+
+
+def inherited_sockets() -> dict[str, socket.socket]:
+    """The listening sockets systemd passed this process (aiinfra-router.socket, aiinfra-status.socket),
+    by their FileDescriptorName. Held by systemd across an agent restart, they queue connections
+    meanwhile instead of refusing them."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return {}
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    return {names[i] if i < len(names) else f"fd{i}": socket.socket(fileno=3 + i) for i in range(count)}
+
+
+class _Busy(asyncio.Protocol):
+    """A connection past the cap: once the request starts to arrive, a 503 in OpenAI's shape and our end
+    of the connection shut; what else the client sends is read and dropped (closing on unread data
+    would reset the connection before the client reads the answer), and in a second it is closed."""
+
+    def connection_made(self, transport) -> None:  # uvloop's transports are not asyncio.Transport
+        self.transport, self.answered = transport, False
+        self.timer = asyncio.get_running_loop().call_later(1, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.answered:
+            return
+        self.answered = True
+        self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                             b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(BUSY), BUSY))  # fmt: skip
+        self.transport.write_eof()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.timer.cancel()
+
+
+class CappedSite(web.SockSite):
+    """aiohttp's site on SOCK, with at most MAX_CONNECTIONS connections open (0: no cap)."""
+
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, max_connections: int) -> None:
+        super().__init__(runner, sock)
+        self.max_connections = max_connections
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+
+        def protocol() -> asyncio.Protocol:
+            if self.max_connections and len(server.connections) >= self.max_connections:
+                return _Busy()
+            return server()
+
+        self._server = await asyncio.get_running_loop().create_server(protocol, sock=self._sock)
+
+
+async def listen(
+    runner: web.AppRunner, inherited: dict[str, socket.socket], name: str, address: str, max_connections: int = 0
+) -> None:
+    """Serve RUNNER on the socket systemd passed as NAME, else on ADDRESS bound here."""
+    try:
+        sock = inherited.get(name) or _bind(address)
+        await CappedSite(runner, sock, max_connections).start()
+    except OSError as exc:
+        raise BindError(_why(exc, name, address)) from None
+
+
+async def listen_unix(runner: web.AppRunner, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    try:
+        await web.UnixSite(runner, str(path)).start()
+    except OSError as exc:
+        raise BindError(_why(exc, "control", str(path))) from None
+
+
+def _bind(address: str) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, int(port)), family=family, backlog=1024)
+
+
+def _why(exc: OSError, name: str, address: str) -> str:
+    holder = listener_of(address) if exc.errno == errno.EADDRINUSE else None
+    fix = {
+        errno.EADDRINUSE: f"held by {holder}" if holder else "another process listens there",
+        errno.EACCES: "not permitted for this user",
+        errno.EADDRNOTAVAIL: "no interface of this host has that address",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
+    return f"{name} cannot listen on {address}: {fix}; stop that or change {SETTING[name]}"
+
+
+def listener_of(address: str) -> str | None:
+    """Which process listens on ADDRESS's TCP port ("pid 123 (nginx)"), where /proc lets this user see."""
+    port = address.rpartition(":")[2]
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and port.isdigit() and int(fields[1].rsplit(":", 1)[1], 16) == int(port):
+                    inodes.add(f"socket:[{fields[9]}]")
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
+                pid = fd_dir.parent.name
+                return f"pid {pid} ({Path(f'/proc/{pid}/comm').read_text().strip()})"
+    return None
