@@ -151,7 +151,27 @@ def _load(path: Path) -> AgentConfig:
         sys.exit(EXIT_CONFIG)
 
 
+def _version(ctx: click.Context, _: click.Parameter, wanted: bool) -> None:
+    """The package's version and, where the vllm role installed one, the vLLM pinned for the engines."""
+    if not wanted or ctx.resilient_parsing:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        lines = [f"aiinfra-agent {version('aiinfra')}"]
+    except PackageNotFoundError:
+        lines = ["aiinfra-agent (not installed as a package)"]
+    with contextlib.suppress(ConfigError, OSError, ValueError, KeyError, TypeError):
+        venv = Path(load(DEFAULT_PATH).vllm_command[0]).resolve().parent.parent
+        record = json.loads((venv / "aiinfra-installed.json").read_text())
+        lines.append(f"vLLM {', '.join(record['packages'])} ({record['build']} build) in {venv}")
+    click.echo("\n".join(lines))
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Print aiinfra's version and the pinned vLLM, then exit.")  # fmt: skip
 def main() -> None:
     """aiinfra's host agent: supervises the inference engines on this box."""
 
@@ -187,14 +207,25 @@ def run(config_path: Path) -> None:
 
 @main.command("check-config")
 @CONFIG
-def check_config(config_path: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+def check_config(config_path: Path, as_json: bool) -> None:
     """Validate the configuration; exit 2 with one line per problem."""
-    config = _load(config_path)
-    problems = unknown_vllm_flags(config)
+    try:
+        config = load(config_path)
+        problems = unknown_vllm_flags(config)
+    except ConfigError as exc:
+        config, problems = None, str(exc).splitlines()
+    if as_json:
+        verdict = {"config": str(config_path), "valid": not problems, "problems": problems}
+        if config is not None:
+            verdict |= {"engines": sorted(config.engines), "default_profile": config.default_profile}
+        click.echo(json.dumps(verdict, indent=2))
+    elif problems:
+        click.echo("\n".join(line if config is None else f"{config_path}: {line}" for line in problems), err=True)
+    else:
+        click.echo(f"{config_path}: ok ({len(config.engines)} engines, default profile {config.default_profile})")
     if problems:
-        click.echo("\n".join(f"{config_path}: {line}" for line in problems), err=True)
         sys.exit(EXIT_CONFIG)
-    click.echo(f"{config_path}: ok ({len(config.engines)} engines, default profile {config.default_profile})")
 
 
 @main.command("record-vllm-help")
@@ -225,7 +256,8 @@ def record_vllm_help(vllm: Path, version: str) -> None:
 
 @main.command("exec-engine", hidden=True)
 @click.argument("name")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/run/aiinfra"))
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/run/aiinfra"), show_default=True,
+              help="Where the agent left the engine's launch file.")  # fmt: skip
 def exec_engine(name: str, state_dir: Path) -> None:
     """Replace this process with engine NAME, as the agent wrote it down (the engine unit's ExecStart)."""
     path = launch_file(state_dir, name)
@@ -241,12 +273,18 @@ def exec_engine(name: str, state_dir: Path) -> None:
 STATUS_OPT = click.option(
     "--listen", default=client.DEFAULT_STATUS_URL, show_default=True, help="The agent's status address."
 )
-SOCKET_OPT = click.option("--socket", "socket_path", default=client.DEFAULT_CONTROL_SOCKET, show_default=True)
+SOCKET_OPT = click.option(
+    "--socket",
+    "socket_path",
+    default=client.DEFAULT_CONTROL_SOCKET,
+    show_default=True,
+    help="The agent's control socket.",
+)
 
 
 @main.command()
 @STATUS_OPT
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def status(listen: str, as_json: bool) -> None:
     """Show the engines and their states."""
     try:
@@ -312,6 +350,17 @@ KEYS_FILE = click.option(
 )
 
 
+def _keys_here(keys_path: Path) -> None:
+    """Keys belong to an agent: where its configuration directory is missing, none runs here."""
+    if not keys_path.parent.is_dir():
+        click.echo(
+            f"aiinfra-agent: no agent on this machine ({keys_path.parent} does not exist); run this on the box, "
+            "or `aiinfra keys --host HOST ...` from the workstation",
+            err=True,
+        )
+        sys.exit(EXIT_UNAVAILABLE)
+
+
 @keys.command("add")
 @click.argument("name")
 @click.option("--models", default="", help="Comma-separated models the key may use (default: all).")
@@ -320,6 +369,7 @@ KEYS_FILE = click.option(
 @KEYS_FILE
 def keys_add(name: str, models: str, rpm: int | None, tpm: int | None, keys_path: Path) -> None:
     """Create key NAME and print it, this once."""
+    _keys_here(keys_path)
     if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
         click.echo("aiinfra-agent: key names are letters, digits and . _ @ - (64 at most)", err=True)
         sys.exit(EXIT_CONFIG)
@@ -344,9 +394,10 @@ def keys_new(name: str) -> None:
 
 @keys.command("list")
 @KEYS_FILE
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def keys_list(keys_path: Path, as_json: bool) -> None:
     """List the keys (names, limits, hints; never the keys)."""
+    _keys_here(keys_path)
     try:
         found = keyfile.load(keys_path)
     except keyfile.KeysFileError as exc:
@@ -370,6 +421,7 @@ def keys_list(keys_path: Path, as_json: bool) -> None:
 @KEYS_FILE
 def keys_revoke(name: str, keys_path: Path) -> None:
     """Remove key NAME; the router refuses it from its next request on."""
+    _keys_here(keys_path)
     try:
         keyfile.revoke(keys_path, name)
     except keyfile.KeysFileError as exc:
@@ -425,29 +477,49 @@ def gpu() -> None:
     show_default=True,
     help="GPU settings (the gpu_tuning role writes them).",
 )
-def gpu_apply(settings_path: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the GPUs' settings and the verdict as JSON.")
+def gpu_apply(settings_path: Path, as_json: bool) -> None:
     """Apply power limits and persistence mode now and read them back (the boot unit's job).
 
     Exit 1 if a setting did not stick, 2 if a wanted limit is outside what a card allows: then
     nothing is changed on any GPU."""
+
+    def verdict(code: int, gpus: list | None = None, refused: list[str] = (), left: list = (), error: str = ""):
+        if as_json:
+            found = {"applied": code == 0, "gpus": gpus or [], "refused": list(refused),
+                     "did_not_stick": [str(a) for a in left], "error": error or None}  # fmt: skip
+            click.echo(json.dumps(found, indent=2))
+        else:
+            for g in gpus or []:
+                click.echo(f"GPU {g['index']} {g['name']}: power limit {g['power_limit_w']:.0f} W, "
+                           f"persistence {'on' if g['persistence'] else 'off'}")  # fmt: skip
+            for line in [error] if error else []:
+                click.echo(f"aiinfra-agent: {line}", err=True)
+            for reason in refused:
+                click.echo(f"aiinfra-agent: {reason}", err=True)
+            if refused:
+                click.echo(f"aiinfra-agent: nothing changed; fix {settings_path}", err=True)
+            if left:
+                click.echo(f"aiinfra-agent: did not stick: {list(left)}", err=True)
+        if code:
+            sys.exit(code)
+
     try:
         settings = load_gpu_settings(settings_path)
     except ConfigError as exc:
+        if as_json:
+            verdict(EXIT_CONFIG, error=str(exc))
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
     nvml = Nvml()
     snapshot = nvml.read()
     if snapshot.state != "ok":
-        click.echo(f"aiinfra-agent: {snapshot.state}: {snapshot.message}", err=True)
-        sys.exit(1)
+        verdict(1, error=f"{snapshot.state}: {snapshot.message}")
     actions = settings_actions(snapshot, settings.power_limit_watts, settings.persistence_mode, {}, 0, 0)
     refused = [a.reason for a in actions if isinstance(a, Refused)]
     if refused:
-        for reason in refused:
-            click.echo(f"aiinfra-agent: {reason}", err=True)
-        click.echo(f"aiinfra-agent: nothing changed; fix {settings_path}", err=True)
         nvml.shutdown()
-        sys.exit(EXIT_CONFIG)
+        verdict(EXIT_CONFIG, refused=refused)
     for action in actions:
         if isinstance(action, SetPowerLimit):
             nvml.set_power_limit(action.gpu, action.watts)
@@ -456,18 +528,13 @@ def gpu_apply(settings_path: Path) -> None:
     after = nvml.read()
     left = settings_actions(after, settings.power_limit_watts, settings.persistence_mode, {}, 0, 0)
     nvml.shutdown()
-    for g in after.gpus:
-        click.echo(
-            f"GPU {g.index} {g.name}: power limit {g.power_limit_w:.0f} W, "
-            f"persistence {'on' if g.persistence else 'off'}"
-        )
-    if left:
-        click.echo(f"aiinfra-agent: did not stick: {left}", err=True)
-        sys.exit(1)
+    gpus = [{"index": g.index, "name": g.name, "power_limit_w": g.power_limit_w, "persistence": g.persistence}
+            for g in after.gpus]  # fmt: skip
+    verdict(1 if left else 0, gpus=gpus, left=left)
 
 
 @gpu.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def gpu_status(as_json: bool) -> None:
     """Read the GPUs and the driver through NVML, once."""
     nvml = Nvml()

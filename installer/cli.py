@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -66,6 +65,7 @@ def check_specs(inv: Inventory, hosts: list[str]) -> tuple[list[SpecError], list
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="aiinfra", prog_name="aiinfra", help="Print aiinfra's version, then exit.")
 def main() -> None:
     """Turn a GPU box into an LLM inference appliance, and keep it that way."""
 
@@ -385,11 +385,9 @@ def keys(pattern: str | None, inventory: str | None, args: tuple[str, ...]) -> N
             click.echo(f"{host}: {(answer.stdout or answer.error).strip()}")
             worst = max(worst, EXIT_UNREACHABLE if answer.rc is None else answer.rc)
         sys.exit(worst)
-    agent = Path(sys.executable).with_name("aiinfra-agent")
-    proc = subprocess.run([str(agent), "keys", *args], capture_output=True, text=True, check=False)
-    click.echo(proc.stdout, nl=False)
-    click.echo(proc.stderr, nl=False, err=True)
-    sys.exit(proc.returncode)
+    from aiinfra.agent.main import keys as agent_keys
+
+    agent_keys.main(args=list(args), prog_name="aiinfra keys")  # the agent's own commands, named as called
 
 
 @main.group("lab")
@@ -403,7 +401,13 @@ def say(message: str) -> None:
 
 @lab_group.command("up")
 @click.argument("name", default="thor")
-@click.option("--release", type=click.Choice(lab.RELEASES), default="bookworm", show_default=True)
+@click.option(
+    "--release",
+    type=click.Choice(lab.RELEASES),
+    default="bookworm",
+    show_default=True,
+    help="The container's Debian release.",
+)
 @click.option(
     "--spec",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -468,9 +472,11 @@ def lab_endpoint(name: str, as_json: bool) -> None:
 
 @lab_group.command("kit", hidden=True)
 @click.argument("container")
-@click.option("--release", type=click.Choice(lab.RELEASES), required=True)
-@click.option("--spec", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
-@click.option("--vars-out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--release", type=click.Choice(lab.RELEASES), required=True, help="The container's Debian release.")
+@click.option("--spec", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The host spec the kit is made for.")  # fmt: skip
+@click.option("--vars-out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the variables that point the roles at the kit.")  # fmt: skip
 def lab_kit(container: str, release: str, spec: Path, vars_out: Path) -> None:
     """Put the hardware kit's test doubles into CONTAINER (Molecule's) and write the variables that
     point the roles at them."""

@@ -199,10 +199,14 @@ def test_gpu_apply_sets_and_reads_back(gpu_agent, tmp_path):
     settings = tmp_path / "gpu.yml"
     env = {**os.environ, **agent.env}
 
-    def apply(**wanted):
+    def apply(*flags, **wanted):
         settings.write_text(yaml.safe_dump({"persistence_mode": True, **wanted}))
         return subprocess.run(
-            [AGENT, "gpu", "apply", "--settings", str(settings)], capture_output=True, text=True, env=env, check=False
+            [AGENT, "gpu", "apply", "--settings", str(settings), *flags],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
         )
 
     fake.change(lambda s: [g.update(power_limit_mw=390000, persistence=0) for g in s["gpus"]])
@@ -218,6 +222,13 @@ def test_gpu_apply_sets_and_reads_back(gpu_agent, tmp_path):
     assert "power limit 50 W is outside what GPU 1 allows (100-390 W)" in refused.stderr
     assert f"nothing changed; fix {settings}" in refused.stderr
     assert [(g["power_limit_mw"], g["persistence"]) for g in fake.read()["gpus"]] == [(350000, 0), (350000, 0)]
+
+    # The same verdicts as JSON, with the same exit codes.
+    as_json = json.loads(apply("--json", power_limit_watts={0: 300, 1: 50}).stdout)
+    assert as_json["applied"] is False and "outside what GPU 1 allows" in as_json["refused"][0]
+    done = apply("--json", power_limit_watts=320)
+    assert done.returncode == 0
+    assert [(g["power_limit_w"], g["persistence"]) for g in json.loads(done.stdout)["gpus"]] == [(320, True)] * 2
 
 
 def test_agent_config_can_name_the_gpu_settings_file(gpu_agent, tmp_path):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import yaml
 
@@ -142,3 +146,44 @@ def test_keys_add_list_revoke_keep_only_hashes(tmp_path, cli):
     assert cli("keys", "revoke", "webui", "--file", path).exit_code == 0
     gone = cli("keys", "revoke", "webui", "--file", path)
     assert gone.exit_code == 2 and "no key named 'webui'" in gone.stderr
+
+
+def test_both_commands_say_their_version(cli):
+    assert cli("--version").stdout.strip() == f"aiinfra, version {version('aiinfra')}"
+    agent = Path(sys.executable).with_name("aiinfra-agent")
+    said = subprocess.run([str(agent), "--version"], capture_output=True, text=True, check=True).stdout
+    assert said.splitlines()[0] == f"aiinfra-agent {version('aiinfra')}"
+
+
+def test_the_keys_commands_name_themselves_and_need_an_agent_here(tmp_path, cli):
+    helped = cli("keys", "list", "--help")
+    assert helped.stdout.startswith("Usage: aiinfra keys list [OPTIONS]")
+    missing = cli("keys", "list", "--file", str(tmp_path / "no-agent" / "keys.json"))
+    assert missing.exit_code == 3 and "no agent on this machine" in missing.stderr
+    assert missing.stdout == ""
+
+
+def test_every_option_of_both_commands_says_what_it_does():
+    import click
+
+    from aiinfra.agent.main import main as agent_main
+    from aiinfra.installer.cli import main as installer_main
+
+    def silent(command: click.Command, path: str):
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from silent(sub, f"{path} {name}")
+        yield from (f"{path} {'/'.join(p.opts)}" for p in command.params
+                    if isinstance(p, click.Option) and not p.hidden and not p.help)  # fmt: skip
+
+    assert [*silent(installer_main, "aiinfra"), *silent(agent_main, "aiinfra-agent")] == []
+
+
+def test_check_config_gives_its_verdict_as_json(tmp_path):
+    agent = Path(sys.executable).with_name("aiinfra-agent")
+    config = tmp_path / "agent.yml"
+    config.write_text("engines: {}\nprofiles: {}\ndefault_profile: fast\npolicy: {tick_s: 0}\n")
+    done = subprocess.run([str(agent), "check-config", "--config", str(config), "--json"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    verdict = json.loads(done.stdout)
+    assert done.returncode == 2 and verdict["valid"] is False
+    assert any("policy.tick_s: input should be greater than 0 (got 0)" in line for line in verdict["problems"])
