@@ -98,16 +98,23 @@ def vllm_argv(engine: VllmEngine, command: list[str], model_dir: str, box_args: 
     return argv + list(box_args) + list(engine.extra_args)
 
 
-# What the vllm role writes beside each vLLM environment, once per version: `vllm serve --help=all`.
+# What the vllm role writes in each vLLM environment: `vllm serve --help=all`, once per version, and
+# the record of what it installed there ({packages, build}).
 SERVE_HELP = "aiinfra-serve-help.txt"
+INSTALL_RECORD = "aiinfra-installed.json"
 FLAG = re.compile(r"--[a-z0-9][a-z0-9-]*")
+
+
+def vllm_venv(config: AgentConfig) -> Path:
+    """The virtual environment the engines' `vllm` comes from (VENV/bin/vllm)."""
+    return Path(config.vllm_command[0]).resolve().parent.parent
 
 
 def unknown_vllm_flags(config: AgentConfig) -> list[str]:
     """Lines naming each flag an engine would pass that the installed vLLM does not know, so that a
     spec asking for too new (or removed) a flag fails at install time, not as a crash loop later.
     Nothing to check where no help was recorded (no vLLM installed yet, a check-mode run)."""
-    help_file = Path(config.vllm_command[0]).resolve().parent.parent / SERVE_HELP
+    help_file = vllm_venv(config) / SERVE_HELP
     try:
         text = help_file.read_text()
     except OSError:

@@ -21,7 +21,7 @@ from aiinfra.agent.config import DEFAULT_PATH, GPU_SETTINGS_PATH, AgentConfig, C
 from aiinfra.agent.effects import Backend
 from aiinfra.agent.effects.process import ProcessBackend
 from aiinfra.agent.effects.systemd import SystemdBackend, available, launch_file
-from aiinfra.agent.engines import SERVE_HELP, unknown_vllm_flags
+from aiinfra.agent.engines import INSTALL_RECORD, SERVE_HELP, unknown_vllm_flags, vllm_venv
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.gpu.nvml import Nvml
 from aiinfra.agent.gpu.policy import Refused, SetPersistence, SetPowerLimit, settings_actions
@@ -162,8 +162,8 @@ def _version(ctx: click.Context, _: click.Parameter, wanted: bool) -> None:
     except PackageNotFoundError:
         lines = ["aiinfra-agent (not installed as a package)"]
     with contextlib.suppress(ConfigError, OSError, ValueError, KeyError, TypeError):
-        venv = Path(load(DEFAULT_PATH).vllm_command[0]).resolve().parent.parent
-        record = json.loads((venv / "aiinfra-installed.json").read_text())
+        venv = vllm_venv(load(DEFAULT_PATH))
+        record = json.loads((venv / INSTALL_RECORD).read_text())
         lines.append(f"vLLM {', '.join(record['packages'])} ({record['build']} build) in {venv}")
     click.echo("\n".join(lines))
     ctx.exit()
