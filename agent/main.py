@@ -7,7 +7,6 @@ import contextlib
 import grp
 import json
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable
@@ -370,7 +369,7 @@ def _keys_here(keys_path: Path) -> None:
 def keys_add(name: str, models: str, rpm: int | None, tpm: int | None, keys_path: Path) -> None:
     """Create key NAME and print it, this once."""
     _keys_here(keys_path)
-    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+    if not keyfile.KEY_NAME.fullmatch(name):
         click.echo("aiinfra-agent: key names are letters, digits and . _ @ - (64 at most)", err=True)
         sys.exit(EXIT_CONFIG)
     try:

@@ -7,15 +7,12 @@ HostSpec or a list of SpecError, each one line naming host, variable, what is wr
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError, model_validator
 
 from aiinfra.agent.schema import (
-    Engine,
-    Strict,
     VllmEngine,
     did_you_mean,
     engine_problems,
@@ -23,6 +20,7 @@ from aiinfra.agent.schema import (
     error_lines,
 )
 from aiinfra.installer import plan
+from aiinfra.installer.variables import DriverRepo, Variables, Vlan
 
 # A variable of the operator's other roles passes; one that looks like ours does not.
 OUR_PREFIXES = (
@@ -42,242 +40,9 @@ OUR_PREFIXES = (
     "proxmox_",
 )
 
-# An exact driver version, e.g. 580.105.08 or 550.54.15: the branch alone is not a pin.
-DRIVER_VERSION = re.compile(r"^\d{3}\.\d{2,3}(\.\d{2,3})?$")
-# Mapping keys arrive as strings from ansible-inventory's JSON ({"0": 350}): accept digits there.
-GpuKey = Annotated[int, Field(ge=0, le=15, strict=False)]
-Watts = Annotated[int, Field(ge=50, le=1000)]
 
-
-class DriverRepo(Strict):
-    """nvidia_driver_custom_repo: an apt repository of the driver's packages (deb822 fields)."""
-
-    uris: str
-    suites: str
-    components: str | None = None
-    key_url: str | None = None
-    signed_by: str | None = None
-    trusted: bool = False
-    layout: Literal["ubuntu", "cuda"] = "ubuntu"  # whose package names and versions the mirror copies
-
-    @model_validator(mode="after")
-    def _one_trust(self) -> DriverRepo:
-        if sum((self.key_url is not None, self.signed_by is not None, self.trusted)) != 1:
-            raise ValueError("give exactly one of key_url, signed_by or trusted: true")
-        return self
-
-
-class Vlan(Strict):
-    id: Annotated[int, Field(ge=1, le=4094)]
-    link: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,15}$")]
-    addresses: list[str] = []
-    gateway: str | None = None
-    route_metric: Annotated[int, Field(ge=0, le=4294967295)] | None = None  # default 10000 + id
-    dns: list[str] = []
-    mtu: Annotated[int, Field(ge=576, le=9216)] | None = None
-
-    @field_validator("addresses")
-    @classmethod
-    def _cidr(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                ipaddress.ip_interface(value)
-            except ValueError:
-                raise ValueError(f"{value!r} is not an address with prefix, e.g. 10.0.110.20/24") from None
-            if "/" not in value:
-                raise ValueError(f"{value!r} needs a prefix length, e.g. {value}/24")
-        return values
-
-    @field_validator("gateway")
-    @classmethod
-    def _gateway(cls, value: str | None) -> str | None:
-        if value is not None:
-            _ip(value)
-        return value
-
-    @field_validator("dns")
-    @classmethod
-    def _dns(cls, values: list[str]) -> list[str]:
-        for value in values:
-            _ip(value)
-        return values
-
-
-def _ip(value: str) -> None:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address") from None
-
-
-def _absolute(value: str | None) -> str | None:
-    if value is not None and not value.startswith("/"):
-        raise ValueError(f"{value!r} must be an absolute path")
-    return value
-
-
-class ApiKey(Strict):
-    """A router key held in the inventory by its hash (`aiinfra keys new NAME` prints both)."""
-
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    models: list[str] = []
-    rpm: Annotated[int, Field(ge=1)] | None = None
-    tpm: Annotated[int, Field(ge=1)] | None = None
-
-
-class HostSpec(Strict):
-    """Every variable aiinfra's roles read. The roles' defaults/main.yml are the real defaults; the ones
-    here serve the cross-checks below."""
-
-    # aiinfra as a whole
-    aiinfra_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "aiinfra"
-    aiinfra_group: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "aiinfra"
-
-    # role host_base
-    host_base_packages: list[str] = []
-    host_base_extra_packages: list[str] = []
-    host_base_time_sync: bool = True
-    host_base_journald_persistent: bool = True
-    host_base_journald_max_use: Annotated[str, Field(pattern=r"^\d+[KMGT]$")] = "2G"
-    host_base_sysctl: dict[str, int | str] = {}
-    host_base_hugepages: Annotated[int, Field(ge=0)] = 0
-    host_base_unattended_upgrades_blacklist: list[str] = []
-
-    # role host_reboot (whether to reboot at all is `aiinfra install --allow-reboot`)
-    host_reboot_timeout_s: Annotated[int, Field(ge=60)] = 900
-
-    # GPUs and driver (roles nvidia_driver, gpu_tuning)
-    nvidia_driver_version: str | None = None  # None or empty: the driver is left alone
-    nvidia_driver_source: Literal["ubuntu", "cuda", "custom"] = "ubuntu"
-    nvidia_driver_custom_repo: DriverRepo | None = None
-    nvidia_driver_kernel_modules: Literal["open", "proprietary"] = "open"
-    nvidia_driver_flavour: Literal["server", "desktop"] = "server"
-    nvidia_driver_kernel_headers_package: str | None = None
-    nvidia_driver_blacklist_nouveau: bool = True
-    gpu_expected_count: Annotated[int, Field(ge=0, le=16)] | None = None
-    gpu_persistence_mode: bool = True
-    gpu_model: str | None = None  # a card capacity planning knows (installer/plan.py), e.g. rtx3090
-    gpu_memory_gb: Annotated[float, Field(gt=0, le=1024, strict=False)] | None = None  # GiB per GPU
-    gpu_power_limit_watts: Watts | dict[GpuKey, Watts] | None = None  # all GPUs, or per GPU index
-    gpu_tuning_settings_file: str = "/etc/aiinfra/gpu.yml"
-
-    # role aiinfra_package (aiinfra itself on the box)
-    aiinfra_package_prefix: str = "/opt/aiinfra"
-    aiinfra_package_source: str | None = None
-    aiinfra_package_cache: str | None = None
-    aiinfra_package_wheels_dir: str = "/var/cache/aiinfra/wheels"
-
-    # network and storage (roles network_vlans, model_storage)
-    vlans: list[Vlan] = []
-    network_vlans_apply: bool = False  # or `aiinfra install --allow-network-change`, for one run
-    network_vlans_rollback_after_s: Annotated[int, Field(ge=30, le=3600)] = 120
-    network_vlans_netplan_file: Annotated[str, Field(pattern=r"^/etc/netplan/[^/]+\.yaml$")] = (
-        "/etc/netplan/60-aiinfra-vlans.yaml"
-    )
-    model_storage_mount: str = "/mnt/nvme"
-    model_storage_device: str | None = None
-    model_storage_mount_options: Annotated[str, Field(pattern=r"^[a-z0-9_=,.-]+$")] = "noatime,nofail"
-    model_storage_fstype: Literal["ext4", "xfs"] = "ext4"
-    model_storage_format: bool = False  # only ever a blank device
-    model_storage_label: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")] = "aiinfra-models"
-    model_storage_dirs: dict[str, Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] = {}
-    model_storage_dir_mode: Annotated[str, Field(pattern=r"^0?[0-7]{3}$")] = "0750"
-    model_mirror: str | None = None  # a path on the box or an rsync source host:/path (roles vllm, ollama)
-
-    # role proxmox_passthrough (hosts of group proxmox_hosts)
-    proxmox_passthrough_enabled: bool = False
-    proxmox_passthrough_cpu_vendor: Literal["auto", "intel", "amd"] = "auto"
-    proxmox_passthrough_extra_kernel_args: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,:=/-]+$")]] = []
-    proxmox_passthrough_bootloader: Literal["auto", "grub", "systemd-boot"] = "auto"
-    proxmox_passthrough_gpu_ids: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")]] = []
-    proxmox_passthrough_hugepages_1g: Annotated[int, Field(ge=0, le=4096)] = 0
-    proxmox_passthrough_vm_id: Annotated[int, Field(ge=100, le=999999999)] | None = None
-    proxmox_passthrough_sysfs_root: str = "/sys"
-
-    # role vllm
-    vllm_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+([.+-][A-Za-z0-9.]+)?$")] = "0.32.0"
-    vllm_build: Literal["gpu", "cpu"] = "gpu"
-    vllm_prefix: str = "/opt/vllm"
-    vllm_pip_packages: list[str] = []
-    vllm_wheelhouse: str = ""
-    vllm_pip_extra_args: str = ""
-    vllm_models_dir: str | None = None
-    vllm_hf_home: str | None = None
-    vllm_download_command: str | None = None
-    vllm_hf_token: str = ""
-    vllm_models: list[str] | None = None
-
-    # role ollama
-    ollama_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+(-rc\d+)?$")] = "0.32.15"
-    ollama_arch: Literal["amd64", "arm64"] | None = None
-    ollama_archive_url: str | None = None
-    ollama_archive_file: str = ""
-    ollama_archive_sha256: Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")] = ""
-    ollama_archive_checksum_url: str | None = None
-    ollama_prefix: str = "/opt/ollama"
-    ollama_models_dir: str | None = None
-    ollama_models: list[str] | None = None
-    ollama_pull_port: Annotated[int, Field(ge=1, le=65535)] = 11499
-
-    # role aiinfra_agent
-    aiinfra_agent_config_file: str = "/etc/aiinfra/agent.yml"
-    aiinfra_agent_router_auth: bool = True
-    aiinfra_agent_api_keys: list[ApiKey] = []
-    aiinfra_agent_keys_file: str = "/etc/aiinfra/keys.json"
-    aiinfra_agent_policy: dict[str, float | int] = {}
-    aiinfra_agent_vllm_command: list[str] | None = None
-    aiinfra_agent_ollama_command: list[str] | None = None
-    aiinfra_agent_vllm_env: dict[str, str] = {}
-    aiinfra_agent_vllm_extra_args: list[str] = []
-    aiinfra_agent_status_listen: str = "127.0.0.1:8079"
-    aiinfra_agent_ready_timeout_s: Annotated[int, Field(ge=10)] = 900
-
-    # engines and the agent
-    engines: dict[str, Engine] = {}
-    profiles: dict[str, list[str]] = {}
-    default_profile: str | None = None
-    router_listen: str = "0.0.0.0:8000"
-
-    @field_validator("nvidia_driver_version")
-    @classmethod
-    def _driver_version(cls, value: str | None) -> str | None:
-        if value and not DRIVER_VERSION.match(value):  # empty: the driver is not managed
-            raise ValueError(f'{value!r} is not an exact driver version; write it quoted in full, e.g. "580.105.08"')
-        return value
-
-    _paths = field_validator(
-        "model_storage_mount",
-        "model_storage_device",
-        "proxmox_passthrough_sysfs_root",
-        "vllm_prefix",
-        "vllm_models_dir",
-        "vllm_hf_home",
-        "ollama_prefix",
-        "ollama_models_dir",
-        "aiinfra_agent_config_file",
-        "aiinfra_agent_keys_file",
-        "gpu_tuning_settings_file",
-        "aiinfra_package_prefix",
-        "aiinfra_package_wheels_dir",
-    )(_absolute)
-
-    @field_validator("model_mirror")
-    @classmethod
-    def _mirror(cls, value: str | None) -> str | None:
-        if value and not value.startswith("/") and not re.match(r"^[\w.@-]+:/", value):
-            raise ValueError(f"{value!r}: give an absolute path on the box, or an rsync source like nas:/models")
-        return value or None
-
-    @field_validator("router_listen", "aiinfra_agent_status_listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(f"{value!r} is not HOST:PORT, e.g. 0.0.0.0:8000")
-        _ip(host.strip("[]"))
-        return value
+class HostSpec(Variables):
+    """One host's variables (variables.py declares each), checked across fields."""
 
     @model_validator(mode="after")
     def _consistent(self) -> HostSpec:

@@ -11,12 +11,15 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 PREFIX = "aiinfra-"
+# A key's name: the inventory's aiinfra_agent_api_keys and `keys add` both hold to it.
+KEY_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 log = logging.getLogger("aiinfra.keys")
 
 

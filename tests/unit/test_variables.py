@@ -1,0 +1,41 @@
+"""One declaration per variable (installer/variables.py): the roles' files and the README are written from
+it, so a default or type changed in one place alone is caught."""
+
+import shutil
+
+import yaml
+
+from aiinfra.installer import rolevars
+from aiinfra.installer.run import project_dir
+from aiinfra.installer.spec import HostSpec
+from aiinfra.installer.variables import ROLES
+
+
+def test_the_roles_files_and_the_readme_are_what_the_declarations_write():
+    assert rolevars.problems() == []
+    assert rolevars.stale_files(project_dir()) == []
+
+
+def test_an_edit_to_a_derived_file_alone_is_drift(tmp_path):
+    root = project_dir()
+    for path in rolevars.expected(root):
+        copy = tmp_path / path.relative_to(root)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, copy)
+    assert rolevars.stale_files(tmp_path) == []
+    defaults = tmp_path / "roles" / "host_base" / "defaults" / "main.yml"
+    defaults.write_text(defaults.read_text().replace("host_base_journald_max_use: 2G", "host_base_journald_max_use: 4G"))
+    readme = tmp_path / "README.md"
+    readme.write_text(readme.read_text().replace("| `vllm_version` | `0.32.0`", "| `vllm_version` | `0.31.0`"))
+    assert sorted(rolevars.stale_files(tmp_path)) == [readme, defaults]
+
+
+def test_the_validators_defaults_are_the_roles_defaults():
+    """What `aiinfra validate` assumes for an unset variable is what the role will use."""
+    spec = HostSpec()
+    for role in ROLES:
+        values = yaml.safe_load((project_dir() / "roles" / role / "defaults" / "main.yml").read_text()) or {}
+        for name, value in values.items():
+            if name in HostSpec.model_fields and "{{" not in str(value):
+                assert getattr(spec, name) == value, f"{role}: {name}"
+
