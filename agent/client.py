@@ -11,8 +11,10 @@ import socket
 import time
 from typing import Any
 
-DEFAULT_STATUS_URL = "127.0.0.1:8079"
-DEFAULT_CONTROL_SOCKET = "/run/aiinfra/control.sock"
+from aiinfra.agent import box
+
+DEFAULT_STATUS_URL = box.STATUS_LISTEN
+DEFAULT_CONTROL_SOCKET = box.CONTROL_SOCKET
 
 
 class AgentUnavailable(Exception):

@@ -9,10 +9,11 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from aiinfra.agent import box
 from aiinfra.agent.schema import Engine, Strict, engine_problems, engines_model_at, error_lines
 
-DEFAULT_PATH = Path("/etc/aiinfra/agent.yml")
-GPU_SETTINGS_PATH = Path("/etc/aiinfra/gpu.yml")  # written by the gpu_tuning role; the boot unit reads it too
+DEFAULT_PATH = Path(box.CONFIG_FILE)
+GPU_SETTINGS_PATH = Path(box.GPU_SETTINGS_FILE)
 Seconds = Annotated[float, Field(gt=0, strict=False)]
 
 
@@ -56,15 +57,20 @@ class AgentConfig(Strict):
     profiles: dict[str, list[str]] = {}
     default_profile: str | None = None
     backend: Literal["auto", "systemd", "process"] = "auto"
-    model_storage_mount: str = "/mnt/nvme"
-    status_listen: str = "127.0.0.1:8079"  # read-only: /healthz, /status
-    control_socket: str = "/run/aiinfra/control.sock"  # profile switch, restarts: root and the group
-    control_group: str = "aiinfra"
-    state_dir: str = "/run/aiinfra"  # engine launch files, logs, the process backend's records
-    engine_user: str | None = "aiinfra"  # engines run unprivileged; None: as the agent's user
-    router_listen: str | None = "0.0.0.0:8000"  # the OpenAI-compatible endpoint; None: no router
+    model_storage_mount: str = box.MODEL_STORAGE_MOUNT
+    # Where the roles put each engine's files (vllm_models_dir, vllm_hf_home, ollama_models_dir);
+    # unset: the default folders under model_storage_mount.
+    models_dir: str | None = None
+    hf_home: str | None = None
+    ollama_models_dir: str | None = None
+    status_listen: str = box.STATUS_LISTEN  # read-only: /healthz, /status
+    control_socket: str = box.CONTROL_SOCKET  # profile switch, restarts: root and the group
+    control_group: str = box.GROUP
+    state_dir: str = box.STATE_DIR  # engine launch files, logs, the process backend's records
+    engine_user: str | None = box.USER  # engines run unprivileged; None: as the agent's user
+    router_listen: str | None = box.ROUTER_LISTEN  # the OpenAI-compatible endpoint; None: no router
     router_auth: bool = True  # API keys required; false is an explicit choice that /status shows
-    keys_file: str = "/etc/aiinfra/keys.json"
+    keys_file: str = box.KEYS_FILE
     router_timeout_s: Annotated[float, Field(gt=0, strict=False)] = 600
     router_max_body_mb: Annotated[float, Field(gt=0, strict=False)] = 16
     # A client has this long to send a request's header, and again its body; an idle keep-alive
@@ -73,10 +79,10 @@ class AgentConfig(Strict):
     # Connections open at once on the router; past it a new one gets a 503 and is closed. Each takes
     # two descriptors (the client's, the engine's): the agent's unit gives it LimitNOFILE=8192.
     router_max_connections: Annotated[int, Field(ge=1, le=3000)] = 1024
-    audit_log: str | None = "/var/log/aiinfra/audit.log"  # one JSON line per request; None: none
+    audit_log: str | None = box.AUDIT_LOG  # one JSON line per request; None: none
     audit_include_text: bool = False  # prompts stay out of the audit log unless this says otherwise
-    vllm_command: list[str] = ["/opt/vllm/current/bin/vllm"]  # role vllm: one venv per version
-    ollama_command: list[str] = ["/usr/local/bin/ollama"]
+    vllm_command: list[str] = box.VLLM_COMMAND  # role vllm: one venv per version
+    ollama_command: list[str] = box.OLLAMA_COMMAND
     vllm_env: dict[str, str] = {}  # for every vLLM engine (a CPU-only box: VLLM_CPU_KVCACHE_SPACE)
     vllm_extra_args: list[str] = []  # for every vLLM engine, before each engine's own extra_args
     policy: Policy = Policy()
@@ -89,6 +95,9 @@ class AgentConfig(Strict):
         problems = engine_problems(self.engines, self.profiles, self.default_profile)
         if problems:
             raise ValueError("\n".join(problems))
+        self.models_dir = self.models_dir or box.model_dir(self.model_storage_mount, "models")
+        self.hf_home = self.hf_home or box.model_dir(self.model_storage_mount, "hf_cache")
+        self.ollama_models_dir = self.ollama_models_dir or box.model_dir(self.model_storage_mount, "ollama")
         return self
 
     def profile_engines(self, profile: str | None) -> list[str]:

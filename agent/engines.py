@@ -30,14 +30,13 @@ class Launch:
 def launch(name: str, config: AgentConfig) -> Launch:
     engine = config.engines[name]
     gpus = ",".join(str(g) for g in engine.gpus)
-    storage = config.model_storage_mount.rstrip("/")
     if isinstance(engine, VllmEngine):
         return Launch(
             name,
-            vllm_argv(engine, config.vllm_command, f"{storage}/models/{engine.model}", config.vllm_extra_args),
+            vllm_argv(engine, config.vllm_command, f"{config.models_dir}/{engine.model}", config.vllm_extra_args),
             {
                 "CUDA_VISIBLE_DEVICES": gpus,
-                "HF_HOME": f"{storage}/hf-cache",
+                "HF_HOME": str(config.hf_home),
                 "VLLM_NO_USAGE_STATS": "1",
                 "HF_HUB_OFFLINE": "1",
                 **config.vllm_env,
@@ -53,7 +52,7 @@ def launch(name: str, config: AgentConfig) -> Launch:
         {
             "CUDA_VISIBLE_DEVICES": gpus,
             "OLLAMA_HOST": f"{LOOPBACK}:{engine.port}",
-            "OLLAMA_MODELS": f"{storage}/ollama",
+            "OLLAMA_MODELS": str(config.ollama_models_dir),
             "OLLAMA_KEEP_ALIVE": engine.keep_alive,
         },
         engine.port,

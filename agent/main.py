@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from aiinfra.agent import client
+from aiinfra.agent import box, client
 from aiinfra.agent import models as model_store
 from aiinfra.agent.config import DEFAULT_PATH, GPU_SETTINGS_PATH, AgentConfig, ConfigError, load, load_gpu_settings
 from aiinfra.agent.effects import Backend
@@ -255,7 +255,7 @@ def record_vllm_help(vllm: Path, version: str) -> None:
 
 @main.command("exec-engine", hidden=True)
 @click.argument("name")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/run/aiinfra"), show_default=True,
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(box.STATE_DIR), show_default=True,
               help="Where the agent left the engine's launch file.")  # fmt: skip
 def exec_engine(name: str, state_dir: Path) -> None:
     """Replace this process with engine NAME, as the agent wrote it down (the engine unit's ExecStart)."""
@@ -343,7 +343,7 @@ KEYS_FILE = click.option(
     "--file",
     "keys_path",
     type=click.Path(path_type=Path),
-    default=Path("/etc/aiinfra/keys.json"),
+    default=Path(box.KEYS_FILE),
     show_default=True,
     help="The keys file the agent reads.",
 )

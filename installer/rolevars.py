@@ -8,6 +8,7 @@ file that differs, so a change made in one of them alone cannot pass.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import textwrap
@@ -164,6 +165,19 @@ def problems() -> list[str]:
         if m["ansible"] is not None and m["shown"] is None and m["roles"]:
             found.append(f"{name}: say in shown= what the derived default is, for the README")
     return found
+
+
+def role_values(role: str) -> dict[str, Any]:
+    """A role's defaults as Ansible resolves them, where they derive from one another (not from facts)."""
+    import jinja2
+
+    values = yaml.safe_load(defaults(role)) or {}
+    for _ in range(len(values)):
+        pending = {k: v for k, v in values.items() if isinstance(v, str) and "{{" in v}
+        for name, text in pending.items():
+            with contextlib.suppress(jinja2.TemplateError):
+                values[name] = jinja2.Template(text, undefined=jinja2.StrictUndefined).render(values)
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from aiinfra.agent import box
 from aiinfra.agent.http.keys import KEY_NAME
 from aiinfra.agent.schema import Engine, Strict
 
@@ -148,17 +149,17 @@ class Variables(Strict):
     """The operator's variables: the inventory's host and group vars that aiinfra reads."""
 
     aiinfra_user: UnixName = var(
-        "aiinfra",
+        box.USER,
         (
             "The system user that owns aiinfra's files and runs the engines and the agent (no login shell, home "
             "/var/lib/aiinfra mode 0750)."
         ),
-        roles=("host_base", "model_storage"),
+        roles=("host_base", "model_storage", "vllm", "ollama", "aiinfra_agent"),
     )
     aiinfra_group: UnixName = var(
-        "aiinfra",
+        box.GROUP,
         "System group of that user; members may use the agent's control socket.",
-        roles=("host_base", "model_storage"),
+        roles=("host_base", "model_storage", "vllm", "ollama", "aiinfra_agent"),
     )
     host_base_packages: list[str] = var(
         ["pciutils", "nvme-cli", "jq", "curl", "ca-certificates", "python3", "python3-venv", "python3-systemd"],
@@ -330,17 +331,17 @@ class Variables(Strict):
         roles=("gpu_tuning",),
     )
     gpu_tuning_settings_file: AbsPath = var(
-        "/etc/aiinfra/gpu.yml",
+        box.GPU_SETTINGS_FILE,
         "The GPU settings file: aiinfra-gpu-setup.service reads it at boot, the agent at run time.",
-        roles=("gpu_tuning",),
+        roles=("gpu_tuning", "aiinfra_agent"),
     )
     aiinfra_package_prefix: AbsPath = var(
-        "/opt/aiinfra",
+        box.PREFIX,
         (
             "Where aiinfra is installed on the box: a virtual environment whose bin/ holds aiinfra-agent. The "
             "systemd units in systemd/ name this path."
         ),
-        roles=("aiinfra_package",),
+        roles=("aiinfra_package", "gpu_tuning", "vllm", "ollama", "aiinfra_agent"),
     )
     aiinfra_package_source: ControllerPath | None = var(
         None,
@@ -348,7 +349,7 @@ class Variables(Strict):
             "The aiinfra checkout whose code the box gets (default: the one these roles come from), built into a "
             "wheel on the controller at every run, so the box runs the installer's own version."
         ),
-        roles=("aiinfra_package",),
+        roles=("aiinfra_package", "gpu_tuning", "aiinfra_agent"),
         ansible="{{ role_path }}/../..",
         shown="this checkout",
     )
@@ -403,9 +404,9 @@ class Variables(Strict):
         roles=("network_vlans",),
     )
     model_storage_mount: AbsPath = var(
-        "/mnt/nvme",
+        box.MODEL_STORAGE_MOUNT,
         "Where the model files live: vLLM's weights, Ollama's models, the Hugging Face cache, Qdrant.",
-        roles=("model_storage",),
+        roles=("model_storage", "vllm", "ollama", "aiinfra_agent"),
     )
     model_storage_device: AbsPath | None = var(
         None,
@@ -444,9 +445,9 @@ class Variables(Strict):
         roles=("model_storage",),
     )
     model_storage_dirs: dict[str, Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] = var(
-        {"models": "models", "ollama": "ollama", "hf_cache": "hf-cache", "qdrant": "qdrant"},
+        dict(box.MODEL_DIRS),
         "Directories under the mount, owned by aiinfra's user: a key per use, its folder name as value.",
-        roles=("model_storage",),
+        roles=("model_storage", "vllm", "ollama", "aiinfra_agent"),
     )
     model_storage_dir_mode: Annotated[str, Field(pattern=r"^0?[0-7]{3}$")] = var(
         "0750",
@@ -538,12 +539,12 @@ class Variables(Strict):
         roles=("vllm",),
     )
     vllm_prefix: AbsPath = var(
-        "/opt/vllm",
+        box.VLLM_PREFIX,
         (
             "Parent of the vLLM environments, one per version; `current` links to the one in use (the agent runs "
             "vllm_prefix/current/bin/vllm)."
         ),
-        roles=("vllm",),
+        roles=("vllm", "aiinfra_agent"),
     )
     vllm_pip_packages: list[str] | None = var(
         None,
@@ -571,15 +572,15 @@ class Variables(Strict):
     vllm_models_dir: AbsPath | None = var(
         None,
         "Where the weights live: MOUNT/models/<model id>, each with its SHA256SUMS.",
-        roles=("vllm",),
-        ansible="{{ model_storage_mount | default('/mnt/nvme') }}/models",
+        roles=("vllm", "aiinfra_agent"),
+        ansible="{{ model_storage_mount }}/{{ model_storage_dirs.models }}",
         shown="`<model_storage_mount>/models`",
     )
     vllm_hf_home: AbsPath | None = var(
         None,
         "HF_HOME (tokenizer caches and the like), on the model disk.",
-        roles=("vllm",),
-        ansible="{{ model_storage_mount | default('/mnt/nvme') }}/hf-cache",
+        roles=("vllm", "aiinfra_agent"),
+        ansible="{{ model_storage_mount }}/{{ model_storage_dirs.hf_cache }}",
         shown="`<model_storage_mount>/hf-cache`",
     )
     model_mirror: str = var(
@@ -609,7 +610,7 @@ class Variables(Strict):
         "The models to stage: every vLLM engine's model in the spec.",
         roles=("vllm",),
         ansible=(
-            "{{ engines | default({}) | dict2items | selectattr('value.runtime', 'equalto', 'vllm') | "
+            "{{ engines | dict2items | selectattr('value.runtime', 'equalto', 'vllm') | "
             "map(attribute='value.model') | unique | sort }}"
         ),
         shown="every vLLM engine's model",
@@ -673,8 +674,8 @@ class Variables(Strict):
     ollama_models_dir: AbsPath | None = var(
         None,
         "Ollama's store (OLLAMA_MODELS) on the model disk; the agent gives engines the same path.",
-        roles=("ollama",),
-        ansible="{{ model_storage_mount | default('/mnt/nvme') }}/ollama",
+        roles=("ollama", "aiinfra_agent"),
+        ansible="{{ model_storage_mount }}/{{ model_storage_dirs.ollama }}",
         shown="`<model_storage_mount>/ollama`",
     )
     ollama_models: list[str] | None = var(
@@ -686,7 +687,7 @@ class Variables(Strict):
         ),
         roles=("ollama",),
         ansible=(
-            "{{ engines | default({}) | dict2items | selectattr('value.runtime', 'equalto', 'ollama') | "
+            "{{ engines | dict2items | selectattr('value.runtime', 'equalto', 'ollama') | "
             "map(attribute='value.models') | map('default', []) | flatten | unique | sort }}"
         ),
         shown="every ollama engine's `models`",
@@ -697,7 +698,7 @@ class Variables(Strict):
         roles=("ollama",),
     )
     aiinfra_agent_config_file: AbsPath = var(
-        "/etc/aiinfra/agent.yml",
+        box.CONFIG_FILE,
         (
             "The agent's configuration, rendered from the host spec (engines, profiles, default_profile, "
             "router_listen, model_storage_mount) and these settings."
@@ -721,7 +722,7 @@ class Variables(Strict):
         roles=("aiinfra_agent",),
     )
     aiinfra_agent_keys_file: AbsPath = var(
-        "/etc/aiinfra/keys.json",
+        box.KEYS_FILE,
         "The router's keys file (hashes only).",
         roles=("aiinfra_agent",),
     )
@@ -734,11 +735,11 @@ class Variables(Strict):
         None,
         "The command the agent runs for a vLLM engine: the vllm role's install.",
         roles=("aiinfra_agent",),
-        ansible=["{{ vllm_prefix | default('/opt/vllm') }}/current/bin/vllm"],
-        shown="`/opt/vllm/current/bin/vllm`, `/usr/local/bin/ollama`",
+        ansible=["{{ vllm_prefix }}/current/bin/vllm"],
+        shown="`<vllm_prefix>/current/bin/vllm`",
     )
     aiinfra_agent_ollama_command: list[str] | None = var(
-        ["/usr/local/bin/ollama"],
+        list(box.OLLAMA_COMMAND),
         "The command the agent runs for an Ollama engine: the ollama role's install.",
         roles=("aiinfra_agent",),
     )
@@ -756,7 +757,7 @@ class Variables(Strict):
         roles=("aiinfra_agent",),
     )
     aiinfra_agent_status_listen: str = var(
-        "127.0.0.1:8079",
+        box.STATUS_LISTEN,
         "The read-only status surface (/healthz, /status, /metrics); loopback by default.",
         roles=("aiinfra_agent",),
     )
@@ -771,18 +772,22 @@ class Variables(Strict):
             "The engines the agent supervises, by name: runtime (vllm or ollama), model, port, GPUs and the "
             'runtime\'s settings (see "The host spec").'
         ),
+        roles=("aiinfra_agent", "vllm", "ollama"),
     )
     profiles: dict[str, list[str]] = var(
         {},
         "Named sets of engines that run together, e.g. {fast: [qwen14b, qwen7b], deep: [qwen32b]}.",
+        roles=("aiinfra_agent",),
     )
     default_profile: str | None = var(
         None,
         "The profile the agent starts with.",
+        roles=("aiinfra_agent",),
     )
     router_listen: str = var(
-        "0.0.0.0:8000",
+        box.ROUTER_LISTEN,
         "The OpenAI-compatible endpoint in front of the engines (HOST:PORT).",
+        roles=("aiinfra_agent",),
     )
 
     @field_validator("nvidia_driver_version")

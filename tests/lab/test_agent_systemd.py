@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aiinfra.installer import units
 from tests.conftest import ROOT
 from tests.lab.conftest import podman, require_lab
 
@@ -101,7 +102,8 @@ def box(tmp_path_factory):
         podman("cp", str(ROOT / "tests" / "kit" / "stub_engine.py"), f"{CONTAINER}:/opt/stub_engine.py").returncode == 0
     )
     for unit in ("aiinfra-agent.service", "aiinfra-engine@.service", "aiinfra-router.socket", "aiinfra-status.socket"):
-        assert podman("cp", str(ROOT / "systemd" / unit), f"{CONTAINER}:/etc/systemd/system/{unit}").returncode == 0
+        (tmp / unit).write_text(units.render(unit))
+        assert podman("cp", str(tmp / unit), f"{CONTAINER}:/etc/systemd/system/{unit}").returncode == 0
     sh(
         "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-systemd"
         " >/dev/null"

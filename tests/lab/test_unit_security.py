@@ -7,18 +7,18 @@ import re
 
 import pytest
 
-from aiinfra.installer import lab
-from tests.conftest import ROOT
+from aiinfra.installer import lab, units
 from tests.lab.conftest import podman, require_lab
 
 pytestmark = pytest.mark.lab
-UNITS = sorted(p.name for p in (ROOT / "systemd").glob("*.service"))
+UNITS = sorted(u for u in units.UNITS if u.endswith(".service"))
 
 
 @pytest.mark.parametrize("unit", UNITS)
-def test_each_unit_is_locked_down(unit):
+def test_each_unit_is_locked_down(unit, tmp_path):
     require_lab()
-    done = podman("run", "--rm", "-v", f"{ROOT / 'systemd'}:/units:ro", lab.image_name("trixie"),
+    (tmp_path / unit).write_text(units.render(unit))
+    done = podman("run", "--rm", "-v", f"{tmp_path}:/units:ro", lab.image_name("trixie"),
                   "systemd-analyze", "security", "--offline=yes", "--no-pager", f"/units/{unit}")  # fmt: skip
     plain = re.sub(r"\x1b\[[0-9;]*m|\x1b\]8;;[^\x1b]*\x1b\\", "", done.stdout + done.stderr)
     found = re.search(r"Overall exposure level for \S+: ([\d.]+)", plain)
