@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.agent.conftest import Agent, free_port, vllm
+from aiinfra.installer.kit.local_agent import Agent, free_port, vllm
 
 
 def event_time(status: dict, engine: str, event: str, after: float) -> float | None:

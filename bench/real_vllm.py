@@ -25,11 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiinfra.installer import lab
+from aiinfra.installer import kit, lab
+from aiinfra.installer.kit.local_agent import Agent, free_port
 from bench.router import pct, run, ttft
-from tests.agent.conftest import Agent, free_port
 
-KIT = Path(__file__).resolve().parent.parent / "tests" / "kit" / "fake_models.py"
+KIT = kit.FAKE_MODELS
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 
 

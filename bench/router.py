@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.agent.conftest import AGENT, Agent, free_port, vllm
+from aiinfra.installer.kit.local_agent import AGENT, Agent, free_port, vllm
 
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from aiinfra.agent.http import keys as keyfile
+from aiinfra.installer import kit as hardware_kit
 from aiinfra.installer.run import CONTAINERS_CONF, EnvironmentProblem, project_dir, state_dir
 
 EXAMPLE_SPEC = Path(__file__).with_name("example-thor.yml")
@@ -185,7 +186,7 @@ def mirror_dir(host: str) -> Path:
 
 
 def write_mirror(host: str, host_vars: dict) -> None:
-    """The model mirror (TEST DOUBLE weights, tests/kit/fake_models.py) for the spec's engines: what a
+    """The model mirror (TEST DOUBLE weights, kit/fake_models.py) for the spec's engines: what a
     NAS copy of the models would hold."""
     engines = [e for e in (host_vars.get("engines") or {}).values() if isinstance(e, dict)]
     vllm = sorted({e["model"] for e in engines if e.get("runtime") == "vllm" and "model" in e})
@@ -193,7 +194,7 @@ def write_mirror(host: str, host_vars: dict) -> None:
     mirror = mirror_dir(host)
     shutil.rmtree(mirror, ignore_errors=True)
     mirror.mkdir(parents=True)
-    kit = project_dir() / "tests" / "kit" / "fake_models.py"
+    kit = hardware_kit.FAKE_MODELS
     done = subprocess.run(
         [sys.executable, str(kit), str(mirror), "--vllm", *vllm, "--ollama", *ollama],
         capture_output=True,
@@ -287,13 +288,13 @@ def host_vllm(say: Callable[[str], None]) -> Path:
 
 
 def engine_doubles(host: str, say: Callable[[str], None]) -> dict:
-    """An archive laid out like Ollama's release, holding the stub engine (tests/kit/stub_engine.py, a
+    """An archive laid out like Ollama's release, holding the stub engine (kit/stub_engine.py, a
     TEST DOUBLE: no Ollama binary can be had here), for the ollama role's real install path; the
     model mirror; and the lab's API key, kept here, its hash in the inventory. Returns the host's
     variables."""
     lab = state_dir() / "lab"
     lab.mkdir(parents=True, exist_ok=True)
-    stub = project_dir() / "tests" / "kit" / "stub_engine.py"
+    stub = hardware_kit.STUB_ENGINE
     archive = lab / "ollama-linux-amd64.tar.zst"
     # Laid out as Ollama's release since v0.14.0 (bin/ollama, lib/ollama/), zstd-compressed; no
     # dates, so the same stub gives the same bytes.
@@ -329,7 +330,7 @@ def stub_vllm(host: str, release: str, say: Callable[[str], None]) -> dict:
     Molecule's hosts, which cover the roles on two platforms and need no model served for real."""
     from aiinfra.installer import wheelhouse
 
-    stub = project_dir() / "tests" / "kit" / "stub_engine.py"
+    stub = hardware_kit.STUB_ENGINE
     python = PYTHON_OF_RELEASE[release]
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp)
@@ -364,7 +365,7 @@ def install_hardware_kit(name: str, host_vars: dict, say: Callable[[str], None])
     """Fake NVIDIA driver packages (a flat apt repository at /srv/fake-nvidia, holding the spec's
     version with the names its source gives it), the fake pynvml, put in front of the real one for
     aiinfra's units, and a fake update-initramfs."""
-    kit = project_dir() / "tests" / "kit"
+    kit = hardware_kit.DIR
     version = str(host_vars.get("nvidia_driver_version") or "580.105.08")
     packages = [
         "--layout", lab_driver_vars(host_vars)["nvidia_driver_custom_repo"]["layout"],

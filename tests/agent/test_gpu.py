@@ -13,9 +13,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from aiinfra.installer import kit
 from tests.agent.conftest import AGENT, free_port, vllm
 
-FAKE = str(Path(__file__).resolve().parent.parent / "kit" / "fake_nvml")
+FAKE = str(kit.FAKE_NVML)
 RTX3090 = {
     "name": "NVIDIA GeForce RTX 3090",
     "memory_total": 25769803776,

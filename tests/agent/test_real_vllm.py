@@ -18,11 +18,11 @@ import openai
 import psutil
 import pytest
 
-from aiinfra.installer import lab
+from aiinfra.installer import kit, lab
 from tests.agent.conftest import Agent, audit_lines, free_port, pid_alive
 
 pytestmark = pytest.mark.vllm
-KIT = Path(__file__).resolve().parent.parent / "kit" / "fake_models.py"
+KIT = kit.FAKE_MODELS
 MODEL = "Qwen/Qwen2.5-7B-Instruct"  # the tiny stand-in, under the id it stands in for
 POLICY = {
     "tick_s": 0.2,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfra.installer import units
+from aiinfra.installer import kit, units
 from tests.conftest import ROOT
 from tests.lab.conftest import podman, require_lab
 
@@ -99,7 +99,7 @@ def box(tmp_path_factory):
     assert built.returncode == 0, built.stderr
     assert podman("cp", str(wheels), f"{CONTAINER}:/tmp/wheels").returncode == 0
     assert (
-        podman("cp", str(ROOT / "tests" / "kit" / "stub_engine.py"), f"{CONTAINER}:/opt/stub_engine.py").returncode == 0
+        podman("cp", str(kit.STUB_ENGINE), f"{CONTAINER}:/opt/stub_engine.py").returncode == 0
     )
     for unit in ("aiinfra-agent.service", "aiinfra-engine@.service", "aiinfra-router.socket", "aiinfra-status.socket"):
         (tmp / unit).write_text(units.render(unit))

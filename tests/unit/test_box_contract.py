@@ -65,3 +65,15 @@ def test_the_agent_runs_engines_in_the_folders_it_is_given():
     plain = config.parse({"model_storage_mount": "/data"})
     assert (plain.models_dir, plain.hf_home, plain.ollama_models_dir) == ("/data/models", "/data/hf-cache",
                                                                         "/data/ollama")  # fmt: skip
+
+
+def test_nothing_outside_the_tests_reads_the_tests():
+    """The product, its benchmarks, roles and Molecule scenarios use the kit from the package."""
+    found = []
+    for folder in ("installer", "agent", "bench", "molecule", "roles", "playbooks", "scripts", "systemd"):
+        for path in (project_dir() / folder).rglob("*"):
+            if path.is_file() and path.suffix in (".py", ".yml", ".j2", ".toml", "") and "__pycache__" not in path.parts:
+                code = [line for line in path.read_text(errors="replace").splitlines() if not line.strip().startswith("#")]
+                found += [f"{path.relative_to(project_dir())}: {line.strip()}" for line in code
+                          if re.search(r"\btests[/.][a-z_]|[\"']tests[\"']", line)]  # fmt: skip
+    assert found == []

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.kit.fake_nvidia_driver import build
+from aiinfra.installer import kit
+from aiinfra.installer.kit.fake_nvidia_driver import build
 
-FAKE_NVML = ROOT / "tests" / "kit" / "fake_nvml"
+FAKE_NVML = kit.FAKE_NVML
 
 
 def stanzas(repo: Path) -> dict[str, dict[str, str]]:

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from aiinfra.agent.schema import VllmEngine
+from aiinfra.installer import kit as hardware_kit
 from aiinfra.installer import plan
-from tests.conftest import ROOT, thor_spec, write_inventory
+from tests.conftest import thor_spec, write_inventory
 
 
 def engine(**fields) -> VllmEngine:
@@ -165,7 +166,7 @@ def test_the_kits_tiny_stand_in_is_sized_as_the_model_it_stands_in_for(tmp_path)
     import subprocess
     import sys
 
-    kit = ROOT / "tests" / "kit" / "fake_models.py"
+    kit = hardware_kit.FAKE_MODELS
     subprocess.run([sys.executable, str(kit), str(tmp_path), "--vllm", "Qwen/Qwen2.5-7B-Instruct"], check=True)
     facts = plan.model_facts(engine(model="Qwen/Qwen2.5-7B-Instruct"), str(tmp_path))
     assert facts == plan.KNOWN_MODELS[plan.model_key("Qwen/Qwen2.5-7B-Instruct")]

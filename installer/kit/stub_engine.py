@@ -183,13 +183,13 @@ class Stub:
     async def ollama_pull(self, request: web.Request) -> web.Response:
         """Ollama's pull, minus the registry: a tiny model written into OLLAMA_MODELS in Ollama's layout."""
         name = (await request.json())["model"]
-        here = str(Path(__file__).resolve().parent)  # fake_models sits beside this file in tests/kit
+        here = str(Path(__file__).resolve().parent)  # fake_models sits beside this file in the kit
         if here not in sys.path:
             sys.path.insert(0, here)
         try:
             from fake_models import ollama_model
         except ImportError:  # installed alone (the lab's Ollama archive): the kit's writer is not there
-            return web.json_response({"error": "pull needs tests/kit/fake_models.py beside the stub"}, status=500)
+            return web.json_response({"error": "pull needs the kit's fake_models.py beside the stub"}, status=500)
         store = Path(os.environ.get("OLLAMA_MODELS", Path.home() / ".ollama" / "models"))
         ollama_model(store.parent, name, store=store)
         return web.json_response({"status": "success"})

@@ -2,7 +2,7 @@
 real source publishes them, in a flat apt repository, so that a driver role's real apt, pin, hold and
 upgrade paths run where no GPU, Ubuntu archive or CUDA repository is.
 
-    python3 tests/kit/fake_nvidia_driver.py REPO_DIR 580.105.08 580.126.09 [--layout ubuntu|cuda]
+    python3 installer/kit/fake_nvidia_driver.py REPO_DIR 580.105.08 580.126.09 [--layout ubuntu|cuda]
         [--flavour server|desktop] [--modules open|proprietary]
 
 builds, per version, the metapackage (nvidia-driver-580-server-open on Ubuntu's layout,
@@ -13,7 +13,7 @@ Ubuntu's) and nvidia-dkms (empty), at each source's revision (-0ubuntu0.24.04.1;
 the repository's Packages index. Use it with `deb [trusted=yes] file:REPO_DIR ./`.
 
 The fake nvidia-smi keeps GPU state in /var/lib/fake-nvidia/state.json, in the same format as the
-fake pynvml (tests/kit/fake_nvml), so the agent's NVML code and the roles' nvidia-smi calls see one
+fake pynvml (kit/fake_nvml), so the agent's NVML code and the roles' nvidia-smi calls see one
 machine. Its driver version is the installed package's.
 """
 

@@ -1,0 +1,17 @@
+"""The hardware kit: TEST DOUBLES standing in for what cannot be had here (NVIDIA GPUs and driver
+packages, the Ollama binary, model weights), each labelled as such. `aiinfra lab` and Molecule put
+them on lab hosts; the tests run the agent against them on this machine (local_agent.py).
+
+- fake_models.py: tiny real models (random weights) for vLLM, and Ollama's store layout;
+- stub_engine.py: vLLM's and Ollama's HTTP surfaces, for faults a real engine cannot produce on cue;
+- fake_nvml/pynvml.py: NVML, its state in a file that the fake nvidia-smi shares;
+- fake_nvidia_driver.py: driver .debs named and versioned as a real source's, in a flat repository.
+"""
+
+from pathlib import Path
+
+DIR = Path(__file__).resolve().parent
+STUB_ENGINE = DIR / "stub_engine.py"
+FAKE_MODELS = DIR / "fake_models.py"
+FAKE_NVML = DIR / "fake_nvml"
+FAKE_DRIVER = DIR / "fake_nvidia_driver.py"
