@@ -487,6 +487,23 @@ def lab_kit(container: str, release: str, spec: Path, vars_out: Path) -> None:
     vars_out.write_text(yaml.safe_dump(host_vars, sort_keys=False))
 
 
+@lab_group.command("hardware", hidden=True)
+@click.argument("container")
+@click.option("--driver-version", "versions", multiple=True, required=True,
+              help="A version of the fake driver packages (several: the repository holds each).")  # fmt: skip
+@click.option("--layout", type=click.Choice(["ubuntu", "cuda"]), default="ubuntu", show_default=True,
+              help="Whose package names and revisions the fake repository copies.")  # fmt: skip
+@click.option("--flavour", type=click.Choice(["server", "desktop"]), default="server", show_default=True,
+              help="The driver packages' flavour.")  # fmt: skip
+def lab_hardware(container: str, versions: tuple[str, ...], layout: str, flavour: str) -> None:
+    """Put only the hardware kit's test doubles (driver packages, NVML) into CONTAINER (Molecule's role
+    scenarios), as `lab up` and `lab kit` do."""
+    try:
+        lab.install_hardware_kit(container, say, list(versions), layout, flavour)
+    except EnvironmentProblem as exc:
+        fail(str(exc), EXIT_ENVIRONMENT)
+
+
 @lab_group.command("vllm")
 def lab_vllm() -> None:
     """Install the lab's vLLM (the CPU build) on this machine once; print its `vllm` command."""

@@ -361,25 +361,27 @@ py-modules = ["stub_engine"]
 """
 
 
-def install_hardware_kit(name: str, host_vars: dict, say: Callable[[str], None]) -> None:
-    """Fake NVIDIA driver packages (a flat apt repository at /srv/fake-nvidia, holding the spec's
-    version with the names its source gives it), the fake pynvml, put in front of the real one for
-    aiinfra's units, and a fake update-initramfs."""
-    kit = hardware_kit.DIR
-    version = str(host_vars.get("nvidia_driver_version") or "580.105.08")
-    packages = [
-        "--layout", lab_driver_vars(host_vars)["nvidia_driver_custom_repo"]["layout"],
-        "--flavour", host_vars.get("nvidia_driver_flavour") or "server",
-        "--modules", host_vars.get("nvidia_driver_kernel_modules") or "open",
-    ]  # fmt: skip
-    marker = "/srv/fake-nvidia/.built-" + "-".join([version, *packages[1::2]])
+def install_hardware_kit(
+    name: str,
+    say: Callable[[str], None],
+    versions: list[str],
+    layout: str = "ubuntu",
+    flavour: str = "server",
+    modules: str = "open",
+) -> None:
+    """Fake NVIDIA driver packages (a flat apt repository at /srv/fake-nvidia, holding VERSIONS with the
+    names and revisions LAYOUT's source gives them), the fake pynvml, put in front of the real one for
+    aiinfra's units, and a fake update-initramfs: on a lab host (`up`) and a Molecule host (`lab
+    hardware`, `lab kit`) alike."""
+    marker = "/srv/fake-nvidia/.built-" + "-".join([*versions, layout, flavour, modules])
     if podman("exec", name, "test", "-e", marker, check=False).returncode == 0:
         return
-    say(f"{name}: hardware kit (test doubles: NVIDIA driver {version} packages, NVML)")
+    say(f"{name}: hardware kit (test doubles: NVIDIA driver {', '.join(versions)} packages, NVML)")
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "fake-nvidia"
+        argv = [sys.executable, str(hardware_kit.FAKE_DRIVER), str(repo), *versions]
         built = subprocess.run(
-            [sys.executable, str(kit / "fake_nvidia_driver.py"), str(repo), version, *packages],
+            [*argv, "--layout", layout, "--flavour", flavour, "--modules", modules],
             capture_output=True,
             text=True,
             check=False,
@@ -390,7 +392,7 @@ def install_hardware_kit(name: str, host_vars: dict, say: Callable[[str], None])
         podman("exec", name, "rm", "-rf", "/srv/fake-nvidia")
         podman("exec", name, "mkdir", "-p", "/srv/fake-nvidia", "/opt/fake-nvml", "/var/lib/fake-nvidia")
         podman("cp", f"{repo}/.", f"{name}:/srv/fake-nvidia")
-    podman("cp", str(kit / "fake_nvml" / "pynvml.py"), f"{name}:/opt/fake-nvml/pynvml.py")
+    podman("cp", str(hardware_kit.FAKE_NVML / "pynvml.py"), f"{name}:/opt/fake-nvml/pynvml.py")
     dropin = (
         "# TEST DOUBLE (aiinfra lab): the fake pynvml instead of NVIDIA's.\n[Service]\n"
         "Environment=PYTHONPATH=/opt/fake-nvml AIINFRA_FAKE_NVML=/var/lib/fake-nvidia/state.json\n"
@@ -414,7 +416,14 @@ def install_kit(container: str, host_vars: dict, say: Callable[[str], None]) -> 
     """What every lab host gets, made by `up` or by Molecule: the netplan file for the VLANs' links and
     the hardware kit at the spec's driver version."""
     write_installer_netplan(container, host_vars)
-    install_hardware_kit(container, host_vars, say)
+    install_hardware_kit(
+        container,
+        say,
+        [str(host_vars.get("nvidia_driver_version") or "580.105.08")],
+        lab_driver_vars(host_vars)["nvidia_driver_custom_repo"]["layout"],
+        host_vars.get("nvidia_driver_flavour") or "server",
+        host_vars.get("nvidia_driver_kernel_modules") or "open",
+    )
 
 
 def write_installer_netplan(name: str, host_vars: dict) -> None:
