@@ -11,12 +11,10 @@ import click
 import yaml
 
 from aiinfra.agent import client
+from aiinfra.agent.exits import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_UNREACHABLE
 from aiinfra.installer import lab, plan, remote
 from aiinfra.installer.inventory import Inventory, InventoryError, load, resolve_path
 from aiinfra.installer.run import (
-    EXIT_ENVIRONMENT,
-    EXIT_SPEC,
-    EXIT_UNREACHABLE,
     EnvironmentProblem,
     Progress,
     RunSummary,
@@ -37,7 +35,7 @@ def load_hosts(inventory: str | None, pattern: str) -> tuple[Inventory, list[str
         inv = load(resolve_path(inventory))
         return inv, inv.select(pattern)
     except InventoryError as exc:
-        fail(str(exc), EXIT_SPEC)
+        fail(str(exc), EXIT_BAD_INPUT)
     except EnvironmentProblem as exc:
         fail(str(exc), EXIT_ENVIRONMENT)
 
@@ -93,7 +91,7 @@ def validate_cmd(pattern: str, inventory: str | None, as_json: bool) -> None:
             if not any(e.host == host for e in errors):
                 click.echo(f"{host}: spec ok")
     if errors:
-        sys.exit(EXIT_SPEC)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 @main.command()
@@ -129,7 +127,7 @@ def install(
     if errors:
         for error in errors:
             click.echo(str(error), err=True)
-        fail(f"spec invalid ({len(errors)} error{'s' * (len(errors) > 1)}); nothing was changed", EXIT_SPEC)
+        fail(f"spec invalid ({len(errors)} error{'s' * (len(errors) > 1)}); nothing was changed", EXIT_BAD_INPUT)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     out = None if as_json else sys.stderr
@@ -210,13 +208,13 @@ def plan_cmd(pattern: str, inventory: str | None, only: str | None, as_json: boo
         if spec is None:
             for error in errors:
                 click.echo(str(error), err=True)
-            fail(f"{host}: spec invalid; fix it before planning", EXIT_SPEC)
+            fail(f"{host}: spec invalid; fix it before planning", EXIT_BAD_INPUT)
         if only is not None and only not in spec.profiles:
-            fail(f"{host}: profile {only!r} not in profiles ({', '.join(spec.profiles) or 'none'})", EXIT_SPEC)
+            fail(f"{host}: profile {only!r} not in profiles ({', '.join(spec.profiles) or 'none'})", EXIT_BAD_INPUT)
         try:
             report[host] = {p: profile_fits(spec, p) for p in spec.profiles if only in (None, p)}
         except plan.PlanError as exc:
-            fail(f"{host}: {exc}", EXIT_SPEC)
+            fail(f"{host}: {exc}", EXIT_BAD_INPUT)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -354,7 +352,7 @@ def profile(
         except client.AgentUnavailable as exc:
             fail(f"no agent on {socket_path}: {exc}", EXIT_UNREACHABLE)
         except client.Refused as exc:
-            fail(str(exc), EXIT_SPEC)
+            fail(str(exc), EXIT_BAD_INPUT)
         click.echo(message, err=not ok)
         sys.exit(0 if ok else 1)
     inv, hosts = load_hosts(inventory, pattern)
@@ -385,7 +383,7 @@ def keys(pattern: str | None, inventory: str | None, args: tuple[str, ...]) -> N
             click.echo(f"{host}: {(answer.stdout or answer.error).strip()}")
             worst = max(worst, EXIT_UNREACHABLE if answer.rc is None else answer.rc)
         sys.exit(worst)
-    from aiinfra.agent.main import keys as agent_keys
+    from aiinfra.agent.commands.keys import keys as agent_keys
 
     agent_keys.main(args=list(args), prog_name="aiinfra keys")  # the agent's own commands, named as called
 
@@ -420,7 +418,7 @@ def lab_up(name: str, release: str, spec: Path | None) -> None:
     except EnvironmentProblem as exc:
         fail(str(exc), EXIT_ENVIRONMENT)
     except (ValueError, OSError) as exc:
-        fail(str(exc), EXIT_SPEC)
+        fail(str(exc), EXIT_BAD_INPUT)
     say(f"lab host {name} is up; inventory: {inventory}")
     say(f"next: aiinfra install --host {name} -i {inventory}")
     click.echo(str(inventory))

@@ -11,17 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from aiinfra.agent.exits import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 from aiinfra.installer.inventory import ansible_tool
 
 CONTAINERS_CONF = Path(__file__).with_name("containers.conf")
-
-# Exit codes of `aiinfra install`; scripts rely on them (README, "Exit codes").
-EXIT_OK = 0
-EXIT_FAILED = 1  # a task failed on at least one host
-EXIT_SPEC = 2  # bad spec, unknown host, bad usage: nothing ran
-EXIT_UNREACHABLE = 3  # at least one host could not be reached
-EXIT_ENVIRONMENT = 4  # this machine lacks what the run needs (Ansible, playbooks, podman)
-
 
 class EnvironmentProblem(Exception):
     """This machine cannot run the installer (missing tool or file). Exit code 4."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 
-from aiinfra.installer.run import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, HostTally, Progress, RunSummary
+from aiinfra.agent.exits import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
+from aiinfra.installer.run import HostTally, Progress, RunSummary
 
 
 def task(name: str, role: str = "host_base") -> dict:

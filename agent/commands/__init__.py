@@ -1,0 +1,1 @@
+"""The box commands of `aiinfra-agent`, one module per group; agent/main.py adds them to the CLI."""
