@@ -1,9 +1,12 @@
 """Pure decisions: each engine's state, what was observed, and the clock in; new state and actions out.
 
-No processes, sockets or sleeps here: the supervisor feeds observations and carries the actions out.
+No processes, sockets or sleeps here: the supervisor feeds observations and the operator's, the
+driver's and the router's inputs (a profile switch, a restart, a driver change, traffic) in, and
+carries the actions out.
 
 Phases: stopped → starting → ready; a failure (exit, startup timeout, liveness) → backoff → starting
-again after the delay; too many failures inside the window → failed (until restarted by hand).
+again after the delay; too many failures inside the window → failed (until restarted by hand). The
+legal transitions are TRANSITIONS; EngineState.to refuses any other.
 """
 
 from __future__ import annotations
@@ -22,6 +25,24 @@ class Phase(StrEnum):
     BACKOFF = "backoff"
     STOPPING = "stopping"
     FAILED = "failed"
+
+
+# Where each phase may go (staying put is always allowed). A start or an adoption goes to starting; a
+# failure to backoff, or failed past the crash-loop limit; a stop to stopping, then stopped on exit.
+# Backoff and failed keep their phase while their process is killed, and go to stopped when the
+# profile drops them or the operator restarts them.
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.STOPPED: frozenset({Phase.STARTING, Phase.STOPPING, Phase.BACKOFF, Phase.FAILED}),
+    Phase.STARTING: frozenset({Phase.READY, Phase.STOPPING, Phase.BACKOFF, Phase.FAILED}),
+    Phase.READY: frozenset({Phase.STOPPING, Phase.BACKOFF, Phase.FAILED}),
+    Phase.BACKOFF: frozenset({Phase.STARTING, Phase.STOPPED, Phase.FAILED}),
+    Phase.STOPPING: frozenset({Phase.STOPPED}),
+    Phase.FAILED: frozenset({Phase.STOPPED}),
+}
+
+
+class IllegalTransition(Exception):
+    """A decision would move an engine where TRANSITIONS does not allow: a bug, never an input."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +64,8 @@ class EngineState:
     probe_latency_ms: float | None = None
 
     def to(self, phase: Phase, now: float, **changes: object) -> EngineState:
+        if phase != self.phase and phase not in TRANSITIONS[self.phase]:
+            raise IllegalTransition(f"{self.name}: {self.phase.value} → {phase.value}")
         return replace(self, phase=phase, since=now, **changes)
 
 
@@ -216,3 +239,34 @@ def reset(state: EngineState, now: float) -> EngineState:
         next_start_at=None,
         last_error=None,
     )
+
+
+# -- the other inputs: the operator, the driver, the router ---------------------------------------
+
+
+def switch(states: Mapping[str, EngineState], desired: Iterable[str], now: float) -> dict[str, EngineState]:
+    """A profile switch: an engine that leaves and holds nothing forgets its backoff or failure (it
+    starts afresh when a profile takes it again). Those still running are stopped by decide()."""
+    wanted = set(desired)
+    return {
+        name: state.to(Phase.STOPPED, now)
+        if name not in wanted and not state.running and state.phase in (Phase.BACKOFF, Phase.FAILED)
+        else state
+        for name, state in states.items()
+    }
+
+
+def operator_restart(state: EngineState, now: float) -> tuple[EngineState, list[Action]]:
+    """The operator's restart: the failures forgotten, the process (if any) stopped; decide() starts it."""
+    state = reset(state, now)
+    return state, [Stop(state.name, "restart asked for by the operator")] if state.running else []
+
+
+def driver_changed(states: Mapping[str, EngineState], reason: str) -> list[Action]:
+    """Another driver was loaded: every running engine is stopped, to start again under it."""
+    return [Stop(name, reason) for name, state in states.items() if state.running]
+
+
+def traffic_ok(state: EngineState, now: float) -> EngineState:
+    """Real traffic succeeded: it stands in for the liveness probe (liveness_due)."""
+    return replace(state, last_traffic_ok=now)

@@ -1,6 +1,8 @@
 """The reconcile loop: observe engines, fold observations in (reconcile.observe), act (reconcile.decide).
 
-Decisions are pure; this module only polls the backend, runs probes and carries actions out.
+Decisions are pure (reconcile.py), the operator's and the driver's inputs included; this module only
+polls the backend, runs probes, carries actions out and records each change as an event, in one
+place (_set). The router and the API read a Snapshot, never the loop's own dictionaries.
 """
 
 from __future__ import annotations
@@ -11,28 +13,28 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
 
-from aiinfra.agent import probes
+from aiinfra.agent import probes, reconcile
 from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.effects import Backend, StartError
 from aiinfra.agent.engines import Launch, launch
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.reconcile import (
+    Action,
     EngineState,
     Observation,
     Phase,
-    Start,
     Stop,
     decide,
     liveness_due,
     observe,
-    reset,
     started,
     stopping,
 )
@@ -48,6 +50,21 @@ def _read_counts(path: Path) -> dict[str, int]:
     if not isinstance(counts, dict):
         return {}
     return {k: v for k, v in counts.items() if isinstance(k, str) and isinstance(v, int) and v >= 0}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the router and the API may read: the profile and each engine's state at one moment."""
+
+    profile: str | None
+    profiles: Mapping[str, list[str]]
+    desired: tuple[str, ...]
+    states: Mapping[str, EngineState]
+    launches: Mapping[str, Launch]
+    served: frozenset[str]  # every name any engine serves, in any profile
+
+    def ready(self, name: str) -> bool:
+        return self.states[name].phase == Phase.READY
 
 
 class Supervisor:
@@ -87,26 +104,41 @@ class Supervisor:
     def desired(self) -> list[str]:
         return self.config.profile_engines(self.profile)
 
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            self.profile,
+            MappingProxyType(self.config.profiles),
+            tuple(self.desired()),
+            MappingProxyType(dict(self.states)),
+            MappingProxyType(self.launches),
+            self.served,
+        )
+
+    def fresh(self) -> bool:
+        """The loop ticked lately (liveness of the agent itself, for /healthz)."""
+        return self.last_tick is not None and self.clock() - self.last_tick < max(5 * self.policy.tick_s, 5)
+
     def switch(self, profile: str) -> list[str]:
         if profile not in self.config.profiles:
             raise KeyError(profile)
-        self.profile = profile
-        now = self.clock()
-        for name, state in self.states.items():
-            if name not in self.desired() and not state.running and state.phase != Phase.STOPPED:
-                self.states[name] = state.to(Phase.STOPPED, now)
         self._event(None, "profile", f"switching to profile {profile}")
+        self.profile = profile
+        for name, state in reconcile.switch(self.states, self.desired(), self.clock()).items():
+            self._set(name, state)
         return self.desired()
 
     def restart(self, name: str) -> None:
         if name not in self.states:
             raise KeyError(name)
-        now = self.clock()
-        state = reset(self.states[name], now)
-        self.states[name] = state
-        if state.running:
-            self._stop(name, "restart asked for by the operator")
+        state, actions = reconcile.operator_restart(self.states[name], self.clock())
+        self._set(name, state)
+        for stop in actions:  # only stops: the loop starts it again
+            self._stop(stop.name, stop.reason)
         self._event(name, "restart", "restart asked for by the operator")
+
+    def traffic_ok(self, name: str) -> None:
+        """Real traffic succeeded (the router says so): it stands in for the liveness probe."""
+        self.states[name] = reconcile.traffic_ok(self.states[name], self.clock())
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -124,31 +156,17 @@ class Supervisor:
         now = self.clock()
         for name, pid in (await self.backend.adopt()).items():
             if name in self.states:
-                self.states[name] = started(self.states[name], pid, now)
-                self._event(name, "adopted", f"found running (pid {pid}); probing it")
+                adopted = started(self.states[name], pid, now)
+                self._set(name, adopted, "adopted", f"found running (pid {pid}); probing it")
 
     async def tick(self) -> None:
         if self.session is None:
             self.session = aiohttp.ClientSession()
         now = self.clock()
         for name, state in list(self.states.items()):
-            seen = await self._observe(name, state)
-            new = observe(state, seen, now, self.policy)
-            if new.phase != state.phase:
-                self._event(
-                    name,
-                    new.phase.value,
-                    new.last_error
-                    if new.phase in (Phase.BACKOFF, Phase.FAILED)
-                    else f"{state.phase.value} → {new.phase.value}",
-                )
-            self.states[name] = new
+            self._set(name, observe(state, await self._observe(name, state), now, self.policy))
         may_start = await self._gpu_tick(now)
-        for action in decide(self.desired(), self.states, now, may_start):
-            if isinstance(action, Stop):
-                self._stop(action.name, action.reason)
-            elif isinstance(action, Start):
-                await self._start(action.name, now)
+        await self._act(decide(self.desired(), self.states, now, may_start), now)
         self._schedule_probes(now)
         self._save_counts()
         self.last_tick = now
@@ -165,9 +183,7 @@ class Supervisor:
             if verdict.restart_engines:
                 self.gpu.drift_restarts += 1
                 self._event(None, "driver_changed", verdict.message + "; restarting the engines")
-                for name, state in self.states.items():
-                    if state.running:
-                        self._stop(name, verdict.message)
+                await self._act(reconcile.driver_changed(self.states, verdict.message), now)
                 self.gpu.engines_started()  # the restart below happens under the new driver
         return not self.gpu.verdict.hold
 
@@ -210,29 +226,35 @@ class Supervisor:
             alive = live.result()
         return Observation(ready=ready, alive=alive, probe_latency_ms=latency)
 
+    async def _act(self, actions: list[Action], now: float) -> None:
+        """Carry the decided actions out, in their order (decide() puts the stops first)."""
+        for action in actions:
+            if isinstance(action, Stop):
+                self._stop(action.name, action.reason)
+            else:
+                await self._start(action.name, now)
+
     async def _start(self, name: str, now: float) -> None:
         try:
             pid = await self.backend.start(self.launches[name])
         except StartError as exc:
-            self.states[name] = observe(self.states[name], Observation(start_error=str(exc)), now, self.policy)
-            self._event(name, "start_failed", str(exc))
+            failed = observe(self.states[name], Observation(start_error=str(exc)), now, self.policy)
+            self._set(name, failed, "start_failed", str(exc))
             return
-        self.states[name] = started(self.states[name], pid, now)
+        self._set(name, started(self.states[name], pid, now), "started", f"pid {pid}")
         if self.gpu is not None:
             self.gpu.engines_started()
         self.last_ready_probe.pop(name, None)
         self.last_live_probe.pop(name, None)
-        self._event(name, "started", f"pid {pid}")
 
     def _stop(self, name: str, reason: str) -> None:
         if name in self.stops and not self.stops[name].done():
             return
-        self.states[name] = stopping(self.states[name], self.clock())
+        self._set(name, stopping(self.states[name], self.clock()), "stopping", reason)
         for probes_of in (self.ready_probes, self.live_probes):
             task = probes_of.pop(name, None)
             if task is not None:
                 task.cancel()
-        self._event(name, "stopping", reason)
         self.stops[name] = asyncio.create_task(self.backend.stop(name, self.policy.stop_grace_s))
 
     def _schedule_probes(self, now: float) -> None:
@@ -252,9 +274,17 @@ class Supervisor:
                     probes.liveness(self.session, target, self.policy.liveness_timeout_s)
                 )
 
-    def traffic_ok(self, name: str) -> None:
-        """Real traffic succeeded (the router says so): it stands in for the liveness probe."""
-        self.states[name] = replace(self.states[name], last_traffic_ok=self.clock())
+    def _set(self, name: str, new: EngineState, event: str | None = None, message: str | None = None) -> None:
+        """Every change of an engine's state goes through here: a change of phase is an event, named
+        after the new phase unless the caller names it (started, stopping, adopted, ...)."""
+        old = self.states[name]
+        self.states[name] = new
+        if event is None and new.phase != old.phase:
+            event = new.phase.value
+            failed = new.phase in (Phase.BACKOFF, Phase.FAILED)
+            message = new.last_error if failed else f"{old.phase.value} → {new.phase.value}"
+        if event is not None:
+            self._event(name, event, message)
 
     def _event(self, engine: str | None, event: str, message: str | None) -> None:
         record = {"time": time.time(), "engine": engine, "event": event, "message": message or ""}

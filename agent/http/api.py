@@ -15,7 +15,6 @@ import aiohttp
 from aiohttp import web
 
 from aiinfra.agent.metrics import Metrics, engine_families, exposition_of
-from aiinfra.agent.reconcile import Phase
 from aiinfra.agent.supervisor import Supervisor
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
@@ -40,14 +39,9 @@ def agent_info(app: web.Application) -> dict[str, Any]:
     }
 
 
-def _fresh(supervisor: Supervisor) -> bool:
-    last = supervisor.last_tick
-    return last is not None and supervisor.clock() - last < max(5 * supervisor.policy.tick_s, 5)
-
-
 async def healthz(request: web.Request) -> web.Response:
     """The agent's own liveness: its loop ticked recently. Engines are in /status."""
-    if _fresh(request.app[SUPERVISOR]):
+    if request.app[SUPERVISOR].fresh():
         return web.json_response({"status": "ok"})
     return web.json_response({"status": "stalled"}, status=503)
 
@@ -59,20 +53,16 @@ async def status(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """The agent's and the router's series, then each ready vLLM engine's own (engine label)."""
-    supervisor = request.app[SUPERVISOR]
+    snapshot = request.app[SUPERVISOR].snapshot()
     ready = {
         name: launch.base_url
-        for name, launch in supervisor.launches.items()
-        if launch.runtime == "vllm" and supervisor.states[name].phase == Phase.READY
+        for name, launch in snapshot.launches.items()
+        if launch.runtime == "vllm" and snapshot.ready(name)
     }
     body = request.app[METRICS].exposition()
     if ready:
-        if supervisor.session is None:  # before the loop's first tick
-            async with aiohttp.ClientSession() as session:
-                families = await engine_families(session, ready)
-        else:
-            families = await engine_families(supervisor.session, ready)
-        body += exposition_of(families)
+        async with aiohttp.ClientSession() as session:
+            body += exposition_of(await engine_families(session, ready))
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
@@ -95,7 +85,7 @@ async def switch_profile(request: web.Request) -> web.Response:
         profile = body["profile"]
         engines = supervisor.switch(profile)
     except (ValueError, KeyError, TypeError):
-        known = ", ".join(supervisor.config.profiles) or "none"
+        known = ", ".join(supervisor.snapshot().profiles) or "none"
         return web.json_response({"error": f"unknown profile; profiles: {known}"}, status=400)
     return web.json_response({"profile": profile, "engines": engines}, status=202)
 

@@ -20,7 +20,6 @@ from aiohttp import web
 from aiinfra.agent.engines import Launch
 from aiinfra.agent.http.keys import Key, KeyRing, RateLimiter
 from aiinfra.agent.metrics import Metrics
-from aiinfra.agent.reconcile import Phase
 from aiinfra.agent.supervisor import Supervisor
 
 audit_log = logging.getLogger("aiinfra.audit")
@@ -126,9 +125,10 @@ class Router:
     def _serving(self) -> dict[str, tuple[Launch, bool]]:
         """Model name → (engine, ready) for the active profile's engines."""
         served: dict[str, tuple[Launch, bool]] = {}
-        for name in self.supervisor.desired():
-            launch = self.supervisor.launches[name]
-            ready = self.supervisor.states[name].phase == Phase.READY
+        snapshot = self.supervisor.snapshot()
+        for name in snapshot.desired:
+            launch = snapshot.launches[name]
+            ready = snapshot.ready(name)
             for model in launch.served:
                 if ready or model not in served:
                     served[model] = (launch, ready)
@@ -142,7 +142,7 @@ class Router:
         return served[model]
 
     def _not_ready(self, model: str, launch: Launch) -> Refusal:
-        phase = self.supervisor.states[launch.name].phase.value
+        phase = self.supervisor.snapshot().states[launch.name].phase.value
         return Refusal(
             503,
             f"model {model!r} is not ready (engine {launch.name} is {phase}); retry shortly",
@@ -329,7 +329,7 @@ class Router:
             exchange.status = 499
         latency = time.monotonic() - exchange.started
         # Labels only from what the spec configures: a client's made-up names must not add series.
-        configured = exchange.model in self.supervisor.served
+        configured = exchange.model in self.supervisor.snapshot().served
         self.metrics.observe_request(
             exchange.model if configured else UNKNOWN_MODEL,
             exchange.status,

@@ -123,3 +123,84 @@ def test_a_switch_stops_the_leaving_engines_before_starting_any():
     states["small"] = observe(states["small"], Observation(exited=0), 4, POLICY)
     assert states["small"].phase == Phase.STOPPED
     assert decide(["big"], states, now=4) == [Start("big")]
+
+
+# -- the transition table and the other inputs ----------------------------------------------------
+
+
+def test_a_move_the_table_does_not_allow_is_refused():
+    import pytest
+
+    from aiinfra.agent.reconcile import IllegalTransition
+
+    with pytest.raises(IllegalTransition, match="failed → ready"):
+        EngineState("a", Phase.FAILED).to(Phase.READY, 1.0)
+    with pytest.raises(IllegalTransition, match="stopping → starting"):
+        started(EngineState("a", Phase.STOPPING, running=True), 42, 1.0)
+
+
+def test_every_path_the_decisions_take_is_in_the_table():
+    """A long random run of observations, inputs and actions: no decision moves an engine illegally."""
+    import random
+
+    from aiinfra.agent import reconcile
+
+    rng = random.Random(7)
+    states = {n: EngineState(n) for n in ("a", "b")}
+    profiles, desired, seen = [["a"], ["b"], ["a", "b"]], ["a"], set()
+    now = 0.0
+    for _ in range(20000):
+        now += rng.choice((0.5, 5, 60))
+        for name, state in list(states.items()):
+            looks = [Observation(), Observation(exited=rng.choice((0, 1, -9))), Observation(ready=True),
+                     Observation(ready=False), Observation(alive=False), Observation(alive=True)]  # fmt: skip
+            states[name] = observe(state, rng.choice(looks) if state.running else Observation(), now, POLICY)
+        event = rng.random()
+        if event < 0.05:
+            desired = rng.choice(profiles)
+            states = reconcile.switch(states, desired, now)
+        elif event < 0.08:
+            name = rng.choice(list(states))
+            states[name], actions = reconcile.operator_restart(states[name], now)
+            if actions:
+                states[name] = reconcile.stopping(states[name], now)
+        elif event < 0.1:
+            for stop in reconcile.driver_changed(states, "driver 580.126.09 loaded"):
+                states[stop.name] = reconcile.stopping(states[stop.name], now)
+        for action in decide(desired, states, now):
+            if isinstance(action, Start) and rng.random() < 0.1:  # the start itself fails: port taken
+                states[action.name] = observe(states[action.name], Observation(start_error="port taken"), now, POLICY)
+            elif isinstance(action, Start):
+                states[action.name] = started(states[action.name], 1, now)
+            else:
+                states[action.name] = reconcile.stopping(states[action.name], now)
+        seen |= {s.phase for s in states.values()}
+    assert seen == set(Phase)  # the walk went everywhere
+
+
+def test_a_switch_lets_a_leaving_engine_forget_its_failure():
+    from aiinfra.agent import reconcile
+
+    states = {
+        "a": EngineState("a", Phase.FAILED, last_error="crash loop"),
+        "b": EngineState("b", Phase.READY, running=True),
+        "c": EngineState("c", Phase.BACKOFF),
+    }
+    after = reconcile.switch(states, ["c"], 5.0)
+    assert after["a"].phase == Phase.STOPPED  # leaves, holds nothing
+    assert after["b"] == states["b"]  # leaves, still running: decide() stops it
+    assert after["c"] == states["c"]  # stays: its backoff goes on
+    assert decide(["c"], after, 5.0) == [Stop("b", "not in the active profile")]
+
+
+def test_the_operators_restart_and_a_driver_change_stop_what_runs():
+    from aiinfra.agent import reconcile
+
+    ready = EngineState("a", Phase.READY, running=True, failures=(1.0,), streak=1)
+    state, actions = reconcile.operator_restart(ready, 9.0)
+    assert (state.failures, state.streak, actions) == ((), 0, [Stop("a", "restart asked for by the operator")])
+    failed = EngineState("b", Phase.FAILED, failures=(1.0, 2.0), last_error="crash loop")
+    state, actions = reconcile.operator_restart(failed, 9.0)
+    assert (state.phase, state.last_error, actions) == (Phase.STOPPED, None, [])
+    assert decide(["b"], {"b": state}, 9.0) == [Start("b")]
+    assert reconcile.driver_changed({"a": ready, "b": failed}, "driver changed") == [Stop("a", "driver changed")]
