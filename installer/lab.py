@@ -393,10 +393,16 @@ def install_hardware_kit(
         podman("exec", name, "mkdir", "-p", "/srv/fake-nvidia", "/opt/fake-nvml", "/var/lib/fake-nvidia")
         podman("cp", f"{repo}/.", f"{name}:/srv/fake-nvidia")
     podman("cp", str(hardware_kit.FAKE_NVML / "pynvml.py"), f"{name}:/opt/fake-nvml/pynvml.py")
+    # In front of the real pynvml for every Python on the host that sees the system's site-packages,
+    # as aiinfra's environment does: its units and the gpu_tuning role's checks alike.
+    podman(
+        "exec", "-i", name, "sh", "-c", "cat > /usr/lib/python3/dist-packages/aiinfra-fake-nvml.pth",
+        input_text='import os, sys; sys.path.insert(0, "/opt/fake-nvml"); '
+        'os.environ.setdefault("AIINFRA_FAKE_NVML", "/var/lib/fake-nvidia/state.json")  # TEST DOUBLE\n',
+    )  # fmt: skip
     dropin = (
-        "# TEST DOUBLE (aiinfra lab): the fake pynvml instead of NVIDIA's.\n[Service]\n"
-        "Environment=PYTHONPATH=/opt/fake-nvml AIINFRA_FAKE_NVML=/var/lib/fake-nvidia/state.json\n"
-        "ReadWritePaths=-/var/lib/fake-nvidia\n"  # the fake GPUs' state, which the units' sandbox would hide
+        "# TEST DOUBLE (aiinfra lab): the fake GPUs' state, which the units' sandbox would hide.\n[Service]\n"
+        "ReadWritePaths=-/var/lib/fake-nvidia\n"
     )
     podman(
         "exec", "-i", name, "sh", "-c",

@@ -325,7 +325,7 @@ class Variables(Strict):
         (
             "Power limit in watts: one value for every GPU (350) or one per GPU index ({0: 350, 1: 300}). Applied "
             "now and at every boot by aiinfra-gpu-setup.service, after nvidia-persistenced; the agent keeps it in "
-            "place at run time. A limit outside what a card allows (nvidia-smi's min/max) is refused before "
+            "place at run time. A limit outside what a card allows (its min/max) is refused before "
             "anything changes. null: aiinfra leaves the limits alone (a reboot brings back the cards' defaults)."
         ),
         roles=("gpu_tuning",),

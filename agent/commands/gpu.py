@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from aiinfra.agent.config import GPU_SETTINGS_PATH, ConfigError, load_gpu_settings
-from aiinfra.agent.exits import EXIT_BAD_INPUT
+from aiinfra.agent.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from aiinfra.agent.gpu.apply import put_in_place
 from aiinfra.agent.gpu.nvml import Nvml
-from aiinfra.agent.gpu.policy import Refused, SetPersistence, SetPowerLimit, settings_actions
 
 
 @click.group()
@@ -28,60 +28,47 @@ def gpu() -> None:
     show_default=True,
     help="GPU settings (the gpu_tuning role writes them).",
 )
+@click.option("--check", is_flag=True, help="Change nothing: say what differs from the settings (exit 1 if any).")
 @click.option("--json", "as_json", is_flag=True, help="Print the GPUs' settings and the verdict as JSON.")
-def gpu_apply(settings_path: Path, as_json: bool) -> None:
+def gpu_apply(settings_path: Path, check: bool, as_json: bool) -> None:
     """Apply power limits and persistence mode now and read them back (the boot unit's job).
 
-    Exit 1 if a setting did not stick, 2 if a wanted limit is outside what a card allows: then
-    nothing is changed on any GPU."""
-
-    def verdict(code: int, gpus: list | None = None, refused: list[str] = (), left: list = (), error: str = ""):
-        if as_json:
-            found = {"applied": code == 0, "gpus": gpus or [], "refused": list(refused),
-                     "did_not_stick": [str(a) for a in left], "error": error or None}  # fmt: skip
-            click.echo(json.dumps(found, indent=2))
-        else:
-            for g in gpus or []:
-                click.echo(f"GPU {g['index']} {g['name']}: power limit {g['power_limit_w']:.0f} W, "
-                           f"persistence {'on' if g['persistence'] else 'off'}")  # fmt: skip
-            for line in [error] if error else []:
-                click.echo(f"aiinfra-agent: {line}", err=True)
-            for reason in refused:
-                click.echo(f"aiinfra-agent: {reason}", err=True)
-            if refused:
-                click.echo(f"aiinfra-agent: nothing changed; fix {settings_path}", err=True)
-            if left:
-                click.echo(f"aiinfra-agent: did not stick: {list(left)}", err=True)
-        if code:
-            sys.exit(code)
-
+    Exit 1 if a setting did not stick (with --check: differs), 2 if a wanted limit is outside what a
+    card allows or names a GPU that is not there: then nothing is changed on any GPU."""
     try:
         settings = load_gpu_settings(settings_path)
     except ConfigError as exc:
-        if as_json:
-            verdict(EXIT_BAD_INPUT, error=str(exc))
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        _verdict(as_json, check, EXIT_BAD_INPUT, error=str(exc))
     nvml = Nvml()
-    snapshot = nvml.read()
-    if snapshot.state != "ok":
-        verdict(1, error=f"{snapshot.state}: {snapshot.message}")
-    actions = settings_actions(snapshot, settings.power_limit_watts, settings.persistence_mode, {}, 0, 0)
-    refused = [a.reason for a in actions if isinstance(a, Refused)]
-    if refused:
+    try:
+        outcome = put_in_place(nvml, settings.power_limit_watts, settings.persistence_mode, check)
+    finally:
         nvml.shutdown()
-        verdict(EXIT_BAD_INPUT, refused=refused)
-    for action in actions:
-        if isinstance(action, SetPowerLimit):
-            nvml.set_power_limit(action.gpu, action.watts)
-        elif isinstance(action, SetPersistence):
-            nvml.set_persistence(action.gpu, action.enabled)
-    after = nvml.read()
-    left = settings_actions(after, settings.power_limit_watts, settings.persistence_mode, {}, 0, 0)
-    nvml.shutdown()
+    if outcome.error:
+        _verdict(as_json, check, EXIT_FAILED, error=outcome.error)
+    code = EXIT_BAD_INPUT if outcome.refused else EXIT_FAILED if outcome.differ else EXIT_OK
     gpus = [{"index": g.index, "name": g.name, "power_limit_w": g.power_limit_w, "persistence": g.persistence}
-            for g in after.gpus]  # fmt: skip
-    verdict(1 if left else 0, gpus=gpus, left=left)
+            for g in outcome.snapshot.gpus]  # fmt: skip
+    _verdict(as_json, check, code, gpus, outcome.refused, outcome.differ, fix=settings_path)
+
+
+def _verdict(as_json: bool, check: bool, code: int, gpus: list | None = None, refused: list[str] = (),
+             differ: list[str] = (), error: str = "", fix: Path | None = None) -> None:  # fmt: skip
+    if as_json:
+        found = {"applied": code == EXIT_OK and not check, "check": check, "gpus": gpus or [],
+                 "refused": list(refused), "differ": list(differ), "error": error or None}  # fmt: skip
+        click.echo(json.dumps(found, indent=2))
+    else:
+        for g in gpus or []:
+            click.echo(f"GPU {g['index']} {g['name']}: power limit {g['power_limit_w']:.0f} W, "
+                       f"persistence {'on' if g['persistence'] else 'off'}")  # fmt: skip
+        for line in [error, *refused] if error else refused:
+            click.echo(f"aiinfra-agent: {line}", err=True)
+        if refused:
+            click.echo(f"aiinfra-agent: nothing changed; fix {fix}", err=True)
+        for line in differ:
+            click.echo(f"aiinfra-agent: {line}" + ("" if check else " (did not stick)"), err=True)
+    sys.exit(code)
 
 
 @gpu.command("status")

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from aiinfra.agent.gpu.apply import apply_action
 from aiinfra.agent.gpu.nvml import Nvml, Snapshot
 from aiinfra.agent.gpu.policy import Refused, SetPersistence, SetPowerLimit, Verdict, driver_verdict, settings_actions
 
@@ -80,12 +81,7 @@ class GpuMonitor:
         kind = "power" if isinstance(action, SetPowerLimit) else "persistence"
         self.last_try[(action.gpu, kind)] = now
         try:
-            if isinstance(action, SetPowerLimit):
-                self.nvml.set_power_limit(action.gpu, action.watts)
-                what = f"power limit {action.watts} W"
-            else:
-                self.nvml.set_persistence(action.gpu, action.enabled)
-                what = f"persistence mode {'on' if action.enabled else 'off'}"
+            what = apply_action(self.nvml, action)
         except Exception as exc:  # NVML says no (permissions, a lost GPU): report, retry later
             log.warning("GPU %s: could not apply %s: %s", action.gpu, kind, exc, extra={"EVENT": "gpu_apply_failed"})
             return

@@ -40,8 +40,13 @@ def settings_actions(
     now: float,
     min_interval_s: float,
 ) -> list[GpuAction]:
-    """Settings that drifted from the desired ones, at most once per min_interval_s per GPU and setting."""
+    """Settings that drifted from the desired ones, at most once per min_interval_s per GPU and setting;
+    Refused for a limit a card does not allow or a GPU that is not there (then apply nothing)."""
     actions: list[GpuAction] = []
+    present = {gpu.index for gpu in snapshot.gpus}
+    for gpu in sorted(power) if isinstance(power, dict) else ():
+        if gpu not in present:
+            actions.append(Refused(gpu, f"GPU {gpu} does not exist; NVML sees {len(present)} GPU(s)"))
     for gpu in snapshot.gpus:
         if gpu.lost:
             continue

@@ -232,6 +232,34 @@ def test_gpu_apply_sets_and_reads_back(gpu_agent, tmp_path):
     assert [(g["power_limit_w"], g["persistence"]) for g in json.loads(done.stdout)["gpus"]] == [(320, True)] * 2
 
 
+def test_gpu_apply_check_says_what_differs_and_changes_nothing(gpu_agent, tmp_path):
+    """The gpu_tuning role's preflight and verify: the same rules as the boot unit's apply."""
+    make, fake = gpu_agent
+    agent = make(start=False)
+    settings = tmp_path / "gpu.yml"
+    env = {**os.environ, **agent.env}
+
+    def check(**wanted):
+        settings.write_text(yaml.safe_dump({"persistence_mode": True, **wanted}))
+        done = subprocess.run([AGENT, "gpu", "apply", "--check", "--json", "--settings", str(settings)],
+                              capture_output=True, text=True, env=env, check=False)  # fmt: skip
+        return done.returncode, json.loads(done.stdout)
+
+    fake.change(lambda s: [g.update(power_limit_mw=300000, persistence=1) for g in s["gpus"]])
+    before = fake.read()
+    assert check(power_limit_watts=300)[0] == 0  # all in place
+    code, found = check(power_limit_watts={0: 300, 1: 320}, persistence_mode=False)
+    assert code == 1 and found["applied"] is False
+    assert found["differ"] == ["GPU 0: persistence mode is on, wanted off", "GPU 1: power limit is 300 W, wanted 320 W",
+                               "GPU 1: persistence mode is on, wanted off"]  # fmt: skip
+    code, found = check(power_limit_watts={0: 300, 2: 300})
+    assert code == 2 and found["refused"] == ["GPU 2 does not exist; NVML sees 2 GPU(s)"]
+    code, found = check(power_limit_watts=99)
+    assert code == 2 and len(found["refused"]) == 2
+    assert found["refused"][1] == "power limit 99 W is outside what GPU 1 allows (100-390 W)"
+    assert fake.read() == before  # a check never changes a GPU
+
+
 def test_agent_config_can_name_the_gpu_settings_file(gpu_agent, tmp_path):
     make, fake = gpu_agent
     settings = tmp_path / "gpu.yml"
