@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,17 @@ class Launch:
     @property
     def base_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
+
+
+# What an engine inherits from the one that starts it (the agent, or systemd for an engine unit); the
+# rest of its environment is its Launch's. HOME is the engine user's own.
+INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "PYTHONPATH")
+
+
+def environment(env: Mapping[str, str], parent: Mapping[str, str], home: str | None = None) -> dict[str, str]:
+    """An engine's whole environment, the same under both backends."""
+    inherited = {k: v for k, v in parent.items() if k in INHERITED_ENV}
+    return inherited | ({"HOME": home} if home else {}) | dict(env)
 
 
 def launch(name: str, config: AgentConfig) -> Launch:

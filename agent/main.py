@@ -20,7 +20,7 @@ from aiinfra.agent.config import DEFAULT_PATH, AgentConfig, ConfigError, load
 from aiinfra.agent.effects import Backend
 from aiinfra.agent.effects.process import ProcessBackend
 from aiinfra.agent.effects.systemd import SystemdBackend, available, launch_file
-from aiinfra.agent.engines import INSTALL_RECORD, SERVE_HELP, unknown_vllm_flags, vllm_venv
+from aiinfra.agent.engines import INSTALL_RECORD, SERVE_HELP, environment, unknown_vllm_flags, vllm_venv
 from aiinfra.agent.exits import EXIT_BAD_INPUT
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.http.keys import KeyRing
@@ -260,8 +260,7 @@ def exec_engine(name: str, state_dir: Path) -> None:
     except (OSError, ValueError) as exc:
         click.echo(f"aiinfra-agent: {path}: {exc}; the agent writes it before starting the unit", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TZ", "HOME")} | spec["env"]
-    os.execvpe(spec["argv"][0], spec["argv"], env)
+    os.execvpe(spec["argv"][0], spec["argv"], environment(spec["env"], os.environ))  # HOME: the unit's User=
 
 
 for command in control.COMMANDS:

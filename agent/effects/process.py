@@ -15,7 +15,7 @@ from collections import deque
 from pathlib import Path
 
 from aiinfra.agent.effects import StartError, check_port_free
-from aiinfra.agent.engines import Launch
+from aiinfra.agent.engines import Launch, environment
 
 PR_SET_PDEATHSIG = 1
 
@@ -59,7 +59,7 @@ class ProcessBackend:
     async def _spawn(self, launch: Launch, log: object) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             *launch.argv,
-            env={**_base_env(), **launch.env},
+            env=environment(launch.env, os.environ, pwd.getpwnam(self.user).pw_dir if self.user else None),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
@@ -151,8 +151,3 @@ def leftovers(pgid: int, start: int) -> list[int]:
             if stat is not None and stat[0] == pgid and stat[1] >= start:
                 found.append(int(entry.name))
     return found
-
-
-def _base_env() -> dict[str, str]:
-    keep = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH")
-    return {k: v for k, v in os.environ.items() if k in keep}

@@ -144,3 +144,15 @@ def test_flags_the_installed_vllm_does_not_know_are_named_with_its_version(tmp_p
     assert unknown_vllm_flags(config) == [
         "engines.qwen32b: vLLM 0.32.0 has no flag --kv-cache-dtype; remove it or pin a vLLM that has it"
     ]
+
+
+def test_both_backends_give_an_engine_the_same_environment():
+    """The process backend (the agent's environment) and an engine unit (systemd's, HOME from User=)."""
+    from aiinfra.agent.engines import environment
+
+    own = {"CUDA_VISIBLE_DEVICES": "0", "HF_HOME": "/mnt/nvme/hf-cache"}
+    agent = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "HOME": "/root", "SECRET_TOKEN": "x", "INVOCATION_ID": "1"}
+    unit = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "HOME": "/var/lib/aiinfra", "INVOCATION_ID": "2"}
+    as_process = environment(own, agent, home="/var/lib/aiinfra")
+    assert as_process == environment(own, unit)
+    assert as_process == {"PATH": "/usr/bin", "LANG": "C.UTF-8", "HOME": "/var/lib/aiinfra", **own}
