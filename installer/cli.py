@@ -346,15 +346,12 @@ def profile(
 
     Exit codes: 0 ready, 1 an engine failed or the wait timed out, 2 unknown profile, 3 no agent.
     """
-    if pattern is None:
-        try:
-            ok, message = client.switch_profile(name, socket_path, listen, timeout)
-        except client.AgentUnavailable as exc:
-            fail(f"no agent on {socket_path}: {exc}", EXIT_UNREACHABLE)
-        except client.Refused as exc:
-            fail(str(exc), EXIT_BAD_INPUT)
-        click.echo(message, err=not ok)
-        sys.exit(0 if ok else 1)
+    if pattern is None:  # this machine's agent: its own command
+        from aiinfra.agent.commands import control
+
+        click.get_current_context().invoke(
+            control.profile, name=name, socket_path=socket_path, listen=listen, timeout=timeout, no_wait=False
+        )
     inv, hosts = load_hosts(inventory, pattern)
     worst = 0
     for host, answer in remote.agent_command(inv.path, hosts, ["profile", name, "--timeout", str(timeout)]).items():
