@@ -21,6 +21,8 @@ class Launch:
     port: int
     runtime: str
     served: list[str] = field(default_factory=list)  # model names this engine answers to
+    queue_max: int = 0  # requests that may wait for it to be ready (engine.queue)
+    queue_wait_s: float = 0.0
 
     @property
     def base_url(self) -> str:
@@ -55,6 +57,8 @@ def launch(name: str, config: AgentConfig) -> Launch:
             engine.port,
             "vllm",
             [engine.served],
+            engine.queue.max_waiting,
+            engine.queue.max_wait_s,
         )
     assert isinstance(engine, OllamaEngine)
     return Launch(
@@ -69,6 +73,8 @@ def launch(name: str, config: AgentConfig) -> Launch:
         engine.port,
         "ollama",
         list(engine.models),
+        engine.queue.max_waiting,
+        engine.queue.max_wait_s,
     )
 
 

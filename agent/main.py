@@ -61,17 +61,7 @@ async def serve(config: AgentConfig) -> None:
     metrics.watch_engines(supervisor.status)
     keyring = KeyRing(Path(config.keys_file)) if config.router_listen is not None and config.router_auth else None
 
-    def router_status() -> dict:
-        return router_info(config) | ({"keys": keyring.health()} if keyring is not None else {})
-
-    runners = [
-        web.AppRunner(status_app(supervisor, metrics, router_status), access_log=None),
-        web.AppRunner(control_app(supervisor), access_log=None),
-    ]
-    for runner in runners:
-        await runner.setup()
-    inherited = inherited_sockets()
-    await listen(runners[0], inherited, "status", config.status_listen)
+    router = None
     if config.router_listen is not None:
         router = Router(
             supervisor,
@@ -81,6 +71,20 @@ async def serve(config: AgentConfig) -> None:
             config.audit_include_text,
             config.router_read_timeout_s,
         )
+
+    def router_status() -> dict:
+        waiting = {"waiting": {name: n for name, n in router.waiting.items() if n}} if router is not None else {}
+        return router_info(config) | ({"keys": keyring.health()} if keyring is not None else {}) | waiting
+
+    runners = [
+        web.AppRunner(status_app(supervisor, metrics, router_status), access_log=None),
+        web.AppRunner(control_app(supervisor), access_log=None),
+    ]
+    for runner in runners:
+        await runner.setup()
+    inherited = inherited_sockets()
+    await listen(runners[0], inherited, "status", config.status_listen)
+    if router is not None and config.router_listen is not None:
         # handler_cancellation: a client that goes away cancels its upstream request too.
         # keepalive_timeout: also bounds how long a connection may take to send a whole header.
         runners.append(

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
@@ -125,6 +125,15 @@ class Metrics:
         self.tokens = Counter(
             "aiinfra_router_tokens", "Tokens through the router", ["model", "direction"], registry=self.registry
         )
+        # Labelled by engine: the spec's names only, so clients cannot add series.
+        self.queue_waiting = Gauge(
+            "aiinfra_router_queue_waiting", "Requests waiting for their engine to be ready", ["engine"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "aiinfra_router_queue_wait_seconds", "Time requests waited for their engine to be ready", ["engine"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
         self.rate_limited = Counter(
             "aiinfra_router_rate_limited", "Requests refused by a key's rate limit", ["key"], registry=self.registry
         )

@@ -62,6 +62,7 @@ class EngineState:
     liveness_failures: int = 0
     last_traffic_ok: float | None = None
     probe_latency_ms: float | None = None
+    last_startup_s: float | None = None  # how long its last start took to be ready: the next one's guess
 
     def to(self, phase: Phase, now: float, **changes: object) -> EngineState:
         if phase != self.phase and phase not in TRANSITIONS[self.phase]:
@@ -143,7 +144,8 @@ def observe(state: EngineState, seen: Observation, now: float, policy: Policy) -
         return state
     if state.phase == Phase.STARTING:
         if seen.ready:
-            return state.to(Phase.READY, now, ready_since=now, liveness_failures=0)
+            took = None if state.started_at is None else now - state.started_at
+            return state.to(Phase.READY, now, ready_since=now, liveness_failures=0, last_startup_s=took)
         if state.started_at is not None and now - state.started_at > policy.startup_timeout_s:
             return _fail(state, f"not ready {policy.startup_timeout_s:.0f}s after start", now, policy)
     elif state.phase == Phase.READY:
@@ -270,3 +272,22 @@ def driver_changed(states: Mapping[str, EngineState], reason: str) -> list[Actio
 def traffic_ok(state: EngineState, now: float) -> EngineState:
     """Real traffic succeeded: it stands in for the liveness probe (liveness_due)."""
     return replace(state, last_traffic_ok=now)
+
+
+# A start whose length nothing is known of yet (a first start): a small model's load.
+FIRST_START_GUESS_S = 30.0
+
+
+def expected_ready_in(state: EngineState, now: float) -> float | None:
+    """Seconds until the engine is likely ready, its last start's length the guess; None: it will not
+    be without the operator (failed)."""
+    if state.phase == Phase.READY:
+        return 0.0
+    if state.phase == Phase.FAILED:
+        return None
+    load = state.last_startup_s or FIRST_START_GUESS_S
+    if state.phase == Phase.STARTING and state.started_at is not None:
+        return max(load - (now - state.started_at), 1.0)
+    if state.phase == Phase.BACKOFF and state.next_start_at is not None:
+        return max(state.next_start_at - now, 0.0) + load
+    return load  # stopped with a start due, or stopping before one

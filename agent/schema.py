@@ -48,9 +48,18 @@ EnginePort = Annotated[int, Field(ge=1024, le=65535)]
 GpuIndex = Annotated[int, Field(ge=0, le=15)]
 
 
+class Queue(Strict):
+    """Requests for an engine that is starting, restarting or being switched in wait for it, up to these
+    bounds; past them, and at once for a failed engine, they get a 503 with a Retry-After."""
+
+    max_waiting: Annotated[int, Field(ge=0, le=10000)] = 64  # 0: none wait
+    max_wait_s: Annotated[float, Field(ge=0, le=3600, strict=False)] = 300
+
+
 class EngineBase(Strict):
     gpus: Annotated[list[GpuIndex], Field(min_length=1)]
     port: EnginePort
+    queue: Queue = Queue()
 
 
 class ModelFacts(Strict):

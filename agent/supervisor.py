@@ -96,6 +96,7 @@ class Supervisor:
         self.last_tick: float | None = None
         self.session: aiohttp.ClientSession | None = None
         self.gpu: GpuMonitor | None = gpu
+        self.changes: dict[str, asyncio.Event] = {}  # set when an engine's phase (or the profile) changes
         # Every name any engine serves, in any profile: a fixed set, for the metrics' labels.
         self.served: frozenset[str] = frozenset(m for target in self.launches.values() for m in target.served)
 
@@ -125,6 +126,8 @@ class Supervisor:
         self.profile = profile
         for name, state in reconcile.switch(self.states, self.desired(), self.clock()).items():
             self._set(name, state)
+        for name in list(self.changes):
+            self._wake(name)
         return self.desired()
 
     def restart(self, name: str) -> None:
@@ -279,12 +282,25 @@ class Supervisor:
         after the new phase unless the caller names it (started, stopping, adopted, ...)."""
         old = self.states[name]
         self.states[name] = new
+        if new.phase != old.phase:
+            self._wake(name)
         if event is None and new.phase != old.phase:
             event = new.phase.value
             failed = new.phase in (Phase.BACKOFF, Phase.FAILED)
             message = new.last_error if failed else f"{old.phase.value} → {new.phase.value}"
         if event is not None:
             self._event(name, event, message)
+
+    def _wake(self, name: str) -> None:
+        event = self.changes.pop(name, None)
+        if event is not None:
+            event.set()
+
+    async def changed(self, name: str, timeout: float) -> None:
+        """Return when engine NAME's phase or the profile changes, or after TIMEOUT seconds."""
+        event = self.changes.setdefault(name, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
 
     def _event(self, engine: str | None, event: str, message: str | None) -> None:
         record = {"time": time.time(), "engine": engine, "event": event, "message": message or ""}

@@ -20,6 +20,7 @@ from aiohttp import web
 from aiinfra.agent.engines import Launch
 from aiinfra.agent.http.keys import Key, KeyRing, RateLimiter
 from aiinfra.agent.metrics import Metrics
+from aiinfra.agent.reconcile import Phase, expected_ready_in
 from aiinfra.agent.supervisor import Supervisor
 
 audit_log = logging.getLogger("aiinfra.audit")
@@ -92,6 +93,7 @@ class Router:
         self.include_text = include_text
         self.session: aiohttp.ClientSession | None = None
         self.max_body_bytes = 0
+        self.waiting: dict[str, int] = {}  # requests waiting for each engine to be ready
 
     def app(self, max_body_bytes: int) -> web.Application:
         self.max_body_bytes = max_body_bytes
@@ -147,8 +149,43 @@ class Router:
             503,
             f"model {model!r} is not ready (engine {launch.name} is {phase}); retry shortly",
             "model_not_ready",
-            retry_after=10,
+            retry_after=self._retry_after(launch),
         )
+
+    def _retry_after(self, launch: Launch) -> float:
+        expected = expected_ready_in(self.supervisor.snapshot().states[launch.name], self.supervisor.clock())
+        return 10 if expected is None else expected
+
+    async def _wait_ready(self, model: str, launch: Launch) -> Launch:
+        """Hold a request for an engine that is starting, restarting or being switched in until it is
+        ready, within its queue's bounds; a failed engine, or one past them, is refused at once. A
+        client that leaves cancels this wait, and so leaves the queue."""
+        if self.supervisor.snapshot().states[launch.name].phase == Phase.FAILED or not launch.queue_max:
+            raise self._not_ready(model, launch)
+        if self.waiting.get(launch.name, 0) >= launch.queue_max:
+            raise Refusal(503, f"model {model!r} is not ready (engine {launch.name} is starting) and "
+                          f"{launch.queue_max} requests already wait for it; retry later", "model_not_ready",
+                          retry_after=self._retry_after(launch))  # fmt: skip
+        name, started = launch.name, time.monotonic()
+        self.waiting[name] = self.waiting.get(name, 0) + 1
+        self.metrics.queue_waiting.labels(engine=name).inc()
+        try:
+            while True:
+                launch, ready = self._find(model)  # a switch may have taken the model away meanwhile
+                if ready:
+                    return launch
+                if self.supervisor.snapshot().states[launch.name].phase == Phase.FAILED:
+                    raise self._not_ready(model, launch)
+                left = launch.queue_wait_s - (time.monotonic() - started)
+                if left <= 0:
+                    raise Refusal(503, f"model {model!r} was not ready within {launch.queue_wait_s:g}s "
+                                  f"(engine {launch.name}); retry later", "model_not_ready",
+                                  retry_after=self._retry_after(launch))  # fmt: skip
+                await self.supervisor.changed(launch.name, left)
+        finally:
+            self.waiting[name] -= 1
+            self.metrics.queue_waiting.labels(engine=name).dec()
+            self.metrics.queue_wait.labels(engine=name).observe(time.monotonic() - started)
 
     # -- handlers ----------------------------------------------------------------------------------
 
@@ -192,7 +229,7 @@ class Router:
             if key is not None and not key.allows(exchange.model):
                 raise Refusal(403, f"key {key.name!r} may not use model {exchange.model!r}", "model_not_allowed")
             if not ready:
-                raise self._not_ready(exchange.model, launch)
+                launch = await self._wait_ready(exchange.model, launch)
             if key is not None:
                 wait = self.limiter.admit(key)
                 if wait is not None:

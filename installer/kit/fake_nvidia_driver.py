@@ -100,6 +100,9 @@ def main(argv):
         elif arg in ("-pm", "--persistence-mode"):
             pm = int(argv[i + 1])
             i += 1
+        elif arg == "--test-double-init":  # the package's postinst: the GPUs answer once the driver is in
+            save(state)
+            return
         else:  # as the real one: an argument it does not know is an error
             print("Invalid combination of input arguments. Please run 'nvidia-smi -h' for help.")
             sys.exit(2)
@@ -199,7 +202,8 @@ def package_names(layout: str, branch: int, flavour: str, modules: str) -> dict[
     }
 
 
-def build_deb(repo: Path, name: str, version: str, files: dict, depends: str = "", section: str = "restricted/libs"):
+def build_deb(repo: Path, name: str, version: str, files: dict, depends: str = "", section: str = "restricted/libs",
+              postinst: str = ""):  # fmt: skip
     with tempfile.TemporaryDirectory() as root:
         base = Path(root)
         (base / "DEBIAN").mkdir()
@@ -214,6 +218,9 @@ def build_deb(repo: Path, name: str, version: str, files: dict, depends: str = "
             f"Description: TEST DOUBLE of {name} (aiinfra hardware kit), no driver inside",
         ]
         (base / "DEBIAN" / "control").write_text("\n".join(control) + "\n")
+        if postinst:
+            (base / "DEBIAN" / "postinst").write_text(postinst)
+            (base / "DEBIAN" / "postinst").chmod(0o755)
         for path, (content, mode) in files.items():
             target = base / path
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +257,10 @@ def build_version(repo: Path, version: str, layout: str, flavour: str, modules: 
     }
     needs = ("nvidia-utils", "libnvidia-compute", "nvidia-compute-utils", "nvidia-dkms")
     depends = {"nvidia-driver": ", ".join(f"{names[k]} (= {full})" for k in needs)}
-    return [build_deb(repo, names[kind], full, files[kind], depends.get(kind, "")) for kind in names]
+    # Installed, the driver answers (no module to load in a container): NVML's state exists from then on.
+    postinst = {"nvidia-utils": f"#!/bin/sh\nset -e\n[ -e {STATE} ] || /usr/bin/nvidia-smi --test-double-init\n"}
+    return [build_deb(repo, names[kind], full, files[kind], depends.get(kind, ""), postinst=postinst.get(kind, ""))
+            for kind in names]  # fmt: skip
 
 
 def build_prebuilt_modules(repo: Path, branch: int, flavour: str, modules: str) -> Path:
