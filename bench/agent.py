@@ -4,16 +4,20 @@
 
 - RSS and CPU of the agent over the sampling window with both engines ready (default policy ticks);
 - engine death (SIGKILL) → noticed, and → restart issued (the configured first backoff included);
-- hang (inference stops answering, /health still 200) → detected by the liveness probe.
+- hang (inference stops answering, /health still 200) → detected by the liveness probe;
+- a request sent as its engine restarts (2 s load): how long it waited, against the restart's own
+  time to ready (what the queue adds).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -117,6 +121,38 @@ def hang(tmp: Path) -> None:
     )
 
 
+def through_restart(tmp: Path, rounds: int) -> None:
+    load = 2.0
+    agent = Agent(tmp / "queue", {"a": vllm(free_port(), "--startup-delay", str(load))}, {"p": ["a"]}, "p",
+                  policy={"tick_s": 0.5, "readiness_interval_s": 0.2, "liveness_interval_s": 60})  # fmt: skip
+    agent.config["router_auth"] = False
+    agent.tmp.mkdir()
+    waited, restarts = [], []
+    try:
+        agent.start()
+        model = agent.wait_phase("a", "ready", 30)["engines"]["a"]["served"][0]
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        url = f"http://{agent.config['router_listen']}/v1/chat/completions"
+        for _ in range(rounds):
+            asked = time.time()
+            assert agent.cli("restart", "a", "--socket", agent.socket).returncode == 0
+            agent.wait(lambda s: s["engines"]["a"]["phase"] != "ready", 5, "the restart")
+            request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                assert answer.status == 200
+            waited.append(time.time() - asked)
+            status = agent.status()
+            restarts.append(event_time(status, "a", "ready", asked) - asked)
+    finally:
+        agent.stop()
+    mid = len(waited) // 2
+    print(
+        f"a request sent as its engine restarts ({load:.0f} s load): answered after median "
+        f"{sorted(waited)[mid]:.2f} s; the engine was ready after median {sorted(restarts)[mid]:.2f} s: "
+        f"the queue adds {1000 * (sorted(waited)[mid] - sorted(restarts)[mid]):.0f} ms, n={rounds}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60, help="footprint sampling window")
@@ -126,6 +162,7 @@ def main() -> None:
         footprint(Path(tmp), args.seconds)
         death(Path(tmp), args.rounds)
         hang(Path(tmp))
+        through_restart(Path(tmp), args.rounds)
 
 
 if __name__ == "__main__":

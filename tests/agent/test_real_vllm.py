@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -148,18 +149,27 @@ def test_every_vllm_series_the_dashboard_graphs_is_served_by_the_agent(agent):
     assert wanted <= served, wanted - served
 
 
-def test_a_killed_leader_leaves_no_engine_core_or_worker_and_comes_back(agent):
+def test_a_killed_leader_leaves_no_engine_core_or_worker_and_comes_back_and_a_request_waits_for_it(agent):
     engine = ready(agent)
     procs = tree(engine["pid"])
     assert len(procs) >= 3
     os.kill(engine["pid"], signal.SIGKILL)
     agent.wait(lambda s: s["engines"]["e"]["phase"] != "ready", 10, "the death to be seen")
+    # Sent while vLLM is down: it waits in the router's queue and is answered once vLLM is back.
+    answered: dict = {}
+    patient = openai.OpenAI(base_url=f"http://{agent.config['router_listen']}/v1", api_key="-", max_retries=0,
+                            timeout=300)  # fmt: skip
+    waiting = threading.Thread(target=lambda: answered.update(reply=patient.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=2)))  # fmt: skip
+    waiting.start()
     deadline = time.monotonic() + 10
     while any(pid_alive(p.pid) for p in procs) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p.pid for p in procs if pid_alive(p.pid)], "EngineCore/Worker outlived their leader"
     back = ready(agent)
     assert back["restarts"] == engine["restarts"] + 1 and back["pid"] != engine["pid"]
+    waiting.join(60)
+    assert answered["reply"].usage.completion_tokens >= 1
 
 
 def test_an_engine_core_death_is_a_failure_although_vllm_exits_0(agent):
