@@ -139,6 +139,13 @@ class Router:
     def _find(self, model: str) -> tuple[Launch, bool]:
         served = self._serving()
         if model not in served:
+            snapshot = self.supervisor.snapshot()
+            elsewhere = [p for p, names in snapshot.profiles.items()
+                         if any(model in snapshot.launches[n].served for n in names)]  # fmt: skip
+            if elsewhere:
+                raise Refusal(404, f"model {model!r} is served by profile {' or '.join(elsewhere)}, not by the "
+                              f"active profile {snapshot.profile}; switch with `aiinfra profile {elsewhere[0]}`",
+                              "model_not_in_profile")  # fmt: skip
             known = ", ".join(sorted(served)) or "none"
             raise Refusal(404, f"model {model!r} does not exist here; models: {known}", "model_not_found")
         return served[model]

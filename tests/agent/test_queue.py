@@ -116,3 +116,21 @@ def test_a_client_that_leaves_while_waiting_leaves_the_queue(loading):
         time.sleep(0.05)
     assert samples(loading, "aiinfra_router_queue_waiting")[("aiinfra_router_queue_waiting", (("engine", "e"),))] == 0
     assert loading.status()["router"].get("waiting") == {}
+
+
+def test_a_model_of_another_profile_is_answered_with_the_profile_and_how_to_switch(make_agent):
+    engines = {"a": vllm(free_port()), "b": vllm(free_port(), "--startup-delay", "1", gpus=[1])}
+    agent = make_agent(engines, {"fast": ["a"], "deep": ["b"]}, "fast").start()
+    agent.wait_phase("a", "ready")
+    api = client(agent, add_key(agent, "ed"), timeout=30.0)
+    model_a, model_b = agent.engine("a")["served"][0], agent.engine("b")["served"][0]
+    with pytest.raises(openai.NotFoundError) as other:
+        api.chat.completions.create(model=model_b, messages=MSG)
+    assert (f"model {model_b!r} is served by profile deep, not by the active profile fast; "
+            "switch with `aiinfra profile deep`") in str(other.value)  # fmt: skip
+    # During a switch: the leaving model says where it went; the arriving one waits for its engine.
+    switched = agent.cli("profile", "deep", "--no-wait", "--socket", agent.socket, "--listen", agent.listen)
+    assert switched.returncode == 0, switched.stderr
+    with pytest.raises(openai.NotFoundError, match="is served by profile fast, not by the active profile deep"):
+        api.chat.completions.create(model=model_a, messages=MSG)
+    assert api.chat.completions.create(model=model_b, messages=MSG).choices[0].message.content
