@@ -82,6 +82,18 @@ def format_status(report: dict) -> str:
             + (f": {gpu['message']}" if gpu["message"] else "")
         )
         lines += [f"  warning: {w}" for w in gpu["warnings"]]
+    switching = report.get("switching") or {}
+    for name, policy in (switching.get("policies") or {}).items():
+        lines.append(f"on request: profile {name} (back after {policy['back_after_idle_s']:.0f}s idle, "
+                     f"stays at least {policy['min_dwell_s']:.0f}s)")  # fmt: skip
+    last = switching.get("last")
+    if last:
+        by = last["reason"]
+        if by == "request":
+            by = f"a request for {last['model']} by key {last['key'] or '-'}"
+        lines.append(f"last switch: to {last['profile']}, {time.time() - last['time']:.0f}s ago ({by})")
+    if switching.get("back_to_default_in_s") is not None:
+        lines.append(f"back to the default profile in {switching['back_to_default_in_s']:.0f}s unless asked for")
     router = report.get("router")
     if router and router.get("listen"):
         lines.append(f"endpoint: {router['listen']}, keys {'required' if router['auth'] else 'OFF'}")

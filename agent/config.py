@@ -10,7 +10,15 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from aiinfra.agent import box
-from aiinfra.agent.schema import Engine, Strict, engine_problems, engines_model_at, error_lines
+from aiinfra.agent.schema import (
+    Engine,
+    Strict,
+    SwitchPolicy,
+    engine_problems,
+    engines_model_at,
+    error_lines,
+    switching_problems,
+)
 
 DEFAULT_PATH = Path(box.CONFIG_FILE)
 GPU_SETTINGS_PATH = Path(box.GPU_SETTINGS_FILE)
@@ -56,6 +64,7 @@ class AgentConfig(Strict):
     engines: dict[str, Engine] = {}
     profiles: dict[str, list[str]] = {}
     default_profile: str | None = None
+    profile_switching: dict[str, SwitchPolicy] = {}  # profiles switched to on request, and back when idle
     backend: Literal["auto", "systemd", "process"] = "auto"
     model_storage_mount: str = box.MODEL_STORAGE_MOUNT
     # Where the roles put each engine's files (vllm_models_dir, vllm_hf_home, ollama_models_dir);
@@ -93,6 +102,7 @@ class AgentConfig(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> AgentConfig:
         problems = engine_problems(self.engines, self.profiles, self.default_profile)
+        problems += switching_problems(self.profile_switching, self.profiles, self.default_profile)
         if problems:
             raise ValueError("\n".join(problems))
         self.models_dir = self.models_dir or box.model_dir(self.model_storage_mount, "models")

@@ -11,7 +11,7 @@ legal transitions are TRANSITIONS; EngineState.to refuses any other.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -179,19 +179,23 @@ def liveness_due(state: EngineState, last_probe: float | None, now: float, polic
 
 
 def decide(
-    desired: Iterable[str], states: Mapping[str, EngineState], now: float, may_start: bool = True
+    desired: Iterable[str],
+    states: Mapping[str, EngineState],
+    now: float,
+    may_start: bool = True,
+    busy: Collection[str] = (),
 ) -> list[Action]:
     """What to start and stop so that exactly the desired engines run.
 
-    Engines leaving are stopped first; none is started while one that leaves still holds its GPUs,
-    so two profiles' engines never run at once. may_start=False (no GPU, a reboot pending) holds
-    every start: stops still happen.
+    Engines leaving are stopped first, each once the requests it is answering (busy) are done; none
+    is started while one that leaves still holds its GPUs, so two profiles' engines never run at
+    once. may_start=False (no GPU, a reboot pending) holds every start: stops still happen.
     """
     wanted = set(desired)
     actions: list[Action] = []
     leaving = [s for s in states.values() if s.name not in wanted and s.running]
     for state in leaving:
-        if state.phase != Phase.STOPPING:
+        if state.phase != Phase.STOPPING and state.name not in busy:
             actions.append(Stop(state.name, "not in the active profile"))
     for state in states.values():
         if state.name in wanted and state.running and state.phase in (Phase.BACKOFF, Phase.FAILED):
@@ -291,3 +295,21 @@ def expected_ready_in(state: EngineState, now: float) -> float | None:
     if state.phase == Phase.BACKOFF and state.next_start_at is not None:
         return max(state.next_start_at - now, 0.0) + load
     return load  # stopped with a start due, or stopping before one
+
+
+# -- profiles switched on request (profile_switching) ----------------------------------------------
+
+
+def dwell_left(switched_at: float | None, min_dwell_s: float, now: float) -> float:
+    """Seconds before the active profile may be left on request (0: now)."""
+    return 0.0 if switched_at is None else max(switched_at + min_dwell_s - now, 0.0)
+
+
+def back_to_default_due(last_request: float | None, switched_at: float | None, back_after_idle_s: float,
+                        min_dwell_s: float, now: float) -> bool:  # fmt: skip
+    """The profile switched to on request has had no request for its models for back_after_idle_s
+    (counted from the switch when none came), and has stayed its min_dwell_s."""
+    if switched_at is None:
+        return False
+    idle_since = max(last_request or switched_at, switched_at)
+    return now - idle_since >= back_after_idle_s and dwell_left(switched_at, min_dwell_s, now) == 0

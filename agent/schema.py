@@ -102,6 +102,28 @@ class OllamaEngine(EngineBase):
 Engine = Annotated[VllmEngine | OllamaEngine, Field(discriminator="runtime")]
 
 
+class SwitchPolicy(Strict):
+    """profile_switching.NAME: profile NAME is switched to when a request asks for one of its models
+    (by a key that may switch), and back to the default profile once idle."""
+
+    on_request: bool = True
+    back_after_idle_s: Annotated[float, Field(gt=0, strict=False)] = 600  # no request for its models this long
+    min_dwell_s: Annotated[float, Field(ge=0, strict=False)] = 120  # once switched to, it stays at least this long
+
+
+def switching_problems(
+    policies: Mapping[str, SwitchPolicy], profiles: Mapping[str, list[str]], default_profile: str | None
+) -> list[str]:
+    problems = [
+        f"profile_switching.{name}: not one of the profiles{did_you_mean(name, profiles)}"
+        for name in policies
+        if name not in profiles
+    ]
+    if policies and default_profile is None:
+        problems.append("profile_switching: needs a default_profile to switch back to")
+    return problems
+
+
 def did_you_mean(word: str, choices: Any) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
     return f"; did you mean {close[0]!r}?" if close else ""

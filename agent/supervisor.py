@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,8 @@ from aiinfra.agent.reconcile import (
 )
 
 log = logging.getLogger("aiinfra.agent")
+audit_log = logging.getLogger("aiinfra.audit")
+SWITCH_REASONS = ("operator", "request", "idle")  # why the profile changed: the metrics' label
 
 
 def _read_counts(path: Path) -> dict[str, int]:
@@ -62,6 +64,7 @@ class Snapshot:
     states: Mapping[str, EngineState]
     launches: Mapping[str, Launch]
     served: frozenset[str]  # every name any engine serves, in any profile
+    switching: Mapping[str, Any]  # profile → SwitchPolicy: the profiles a request may switch to
 
     def ready(self, name: str) -> bool:
         return self.states[name].phase == Phase.READY
@@ -97,6 +100,13 @@ class Supervisor:
         self.session: aiohttp.ClientSession | None = None
         self.gpu: GpuMonitor | None = gpu
         self.changes: dict[str, asyncio.Event] = {}  # set when an engine's phase (or the profile) changes
+        # The router's inputs: requests answered now (leaving engines drain them before they stop),
+        # and when each engine last had one (a profile switched to on request goes back when idle).
+        self.inflight: Counter[str] = Counter()
+        self.requested_at: dict[str, float] = {}
+        self.switched_at: float | None = None
+        self.switch_cause: dict[str, Any] = {}  # the last switch: reason, key, model, wall time
+        self.switches: Counter[tuple[str, str]] = Counter()  # (profile, reason)
         # Every name any engine serves, in any profile: a fixed set, for the metrics' labels.
         self.served: frozenset[str] = frozenset(m for target in self.launches.values() for m in target.served)
 
@@ -113,6 +123,7 @@ class Supervisor:
             MappingProxyType(dict(self.states)),
             MappingProxyType(self.launches),
             self.served,
+            MappingProxyType(self.config.profile_switching),
         )
 
     def fresh(self) -> bool:
@@ -120,9 +131,29 @@ class Supervisor:
         return self.last_tick is not None and self.clock() - self.last_tick < max(5 * self.policy.tick_s, 5)
 
     def switch(self, profile: str) -> list[str]:
+        """The operator's switch."""
         if profile not in self.config.profiles:
             raise KeyError(profile)
-        self._event(None, "profile", f"switching to profile {profile}")
+        return self._switch(profile, "operator")
+
+    def request_switch(self, profile: str, key: str | None, model: str) -> float:
+        """A request for MODEL of PROFILE (switchable on request): switch, unless the active profile
+        must stay a while longer (min_dwell_s): then the seconds left."""
+        current = self.config.profile_switching.get(self.profile or "")
+        wait = reconcile.dwell_left(self.switched_at, current.min_dwell_s if current else 0, self.clock())
+        if wait > 0:
+            return wait
+        self._switch(profile, "request", key, model)
+        return 0.0
+
+    def _switch(self, profile: str, reason: str, key: str | None = None, model: str | None = None) -> list[str]:
+        by = f" (a request for {model} by key {key or '-'})" if reason == "request" else f" ({reason})"
+        self._event(None, "profile", f"switching to profile {profile}{by}")
+        self.switch_cause = {"profile": profile, "reason": reason, "key": key, "model": model, "time": time.time()}
+        audit_log.info(json.dumps({"time": round(time.time(), 3), "event": "profile_switch", "from": self.profile,
+                                   "to": profile, "reason": reason, "key": key or "-", "model": model}))  # fmt: skip
+        self.switches[(profile, reason)] += 1
+        self.switched_at = self.clock()
         self.profile = profile
         for name, state in reconcile.switch(self.states, self.desired(), self.clock()).items():
             self._set(name, state)
@@ -138,6 +169,17 @@ class Supervisor:
         for stop in actions:  # only stops: the loop starts it again
             self._stop(stop.name, stop.reason)
         self._event(name, "restart", "restart asked for by the operator")
+
+    def request_started(self, name: str) -> None:
+        self.inflight[name] += 1
+        self.requested_at[name] = self.clock()
+
+    def request_done(self, name: str) -> None:
+        self.inflight[name] -= 1
+
+    def saw_request(self, name: str) -> None:
+        """A request for engine NAME's model arrived (it may wait): the profile is not idle."""
+        self.requested_at[name] = self.clock()
 
     def traffic_ok(self, name: str) -> None:
         """Real traffic succeeded (the router says so): it stands in for the liveness probe."""
@@ -168,11 +210,38 @@ class Supervisor:
         now = self.clock()
         for name, state in list(self.states.items()):
             self._set(name, observe(state, await self._observe(name, state), now, self.policy))
+        self._switch_back_when_idle(now)
         may_start = await self._gpu_tick(now)
-        await self._act(decide(self.desired(), self.states, now, may_start), now)
+        busy = {name for name, count in self.inflight.items() if count > 0}
+        await self._act(decide(self.desired(), self.states, now, may_start, busy), now)
         self._schedule_probes(now)
         self._save_counts()
         self.last_tick = now
+
+    def _switch_back_when_idle(self, now: float) -> None:
+        policy = self.config.profile_switching.get(self.profile or "")
+        default = self.config.default_profile
+        if policy is None or default is None or self.profile == default:
+            return
+        last = max((self.requested_at.get(n, 0.0) for n in self.desired()), default=0.0) or None
+        if reconcile.back_to_default_due(last, self.switched_at, policy.back_after_idle_s, policy.min_dwell_s, now):
+            self._switch(default, "idle")
+
+    def switching(self) -> dict[str, Any]:
+        """The on-request policy, what the last switch was, and the time left before the switch back."""
+        policy = self.config.profile_switching.get(self.profile or "")
+        back_in = None
+        if policy is not None and self.profile != self.config.default_profile and self.switched_at is not None:
+            now = self.clock()
+            last = max([self.switched_at, *(self.requested_at.get(n, 0.0) for n in self.desired())])
+            dwell = reconcile.dwell_left(self.switched_at, policy.min_dwell_s, now)
+            back_in = round(max(last + policy.back_after_idle_s - now, dwell, 0), 1)
+        return {
+            "policies": {name: p.model_dump() for name, p in self.config.profile_switching.items()},
+            "last": self.switch_cause or None,
+            "back_to_default_in_s": back_in,
+            "switches": [{"profile": p, "reason": r, "count": n} for (p, r), n in sorted(self.switches.items())],
+        }
 
     async def _gpu_tick(self, now: float) -> bool:
         """Read the GPUs when due; restart the engines once if the driver changed. False: hold starts."""
@@ -341,5 +410,6 @@ class Supervisor:
             "backend": self.backend.name,
             "engines": engines,
             "gpu": None if self.gpu is None else self.gpu.status(),
+            "switching": self.switching(),
             "events": list(self.events)[-50:],
         }

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from aiinfra.agent import box
 from aiinfra.agent.http.keys import KEY_NAME
-from aiinfra.agent.schema import Engine, Strict
+from aiinfra.agent.schema import Engine, Strict, SwitchPolicy
 
 # The roles, in the order site.yml runs them, with what each does (argument_specs' short_description).
 ROLES = {
@@ -141,6 +141,7 @@ class ApiKey(Strict):
     name: Annotated[str, Field(pattern=KEY_NAME.pattern, description="The key's name.")]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the key (aiinfra keys new).")]
     models: list[str] = Field([], description="Models it may use (empty: all).")
+    may_switch: bool = Field(False, description="Its requests may switch to a profile that allows it.")
     rpm: Annotated[int, Field(ge=1)] | None = Field(None, description="Requests per minute.")
     tpm: Annotated[int, Field(ge=1)] | None = Field(None, description="Tokens per minute.")
 
@@ -782,6 +783,15 @@ class Variables(Strict):
     default_profile: str | None = var(
         None,
         "The profile the agent starts with.",
+        roles=("aiinfra_agent",),
+    )
+    profile_switching: dict[str, SwitchPolicy] = var(
+        {},
+        "Profiles a request may switch to: NAME: {on_request: true, back_after_idle_s: 600, min_dwell_s: 120}. A "
+        "request for one of its models, by a key that may switch (aiinfra keys add NAME --may-switch, or "
+        "may_switch: true in aiinfra_agent_api_keys), switches to it once the leaving engines' requests are done; "
+        "with no request for its models for back_after_idle_s, the agent switches back to default_profile; a "
+        "profile switched to stays at least min_dwell_s.",
         roles=("aiinfra_agent",),
     )
     router_listen: str = var(

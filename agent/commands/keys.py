@@ -44,15 +44,16 @@ def _keys_here(keys_path: Path) -> None:
 @click.option("--models", default="", help="Comma-separated models the key may use (default: all).")
 @click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute.")
 @click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute.")
+@click.option("--may-switch", is_flag=True, help="Its requests may switch to a profile that allows it.")
 @KEYS_FILE
-def keys_add(name: str, models: str, rpm: int | None, tpm: int | None, keys_path: Path) -> None:
+def keys_add(name: str, models: str, rpm: int | None, tpm: int | None, may_switch: bool, keys_path: Path) -> None:
     """Create key NAME and print it, this once."""
     _keys_here(keys_path)
     if not keyfile.KEY_NAME.fullmatch(name):
         click.echo("aiinfra-agent: key names are letters, digits and . _ @ - (64 at most)", err=True)
         sys.exit(EXIT_BAD_INPUT)
     try:
-        token = keyfile.add(keys_path, name, [m for m in models.split(",") if m], rpm, tpm)
+        token = keyfile.add(keys_path, name, [m for m in models.split(",") if m], rpm, tpm, may_switch)
     except keyfile.KeysFileError as exc:
         click.echo(f"aiinfra-agent: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)

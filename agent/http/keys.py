@@ -32,6 +32,7 @@ class Key:
     rpm: int | None = None  # requests per minute
     tpm: int | None = None  # tokens (prompt + completion) per minute
     created: float = 0.0
+    may_switch: bool = False  # a request by this key may switch to a profile that allows it (profile_switching)
 
     def allows(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -68,6 +69,7 @@ def load(path: Path) -> dict[str, Key]:
 def _key(entry: dict) -> Key:
     key = Key(**entry)
     limits = all(v is None or (isinstance(v, int) and v > 0) for v in (key.rpm, key.tpm))
+    limits = limits and isinstance(key.may_switch, bool)
     models = isinstance(key.models, list) and all(isinstance(m, str) for m in key.models)
     if not (isinstance(key.name, str) and isinstance(key.sha256, str) and len(key.sha256) == 64 and models and limits):
         raise TypeError(f"key {entry.get('name')!r} has a field of the wrong type")
@@ -87,13 +89,13 @@ def new_token() -> str:
     return PREFIX + secrets.token_urlsafe(32)
 
 
-def add(path: Path, name: str, models: list[str], rpm: int | None, tpm: int | None) -> str:
+def add(path: Path, name: str, models: list[str], rpm: int | None, tpm: int | None, may_switch: bool = False) -> str:
     """Create a key; return it. It is shown this once: only its hash is kept."""
     keys = load(path)
     if name in keys:
         raise KeysFileError(f"a key named {name!r} exists; revoke it first or pick another name")
     token = new_token()
-    keys[name] = Key(name, digest(token), token[: len(PREFIX) + 4], models, rpm, tpm, time.time())
+    keys[name] = Key(name, digest(token), token[: len(PREFIX) + 4], models, rpm, tpm, time.time(), may_switch)
     save(path, keys)
     return token
 

@@ -136,19 +136,38 @@ class Router:
                     served[model] = (launch, ready)
         return served
 
-    def _find(self, model: str) -> tuple[Launch, bool]:
+    def _find(self, model: str, may_switch: bool = False) -> tuple[Launch, bool, str | None]:
+        """The engine serving MODEL in the active profile and whether it is ready; with may_switch, for a
+        model of a profile that a request may switch to, that profile (the third value)."""
         served = self._serving()
         if model not in served:
             snapshot = self.supervisor.snapshot()
             elsewhere = [p for p, names in snapshot.profiles.items()
                          if any(model in snapshot.launches[n].served for n in names)]  # fmt: skip
+            switchable = [p for p in elsewhere if p in snapshot.switching and snapshot.switching[p].on_request]
+            if may_switch and switchable:
+                name = next(n for n in snapshot.profiles[switchable[0]] if model in snapshot.launches[n].served)
+                return snapshot.launches[name], False, switchable[0]
             if elsewhere:
                 raise Refusal(404, f"model {model!r} is served by profile {' or '.join(elsewhere)}, not by the "
                               f"active profile {snapshot.profile}; switch with `aiinfra profile {elsewhere[0]}`",
                               "model_not_in_profile")  # fmt: skip
             known = ", ".join(sorted(served)) or "none"
             raise Refusal(404, f"model {model!r} does not exist here; models: {known}", "model_not_found")
-        return served[model]
+        return (*served[model], None)
+
+    def _switch_for(self, model: str, profile: str, key: Key | None) -> Launch:
+        """A request for a model of PROFILE, which requests may switch to: switch if the key may."""
+        if key is not None and not key.may_switch:
+            raise Refusal(403, f"model {model!r} is served by profile {profile}, and key {key.name!r} may not switch "
+                          f"profiles; `aiinfra profile {profile}` switches, or a key made with --may-switch",
+                          "switch_not_allowed")  # fmt: skip
+        wait = self.supervisor.request_switch(profile, key.name if key else None, model)
+        if wait > 0:
+            active = self.supervisor.snapshot().profile
+            raise Refusal(503, f"profile {active} stays another {wait:.0f}s (its min_dwell_s) before a request may "
+                          f"switch to {profile}", "switch_later", retry_after=wait)  # fmt: skip
+        return self._find(model)[0]
 
     def _not_ready(self, model: str, launch: Launch) -> Refusal:
         phase = self.supervisor.snapshot().states[launch.name].phase.value
@@ -178,7 +197,7 @@ class Router:
         self.metrics.queue_waiting.labels(engine=name).inc()
         try:
             while True:
-                launch, ready = self._find(model)  # a switch may have taken the model away meanwhile
+                launch, ready, _ = self._find(model)  # a switch may have taken the model away meanwhile
                 if ready:
                     return launch
                 if self.supervisor.snapshot().states[launch.name].phase == Phase.FAILED:
@@ -231,10 +250,13 @@ class Router:
                 raise Refusal(400, "'model' must be a string", "invalid_request")
             exchange.model = model[:MAX_MODEL_NAME]
             body_text = raw.decode(errors="replace") if self.include_text else None
-            launch, ready = self._find(exchange.model)
+            launch, ready, switch_to = self._find(exchange.model, may_switch=True)
             exchange.engine = launch.name
             if key is not None and not key.allows(exchange.model):
                 raise Refusal(403, f"key {key.name!r} may not use model {exchange.model!r}", "model_not_allowed")
+            if switch_to is not None:
+                launch = self._switch_for(exchange.model, switch_to, key)
+            self.supervisor.saw_request(launch.name)
             if not ready:
                 launch = await self._wait_ready(exchange.model, launch)
             if key is not None:
@@ -247,7 +269,11 @@ class Router:
             if injected:  # exact token counts: the engine's own, in a usage chunk the client never sees
                 raw = json.dumps({**body, "stream_options": {**(body.get("stream_options") or {}),
                                                              "include_usage": True}}).encode()  # fmt: skip
-            response = await self._forward(request, launch, raw, stream, exchange, injected)
+            self.supervisor.request_started(launch.name)
+            try:
+                response = await self._forward(request, launch, raw, stream, exchange, injected)
+            finally:
+                self.supervisor.request_done(launch.name)
             if key is not None:
                 self.limiter.charge_tokens(key, exchange.prompt_tokens + exchange.completion_tokens)
             return response

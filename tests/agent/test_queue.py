@@ -38,7 +38,7 @@ def in_thread(call):
             result["value"] = call()
         except Exception as exc:  # what the client raised is the outcome
             result["error"] = exc
-        result["took"] = time.monotonic() - started
+        result["took"], result["ended"] = time.monotonic() - started, time.time()
 
     thread = threading.Thread(target=run)
     thread.start()
