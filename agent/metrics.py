@@ -41,7 +41,12 @@ class EngineCollector(Collector):
             restarts.add_metric([name], engine["restarts"])
             if engine["probe_latency_ms"] is not None:
                 latency.add_metric([name], engine["probe_latency_ms"] / 1000)
-        yield from (phase, desired, restarts, latency)
+        switches = CounterMetricFamily(
+            "aiinfra_profile_switches", "Profile switches by reason: operator, request, idle", ["profile", "reason"]
+        )
+        for switch in (report.get("switching") or {}).get("switches", []):
+            switches.add_metric([switch["profile"], switch["reason"]], switch["count"])
+        yield from (phase, desired, restarts, latency, switches)
 
 
 class GpuCollector(Collector):

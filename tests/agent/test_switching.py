@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.agent.conftest import free_port, vllm
-from tests.agent.test_queue import MSG, in_thread
+from tests.agent.test_queue import MSG, in_thread, samples
 from tests.agent.test_router import add_key, client
 
 
@@ -54,6 +54,9 @@ def test_a_request_by_a_key_that_may_switch_takes_the_box_to_deep_and_idle_bring
     assert switches == [("deep", "request", "ops"), ("fast", "idle", "-")]
     counts = {(s["profile"], s["reason"]): s["count"] for s in back["switching"]["switches"]}
     assert counts == {("deep", "request"): 1, ("fast", "idle"): 1}
+    metrics = samples(agent, "aiinfra_profile_switches_total")
+    assert metrics == {("aiinfra_profile_switches_total", (("profile", "deep"), ("reason", "request"))): 1.0,
+                       ("aiinfra_profile_switches_total", (("profile", "fast"), ("reason", "idle"))): 1.0}  # fmt: skip
 
 
 def test_the_leaving_engine_finishes_its_stream_before_it_stops(make_agent):
