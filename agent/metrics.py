@@ -42,7 +42,7 @@ class EngineCollector(Collector):
             if engine["probe_latency_ms"] is not None:
                 latency.add_metric([name], engine["probe_latency_ms"] / 1000)
         switches = CounterMetricFamily(
-            "aiinfra_profile_switches", "Profile switches by reason: operator, request, idle", ["profile", "reason"]
+            "aiinfra_profile_switches", "Profile switches (operator, request, idle)", labels=["profile", "reason"]
         )
         for switch in (report.get("switching") or {}).get("switches", []):
             switches.add_metric([switch["profile"], switch["reason"]], switch["count"])
