@@ -73,7 +73,7 @@ def format_status(report: dict) -> str:
         age = f"{time.time() - e['since']:.0f}s" if e["since"] else "-"
         lines.append(
             f"{name:<12} {e['phase']:<9} {e['pid'] or '-':>7} {e['port']:>5} {e['restarts']:>8} {age:>7}  "
-            f"{e['last_error'] or ''}"
+            f"{'degraded: ' + e['degraded'] if e.get('degraded') else e['last_error'] or ''}"
         )
     gpu = report.get("gpu")
     if gpu is not None:

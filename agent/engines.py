@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,14 @@ FLAG = re.compile(r"--[a-z0-9][a-z0-9-]*")
 def vllm_venv(config: AgentConfig) -> Path:
     """The virtual environment the engines' `vllm` comes from (VENV/bin/vllm)."""
     return Path(config.vllm_command[0]).resolve().parent.parent
+
+
+def vllm_build(config: AgentConfig) -> str | None:
+    """Which vLLM build the vllm role installed (gpu, cpu), from its install record; None: unknown."""
+    try:
+        return str(json.loads((vllm_venv(config) / INSTALL_RECORD).read_text())["build"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def unknown_vllm_flags(config: AgentConfig) -> list[str]:

@@ -34,7 +34,11 @@ class EngineCollector(Collector):
         latency = GaugeMetricFamily(
             "aiinfra_engine_probe_latency_seconds", "Last readiness probe latency", labels=["engine"]
         )
+        degraded = GaugeMetricFamily(
+            "aiinfra_engine_degraded", "1 if a ready engine does not hold memory on exactly its GPUs", labels=["engine"]
+        )
         for name, engine in report["engines"].items():
+            degraded.add_metric([name], 1.0 if engine.get("degraded") else 0.0)
             for p in PHASES:
                 phase.add_metric([name, p], 1.0 if engine["phase"] == p else 0.0)
             desired.add_metric([name], 1.0 if engine["desired"] else 0.0)
@@ -46,7 +50,7 @@ class EngineCollector(Collector):
         )
         for switch in (report.get("switching") or {}).get("switches", []):
             switches.add_metric([switch["profile"], switch["reason"]], switch["count"])
-        yield from (phase, desired, restarts, latency, switches)
+        yield from (phase, desired, restarts, latency, switches, degraded)
 
 
 class GpuCollector(Collector):

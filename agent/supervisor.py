@@ -23,9 +23,10 @@ import aiohttp
 
 from aiinfra.agent import probes, reconcile
 from aiinfra.agent.config import AgentConfig
-from aiinfra.agent.effects import Backend, StartError
-from aiinfra.agent.engines import Launch, launch
+from aiinfra.agent.effects import Backend, StartError, process_tree
+from aiinfra.agent.engines import Launch, launch, vllm_build
 from aiinfra.agent.gpu.monitor import GpuMonitor
+from aiinfra.agent.gpu.policy import placement_problem
 from aiinfra.agent.reconcile import (
     Action,
     EngineState,
@@ -107,6 +108,9 @@ class Supervisor:
         self.switched_at: float | None = None
         self.switch_cause: dict[str, Any] = {}  # the last switch: reason, key, model, wall time
         self.switches: Counter[tuple[str, str]] = Counter()  # (profile, reason)
+        # Ready engines whose processes do not hold memory on exactly their GPUs: name → why.
+        self.degraded: dict[str, str] = {}
+        self.cpu_vllm = vllm_build(config) == "cpu"  # a CPU build holds no GPU memory by design
         # Every name any engine serves, in any profile: a fixed set, for the metrics' labels.
         self.served: frozenset[str] = frozenset(m for target in self.launches.values() for m in target.served)
 
@@ -257,7 +261,31 @@ class Supervisor:
                 self._event(None, "driver_changed", verdict.message + "; restarting the engines")
                 await self._act(reconcile.driver_changed(self.states, verdict.message), now)
                 self.gpu.engines_started()  # the restart below happens under the new driver
+            self._check_placement(now)
         return not self.gpu.verdict.hold
+
+    def _check_placement(self, now: float) -> None:
+        """Each ready engine on the GPUs it was given, by NVML's process lists (an engine that fell back
+        to the CPU, or landed on another GPU, is degraded). Ollama loads a model on first use: it must
+        hold memory only while it has answered lately."""
+        assert self.gpu is not None
+        for name, state in self.states.items():
+            engine = self.config.engines[name]
+            if state.phase != Phase.READY or state.pid is None:
+                problem = None
+            else:
+                if engine.runtime == "vllm":
+                    expect = not self.cpu_vllm
+                else:
+                    expect = state.last_traffic_ok is not None and now - state.last_traffic_ok < 60
+                problem = placement_problem(process_tree(state.pid), engine.gpus, self.gpu.snapshot, expect)
+            if problem != self.degraded.get(name):
+                if problem is None:
+                    self.degraded.pop(name, None)
+                    self._event(name, "placement_ok", "holds memory on its GPUs again")
+                else:
+                    self.degraded[name] = problem
+                    self._event(name, "degraded", problem)
 
     async def run(self, stop: asyncio.Event, on_tick: Callable[[], None] = lambda: None) -> None:
         while not stop.is_set():
@@ -401,6 +429,7 @@ class Supervisor:
                 "since": round(wall - (now - state.since), 3) if state.since else None,
                 "restarts": state.restarts,
                 "last_error": state.last_error,
+                "degraded": self.degraded.get(name),
                 "probe_latency_ms": None if state.probe_latency_ms is None else round(state.probe_latency_ms, 1),
                 "next_start_in_s": None if state.next_start_at is None else round(max(state.next_start_at - now, 0), 1),
             }

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import Protocol
 
@@ -51,3 +52,24 @@ def check_port_free(port: int) -> None:
                     f"port {port} is already in use by another process; free it or change the engine's port"
                 ) from None
             raise
+
+
+def process_tree(pid: int) -> set[int]:
+    """PID and every process under it (vLLM's EngineCore and workers), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                ppid = int(stat.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        if current not in tree:
+            tree.add(current)
+            todo += children.get(current, [])
+    return tree

@@ -31,6 +31,7 @@ class GpuInfo:
     sm_clock_mhz: int = 0
     throttle_reasons: int = 0
     lost: bool = False
+    processes: tuple[int, ...] = ()  # the pids holding memory on it (compute processes)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,17 @@ class Nvml:
             persistence=nv.nvmlDeviceGetPersistenceMode(h) == nv.NVML_FEATURE_ENABLED,
             sm_clock_mhz=nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
             throttle_reasons=nv.nvmlDeviceGetCurrentClocksThrottleReasons(h),
+            processes=self._processes(h),
         )
+
+    def _processes(self, handle: Any) -> tuple[int, ...]:
+        nv = self.lib
+        try:
+            return tuple(p.pid for p in nv.nvmlDeviceGetComputeRunningProcesses(handle))
+        except nv.NVMLError as exc:
+            if getattr(exc, "value", None) == nv.NVML_ERROR_NOT_SUPPORTED:
+                return ()
+            raise
 
     def _register_xid_events(self) -> None:
         nv = self.lib

@@ -108,3 +108,18 @@ def driver_verdict(
     changed = engines_driver is not None and snapshot.driver != engines_driver
     message = f"driver changed {engines_driver} → {snapshot.driver}" if changed else ""
     return Verdict("ok", False, changed, message, tuple(warnings))
+
+
+def placement_problem(pids: set[int], gpus: list[int], snapshot: Snapshot, expect_memory: bool = True) -> str | None:
+    """Whether an engine's processes (PIDS) hold memory on exactly the GPUs it was given. None: they do.
+    expect_memory=False (an engine that loads on first use, or a CPU build): only memory on a GPU it was
+    not given is a problem."""
+    if snapshot.state != "ok":
+        return None
+    held = sorted({gpu.index for gpu in snapshot.gpus if pids & set(gpu.processes)})
+    given = sorted(set(gpus))
+    if not held:
+        return "holds no GPU memory: running on the CPU?" if expect_memory else None
+    if held != given:
+        return f"holds memory on GPU {', '.join(map(str, held))}, not on its GPU {', '.join(map(str, given))}"
+    return None

@@ -275,3 +275,42 @@ def test_agent_config_can_name_the_gpu_settings_file(gpu_agent, tmp_path):
     )
     assert checked.returncode == 2
     assert f"{settings}: power_limit_watt: unknown key; did you mean 'power_limit_watts'?" in checked.stderr
+
+
+def test_a_ready_engine_off_its_gpus_is_degraded_with_the_reason(gpu_agent):
+    """NVML's process lists against the GPUs each engine was given: the engine's worker holding memory
+    on GPU 0 is right; none at all is a fall-back to the CPU; memory on GPU 1 is the wrong GPU."""
+    import subprocess as sp
+
+    make, fake = gpu_agent
+    agent = make()
+    pid = agent.wait_phase("e", "ready")["engines"]["e"]["pid"]
+    worker = [int(p) for p in sp.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+
+    def on(gpu: int | None, who: int) -> None:
+        def place(state):
+            for g in state["gpus"]:
+                g["processes"] = []
+            if gpu is not None:
+                state["gpus"][gpu]["processes"] = [{"pid": who, "used": 2**30}]
+
+        fake.change(place)
+
+    on(0, pid)
+    time.sleep(0.6)
+    assert agent.engine("e")["degraded"] is None
+    on(None, pid)  # the engine runs, and holds no GPU memory
+    status = agent.wait(lambda s: s["engines"]["e"]["degraded"] is not None, 5, "degraded")
+    assert status["engines"]["e"]["degraded"] == "holds no GPU memory: running on the CPU?"
+    assert status["engines"]["e"]["phase"] == "ready"  # it still answers; the operator is told
+    on(1, worker[0] if worker else pid)  # a process of the engine's tree, on the other GPU
+    status = agent.wait(lambda s: (s["engines"]["e"]["degraded"] or "").startswith("holds memory on GPU 1"), 5, "")
+    assert status["engines"]["e"]["degraded"] == "holds memory on GPU 1, not on its GPU 0"
+    table = agent.cli("status", "--listen", agent.listen).stdout
+    assert "degraded: holds memory on GPU 1, not on its GPU 0" in table
+    metrics = urllib.request.urlopen(f"http://{agent.listen}/metrics", timeout=5).read().decode()
+    assert 'aiinfra_engine_degraded{engine="e"} 1.0' in metrics
+    on(0, pid)
+    agent.wait(lambda s: s["engines"]["e"]["degraded"] is None, 5, "placement ok again")
+    events = [e["event"] for e in agent.status()["events"] if e["engine"] == "e"]
+    assert events[-3:] == ["degraded", "degraded", "placement_ok"]

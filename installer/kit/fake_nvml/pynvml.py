@@ -196,6 +196,11 @@ def nvmlDeviceGetTemperature(handle: int, sensor: int) -> int:
     return _gpu(handle)["temperature"]
 
 
+def nvmlDeviceGetComputeRunningProcesses(handle: int) -> list[SimpleNamespace]:
+    """The processes holding memory on the GPU: the state's `processes`, [{pid, used}] (bytes)."""
+    return [SimpleNamespace(pid=p["pid"], usedGpuMemory=p.get("used")) for p in _gpu(handle).get("processes", [])]
+
+
 def nvmlDeviceGetPowerUsage(handle: int) -> int:
     return _gpu(handle)["power_usage_mw"]
 
