@@ -4,7 +4,7 @@ them on lab hosts; the tests run the agent against them on this machine (local_a
 
 - fake_models.py: tiny real models (random weights) for vLLM, and Ollama's store layout;
 - stub_engine.py: vLLM's and Ollama's HTTP surfaces, for faults a real engine cannot produce on cue;
-- fake_nvml/pynvml.py: NVML, its state in a file that the fake nvidia-smi shares;
+- fake-nvml/pynvml.py: NVML, its state in a file that the fake nvidia-smi shares;
 - fake_nvidia_driver.py: driver .debs named and versioned as a real source's, in a flat repository.
 """
 
@@ -13,5 +13,5 @@ from pathlib import Path
 DIR = Path(__file__).resolve().parent
 STUB_ENGINE = DIR / "stub_engine.py"
 FAKE_MODELS = DIR / "fake_models.py"
-FAKE_NVML = DIR / "fake_nvml"
+FAKE_NVML = DIR / "fake-nvml"
 FAKE_DRIVER = DIR / "fake_nvidia_driver.py"

@@ -13,7 +13,7 @@ Ubuntu's) and nvidia-dkms (empty), at each source's revision (-0ubuntu0.24.04.1;
 the repository's Packages index. Use it with `deb [trusted=yes] file:REPO_DIR ./`.
 
 The fake nvidia-smi keeps GPU state in /var/lib/fake-nvidia/state.json, in the same format as the
-fake pynvml (kit/fake_nvml), so the agent's NVML code and the roles' nvidia-smi calls see one
+fake pynvml (kit/fake-nvml), so the agent's NVML code and the roles' nvidia-smi calls see one
 machine. Its driver version is the installed package's.
 """
 
