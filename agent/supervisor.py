@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -26,7 +26,7 @@ from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.effects import Backend, StartError, process_tree
 from aiinfra.agent.engines import Launch, launch, vllm_build
 from aiinfra.agent.gpu.monitor import GpuMonitor
-from aiinfra.agent.gpu.policy import placement_problem
+from aiinfra.agent.gpu.policy import TensorPath, placement_problem
 from aiinfra.agent.reconcile import (
     Action,
     EngineState,
@@ -111,6 +111,9 @@ class Supervisor:
         # Ready engines whose processes do not hold memory on exactly their GPUs: name → why.
         self.degraded: dict[str, str] = {}
         self.cpu_vllm = vllm_build(config) == "cpu"  # a CPU build holds no GPU memory by design
+        # The GPU sets of tensor-parallel engines, and how each is linked (read once NVML answers).
+        self.tp_sets = {tuple(sorted(e.gpus)) for e in config.engines.values() if len(e.gpus) > 1}
+        self.tensor_paths: dict[tuple[int, ...], TensorPath] = {}
         # Every name any engine serves, in any profile: a fixed set, for the metrics' labels.
         self.served: frozenset[str] = frozenset(m for target in self.launches.values() for m in target.served)
 
@@ -262,7 +265,23 @@ class Supervisor:
                 await self._act(reconcile.driver_changed(self.states, verdict.message), now)
                 self.gpu.engines_started()  # the restart below happens under the new driver
             self._check_placement(now)
+            if self.tp_sets and not self.tensor_paths and self.gpu.snapshot.state == "ok":
+                await self._read_tensor_paths()
         return not self.gpu.verdict.hold
+
+    async def _read_tensor_paths(self) -> None:
+        """Before any tensor-parallel engine starts: a pair of its GPUs with no P2P path is reported
+        now, and the engine gets the NCCL setting that works, instead of a hang at its first all-reduce."""
+        assert self.gpu is not None
+        try:
+            self.tensor_paths = await self.gpu.tensor_paths(self.tp_sets)
+        except Exception as exc:  # NVML without P2P queries: nothing to tell, engines start as told
+            log.warning("GPU links could not be read: %s", exc, extra={"EVENT": "p2p_unknown"})
+            return
+        for path in self.tensor_paths.values():
+            engines = [n for n, e in self.config.engines.items() if tuple(sorted(e.gpus)) == path.gpus]
+            if path.path == "host":
+                self._event(None, "no_p2p", f"engines {', '.join(engines)}: {path.reason}")
 
     def _check_placement(self, now: float) -> None:
         """Each ready engine on the GPUs it was given, by NVML's process lists (an engine that fell back
@@ -334,9 +353,17 @@ class Supervisor:
             else:
                 await self._start(action.name, now)
 
+    def _launch_of(self, name: str) -> Launch:
+        """The engine's launch, with the NCCL setting its GPUs' links call for (the operator's wins)."""
+        target = self.launches[name]
+        path = self.tensor_paths.get(tuple(sorted(self.config.engines[name].gpus)))
+        if path is None or not path.env:
+            return target
+        return replace(target, env={**dict(path.env), **target.env})
+
     async def _start(self, name: str, now: float) -> None:
         try:
-            pid = await self.backend.start(self.launches[name])
+            pid = await self.backend.start(self._launch_of(name))
         except StartError as exc:
             failed = observe(self.states[name], Observation(start_error=str(exc)), now, self.policy)
             self._set(name, failed, "start_failed", str(exc))
@@ -413,6 +440,13 @@ class Supervisor:
 
     # -- reporting ---------------------------------------------------------------------------------
 
+    def _paths_status(self) -> list[dict[str, Any]]:
+        return [
+            {"gpus": list(p.gpus), "path": p.path, "nccl": dict(p.env), "reason": p.reason or None,
+             "engines": sorted(n for n, e in self.config.engines.items() if tuple(sorted(e.gpus)) == p.gpus)}
+            for p in self.tensor_paths.values()
+        ]  # fmt: skip
+
     def status(self) -> dict[str, Any]:
         now, wall = self.clock(), time.time()
         desired = set(self.desired())
@@ -438,7 +472,7 @@ class Supervisor:
             "profiles": self.config.profiles,
             "backend": self.backend.name,
             "engines": engines,
-            "gpu": None if self.gpu is None else self.gpu.status(),
+            "gpu": None if self.gpu is None else self.gpu.status() | {"tensor_parallel": self._paths_status()},
             "switching": self.switching(),
             "events": list(self.events)[-50:],
         }

@@ -11,7 +11,16 @@ from typing import Any
 
 from aiinfra.agent.gpu.apply import apply_action
 from aiinfra.agent.gpu.nvml import Nvml, Snapshot
-from aiinfra.agent.gpu.policy import Refused, SetPersistence, SetPowerLimit, Verdict, driver_verdict, settings_actions
+from aiinfra.agent.gpu.policy import (
+    Refused,
+    SetPersistence,
+    SetPowerLimit,
+    TensorPath,
+    Verdict,
+    driver_verdict,
+    settings_actions,
+    tensor_path,
+)
 
 log = logging.getLogger("aiinfra.agent")
 REBOOT_MARKER = Path("/run/reboot-required")
@@ -44,6 +53,18 @@ class GpuMonitor:
         if self.snapshot.driver and self.engines_driver != self.snapshot.driver:
             self.driver_file.parent.mkdir(parents=True, exist_ok=True)
             self.driver_file.write_text(self.snapshot.driver + "\n")
+
+    async def tensor_paths(self, gpu_sets: set[tuple[int, ...]]) -> dict[tuple[int, ...], TensorPath]:
+        """How each set of GPUs a tensor-parallel engine spans is linked (P2P and NVLink, from NVML)."""
+
+        def read() -> dict[tuple[int, ...], TensorPath]:
+            found = {}
+            for gpus in gpu_sets:
+                pairs = [(a, b) for i, a in enumerate(gpus) for b in gpus[i + 1 :]]
+                found[gpus] = tensor_path(list(gpus), {p: self.nvml.links(*p) for p in pairs})
+            return found
+
+        return await asyncio.to_thread(read)
 
     def due(self, now: float) -> bool:
         return self.last_read is None or now - self.last_read >= self.config.interval_s

@@ -123,3 +123,33 @@ def placement_problem(pids: set[int], gpus: list[int], snapshot: Snapshot, expec
     if held != given:
         return f"holds memory on GPU {', '.join(map(str, held))}, not on its GPU {', '.join(map(str, given))}"
     return None
+
+
+# NVML's P2P status codes (nvmlGpuP2PStatus_t), as an operator reads them.
+P2P_STATUS = {0: "ok", 1: "chipset not supported", 2: "GPU not supported", 3: "IOH topology not supported",
+              4: "disabled by regkey", 5: "not supported", 6: "unknown"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TensorPath:
+    """How the GPUs of a tensor-parallel engine reach each other, and the NCCL setting that fits."""
+
+    gpus: tuple[int, ...]
+    path: str  # nvlink, pcie (P2P over PCIe), host (no P2P: through host memory)
+    env: tuple[tuple[str, str], ...] = ()
+    reason: str = ""
+
+
+def tensor_path(gpus: list[int], links: dict[tuple[int, int], tuple[int, int]]) -> TensorPath:
+    """LINKS: (read, nvlink) P2P status of each pair of GPUS. Without P2P on every pair, NCCL must not
+    try it: vLLM's tensor parallelism on such cards hangs at its first all-reduce (vllm #14449, #8087);
+    NCCL_P2P_DISABLE=1 sends the traffic through host memory instead, slower but working."""
+    pairs = [(a, b) for i, a in enumerate(sorted(gpus)) for b in sorted(gpus)[i + 1 :]]
+    if all(links[p][1] == 0 for p in pairs):
+        return TensorPath(tuple(sorted(gpus)), "nvlink")
+    if all(links[p][0] == 0 for p in pairs):
+        return TensorPath(tuple(sorted(gpus)), "pcie")
+    a, b = next(p for p in pairs if links[p][0] != 0)
+    why = f"no P2P between GPU {a} and GPU {b} ({P2P_STATUS.get(links[(a, b)][0], 'unknown')}): NCCL goes " \
+          "through host memory (NCCL_P2P_DISABLE=1), slower; without it tensor parallelism hangs"  # fmt: skip
+    return TensorPath(tuple(sorted(gpus)), "host", (("NCCL_P2P_DISABLE", "1"),), why)

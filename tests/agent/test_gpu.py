@@ -314,3 +314,34 @@ def test_a_ready_engine_off_its_gpus_is_degraded_with_the_reason(gpu_agent):
     agent.wait(lambda s: s["engines"]["e"]["degraded"] is None, 5, "placement ok again")
     events = [e["event"] for e in agent.status()["events"] if e["engine"] == "e"]
     assert events[-3:] == ["degraded", "degraded", "placement_ok"]
+
+
+@pytest.mark.parametrize(
+    ("links", "path", "nccl"),
+    [
+        ({"read": 1}, "host", "1"),  # consumer cards on a chipset without P2P: NCCL through host memory
+        ({"read": 0}, "pcie", None),
+        ({"read": 0, "nvlink": 0}, "nvlink", None),
+    ],
+)
+def test_a_tensor_parallel_engine_gets_the_nccl_setting_its_gpus_links_call_for(make_agent, tmp_path, links, path,
+                                                                               nccl):  # fmt: skip
+    fake = FakeGpus(tmp_path / "nvml.json")
+    fake.change(lambda s: s.update(p2p={"0-1": links}))
+    agent = make_agent({"tp": vllm(free_port(), gpus=[0, 1])}, {"p": ["tp"]}, "p", policy={"liveness_interval_s": 60})
+    agent.config["gpu"] = {"persistence_mode": None, "interval_s": 0.2}
+    agent.env = {"PYTHONPATH": FAKE, "AIINFRA_FAKE_NVML": str(fake.path)}
+    status = agent.start().wait_phase("tp", "ready")
+    environ = Path(f"/proc/{status['engines']['tp']['pid']}/environ").read_bytes().split(b"\0")
+    assert (b"NCCL_P2P_DISABLE=1" in environ) == (nccl == "1")
+    (found,) = status["gpu"]["tensor_parallel"]
+    assert (found["gpus"], found["path"], found["engines"]) == ([0, 1], path, ["tp"])
+    warned = [e["message"] for e in status["events"] if e["event"] == "no_p2p"]
+    if path == "host":
+        assert found["reason"].startswith("no P2P between GPU 0 and GPU 1 (chipset not supported)")
+        assert warned == [f"engines tp: {found['reason']}"]
+        # ... said before the engine started
+        order = [e["event"] for e in status["events"] if e["event"] in ("no_p2p", "started")]
+        assert order[:2] == ["no_p2p", "started"]
+    else:
+        assert warned == [] and found["nccl"] == {}

@@ -196,6 +196,31 @@ def nvmlDeviceGetTemperature(handle: int, sensor: int) -> int:
     return _gpu(handle)["temperature"]
 
 
+NVML_P2P_CAPS_INDEX_READ = 0
+NVML_P2P_CAPS_INDEX_NVLINK = 2
+NVML_P2P_STATUS_OK = 0
+NVML_P2P_STATUS_CHIPSET_NOT_SUPPORTED = 1
+NVML_P2P_STATUS_NOT_SUPPORTED = 5
+NVML_NVLINK_MAX_LINKS = 18
+
+
+def nvmlDeviceGetP2PStatus(handle1: int, handle2: int, index: int) -> int:
+    """The state's `p2p` {"0-1": {"read": status, "nvlink": status}}; unset: P2P over PCIe, no NVLink."""
+    state = _check()
+    _gpu(handle1, state), _gpu(handle2, state)
+    pair = state.get("p2p", {}).get(f"{min(handle1, handle2)}-{max(handle1, handle2)}", {})
+    kind = "nvlink" if index == NVML_P2P_CAPS_INDEX_NVLINK else "read"
+    return pair.get(kind, NVML_P2P_STATUS_OK if kind == "read" else NVML_P2P_STATUS_NOT_SUPPORTED)
+
+
+def nvmlDeviceGetNvLinkState(handle: int, link: int) -> int:
+    """The GPU's `nvlinks` (how many are up); past them, or a card without NVLink, NOT_SUPPORTED."""
+    gpu = _gpu(handle)
+    if link >= gpu.get("nvlinks", 0):
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    return NVML_FEATURE_ENABLED
+
+
 def nvmlDeviceGetComputeRunningProcesses(handle: int) -> list[SimpleNamespace]:
     """The processes holding memory on the GPU: the state's `processes`, [{pid, used}] (bytes)."""
     return [SimpleNamespace(pid=p["pid"], usedGpuMemory=p.get("used")) for p in _gpu(handle).get("processes", [])]
