@@ -48,12 +48,17 @@ def _request(conn: http.client.HTTPConnection, method: str, path: str, body: Any
         conn.close()
 
 
-def status(listen: str = DEFAULT_STATUS_URL, timeout: float = 5) -> dict[str, Any]:
+def get_json(listen: str, path: str, timeout: float = 5) -> Any:
+    """GET PATH of the agent's status surface at LISTEN."""
     host, _, port = listen.rpartition(":")
-    code, body = _request(http.client.HTTPConnection(host, int(port), timeout=timeout), "GET", "/status")
+    code, body = _request(http.client.HTTPConnection(host, int(port), timeout=timeout), "GET", path)
     if code != 200:
-        raise AgentUnavailable(f"status answered HTTP {code}")
+        raise AgentUnavailable(f"{path} answered HTTP {code}")
     return body
+
+
+def status(listen: str = DEFAULT_STATUS_URL, timeout: float = 5) -> dict[str, Any]:
+    return get_json(listen, "/status", timeout)
 
 
 def control(

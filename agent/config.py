@@ -60,6 +60,14 @@ class GpuConfig(Strict):
     reapply_min_interval_s: Seconds = 60  # a setting that will not stick is retried at most this often
 
 
+class CostConfig(Strict):
+    """What the cards cost, for `aiinfra cost` (gpu_card_cost, gpu_card_lifetime_years, gpu_expected_count)."""
+
+    card_cost: Annotated[float, Field(ge=0, strict=False)] | None = None  # per card, in the tariff's currency
+    lifetime_years: Annotated[float, Field(gt=0, strict=False)] = 4
+    cards: Annotated[int, Field(ge=0)] | None = None  # None: the GPUs the engines use
+
+
 class AgentConfig(Strict):
     engines: dict[str, Engine] = {}
     profiles: dict[str, list[str]] = {}
@@ -76,6 +84,8 @@ class AgentConfig(Strict):
     control_socket: str = box.CONTROL_SOCKET  # profile switch, restarts: root and the group
     control_group: str = box.GROUP
     state_dir: str = box.STATE_DIR  # engine launch files, logs, the process backend's records
+    data_dir: str = box.DATA_DIR  # what outlives a reboot: the energy ledger
+    cost: CostConfig = CostConfig()
     engine_user: str | None = box.USER  # engines run unprivileged; None: as the agent's user
     router_listen: str | None = box.ROUTER_LISTEN  # the OpenAI-compatible endpoint; None: no router
     router_auth: bool = True  # API keys required; false is an explicit choice that /status shows

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from aiinfra.agent import box
-from aiinfra.agent.commands import control, gpu, keys, models
+from aiinfra.agent.commands import control, cost, gpu, keys, models
 from aiinfra.agent.config import DEFAULT_PATH, AgentConfig, ConfigError, load
 from aiinfra.agent.effects import Backend
 from aiinfra.agent.effects.process import ProcessBackend
@@ -272,3 +272,4 @@ for command in control.COMMANDS:
 main.add_command(keys.keys)
 main.add_command(models.models)
 main.add_command(gpu.gpu)
+main.add_command(cost.cost)

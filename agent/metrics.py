@@ -50,6 +50,15 @@ class EngineCollector(Collector):
         )
         for switch in (report.get("switching") or {}).get("switches", []):
             switches.add_metric([switch["profile"], switch["reason"]], switch["count"])
+        energy = report.get("energy") or {}
+        series = (("energy_joules", "joules", "GPU energy attributed to the engine ((idle): to none)"),
+                  ("tokens", "tokens", "Prompt and completion tokens the router counted"),
+                  ("busy_seconds", "busy_s", "Seconds with a request in flight"))  # fmt: skip
+        for name, key, help_ in series:
+            family = CounterMetricFamily(f"aiinfra_engine_{name}", help_, labels=["engine"])
+            for engine, value in energy.get(key, {}).items():
+                family.add_metric([engine], value)
+            yield family
         yield from (phase, desired, restarts, latency, switches, degraded)
 
 

@@ -24,6 +24,7 @@ import aiohttp
 from aiinfra.agent import probes, reconcile
 from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.effects import Backend, StartError, process_tree
+from aiinfra.agent.energy import Ledger
 from aiinfra.agent.engines import Launch, launch, vllm_build
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.gpu.policy import TensorPath, placement_problem
@@ -114,6 +115,9 @@ class Supervisor:
         # The GPU sets of tensor-parallel engines, and how each is linked (read once NVML answers).
         self.tp_sets = {tuple(sorted(e.gpus)) for e in config.engines.values() if len(e.gpus) > 1}
         self.tensor_paths: dict[tuple[int, ...], TensorPath] = {}
+        self.ledger = Ledger(Path(config.data_dir) / "energy.json")
+        self.busy_since: dict[str, float] = {}  # engine → when its first request in flight began
+        self.ledger_saved = clock()
         # Every name any engine serves, in any profile: a fixed set, for the metrics' labels.
         self.served: frozenset[str] = frozenset(m for target in self.launches.values() for m in target.served)
 
@@ -180,9 +184,16 @@ class Supervisor:
     def request_started(self, name: str) -> None:
         self.inflight[name] += 1
         self.requested_at[name] = self.clock()
+        self.busy_since.setdefault(name, self.clock())
 
     def request_done(self, name: str) -> None:
         self.inflight[name] -= 1
+        if self.inflight[name] == 0 and name in self.busy_since:
+            self.ledger.busy(name, self.clock() - self.busy_since.pop(name), time.time())
+
+    def count_tokens(self, name: str, tokens: int) -> None:
+        """Tokens an engine made or read for a request the router answered (for the cost per token)."""
+        self.ledger.tokens(name, tokens, time.time())
 
     def saw_request(self, name: str) -> None:
         """A request for engine NAME's model arrived (it may wait): the profile is not idle."""
@@ -223,6 +234,9 @@ class Supervisor:
         await self._act(decide(self.desired(), self.states, now, may_start, busy), now)
         self._schedule_probes(now)
         self._save_counts()
+        if now - self.ledger_saved >= 60:
+            self.ledger.save()
+            self.ledger_saved = now
         self.last_tick = now
 
     def _switch_back_when_idle(self, now: float) -> None:
@@ -265,6 +279,11 @@ class Supervisor:
                 await self._act(reconcile.driver_changed(self.states, verdict.message), now)
                 self.gpu.engines_started()  # the restart below happens under the new driver
             self._check_placement(now)
+            running: dict[int, list[str]] = {}
+            for name, state in self.states.items():
+                for gpu in self.config.engines[name].gpus if state.running else ():
+                    running.setdefault(gpu, []).append(name)
+            self.ledger.observe(self.gpu.snapshot, running, time.time())
             if self.tp_sets and not self.tensor_paths and self.gpu.snapshot.state == "ok":
                 await self._read_tensor_paths()
         return not self.gpu.verdict.hold
@@ -324,6 +343,7 @@ class Supervisor:
             await asyncio.gather(*self.stops.values(), return_exceptions=True)
         if self.session is not None:
             await self.session.close()
+        self.ledger.save()
 
     # -- effects -----------------------------------------------------------------------------------
 
@@ -474,5 +494,6 @@ class Supervisor:
             "engines": engines,
             "gpu": None if self.gpu is None else self.gpu.status() | {"tensor_parallel": self._paths_status()},
             "switching": self.switching(),
+            "energy": vars(self.ledger.totals()),
             "events": list(self.events)[-50:],
         }

@@ -326,6 +326,28 @@ def status(pattern: str | None, inventory: str | None, listen: str, as_json: boo
         sys.exit(EXIT_UNREACHABLE)
 
 
+@main.command("cost", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--host", "pattern", help="Ask the agent on these inventory hosts (default: this machine's).")
+@click.option("-i", "--inventory", help=INVENTORY_HELP)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def cost(pattern: str | None, inventory: str | None, args: tuple[str, ...]) -> None:
+    """Energy, tokens, joules per token, duty cycle and cost per million tokens: the agent's own command,
+
+    \b
+      aiinfra cost [--host H] [--since 7d] [--price-per-kwh X] [--cloud-price-per-mtok Y] [--json]
+    """
+    if pattern is not None:
+        inv, hosts = load_hosts(inventory, pattern)
+        worst = 0
+        for host, answer in remote.agent_command(inv.path, hosts, ["cost", *args]).items():
+            click.echo(f"== {host}:\n{(answer.stdout or answer.error).rstrip()}")
+            worst = max(worst, EXIT_UNREACHABLE if answer.rc is None else answer.rc)
+        sys.exit(worst)
+    from aiinfra.agent.commands.cost import cost as agent_cost
+
+    agent_cost.main(args=list(args), prog_name="aiinfra cost")
+
+
 @main.command()
 @click.argument("name")
 @click.option("--host", "pattern", help="Switch the agent on these inventory hosts (default: this machine's).")

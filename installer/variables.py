@@ -298,7 +298,18 @@ class Variables(Strict):
     gpu_expected_count: Annotated[int, Field(ge=0, le=16)] | None = var(
         None,
         'How many GPUs nvidia-smi must see at the end of the run ("" or null: not checked).',
-        roles=("nvidia_driver", "gpu_tuning"),
+        roles=("nvidia_driver", "gpu_tuning", "aiinfra_agent"),
+    )
+    gpu_card_cost: Annotated[float, Field(ge=0, strict=False)] | None = var(
+        None,
+        "What one card cost, in the tariff's currency: `aiinfra cost` spreads it over the cards' lifetime "
+        "and the tokens they make. None: the cost per token is the energy's alone.",
+        roles=("aiinfra_agent",),
+    )
+    gpu_card_lifetime_years: Annotated[float, Field(gt=0, le=20, strict=False)] = var(
+        4,
+        "The years the cards are expected to serve, for `aiinfra cost`.",
+        roles=("aiinfra_agent",),
     )
     gpu_persistence_mode: bool = var(
         True,

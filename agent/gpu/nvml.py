@@ -32,6 +32,7 @@ class GpuInfo:
     throttle_reasons: int = 0
     lost: bool = False
     processes: tuple[int, ...] = ()  # the pids holding memory on it (compute processes)
+    energy_mj: int | None = None  # energy since the driver loaded; None: the card has no counter
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,17 @@ class Nvml:
             sm_clock_mhz=nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
             throttle_reasons=nv.nvmlDeviceGetCurrentClocksThrottleReasons(h),
             processes=self._processes(h),
+            energy_mj=self._energy(h),
         )
+
+    def _energy(self, handle: Any) -> int | None:
+        nv = self.lib
+        try:
+            return int(nv.nvmlDeviceGetTotalEnergyConsumption(handle))
+        except nv.NVMLError as exc:
+            if getattr(exc, "value", None) == nv.NVML_ERROR_NOT_SUPPORTED:
+                return None  # before Volta: power draw, integrated, stands in
+            raise
 
     def _processes(self, handle: Any) -> tuple[int, ...]:
         nv = self.lib

@@ -66,6 +66,20 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+async def cost(request: web.Request) -> web.Response:
+    """The energy ledger over the last `since` seconds (all it keeps without), and the cards' cost."""
+    supervisor = request.app[SUPERVISOR]
+    try:
+        since = float(request.query["since"]) if "since" in request.query else None
+    except ValueError:
+        return web.json_response({"error": "since is a number of seconds"}, status=400)
+    window = supervisor.ledger.window(since, time.time())
+    cards = supervisor.config.cost.cards
+    if cards is None:
+        cards = len({g for e in supervisor.config.engines.values() for g in e.gpus})
+    return web.json_response({"window": vars(window), "cost": supervisor.config.cost.model_dump() | {"cards": cards}})
+
+
 def status_app(supervisor: Supervisor, metrics_of: Metrics, router: Callable[[], dict]) -> web.Application:
     app = web.Application()
     app[SUPERVISOR] = supervisor
@@ -75,6 +89,7 @@ def status_app(supervisor: Supervisor, metrics_of: Metrics, router: Callable[[],
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/cost", cost)
     return app
 
 

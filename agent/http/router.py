@@ -400,6 +400,8 @@ class Router:
         latency = time.monotonic() - exchange.started
         # Labels only from what the spec configures: a client's made-up names must not add series.
         configured = exchange.model in self.supervisor.snapshot().served
+        if exchange.status == 200 and exchange.engine != "-":
+            self.supervisor.count_tokens(exchange.engine, exchange.prompt_tokens + exchange.completion_tokens)
         self.metrics.observe_request(
             exchange.model if configured else UNKNOWN_MODEL,
             exchange.status,

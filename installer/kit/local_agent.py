@@ -83,6 +83,7 @@ class Agent:
             "status_listen": self.listen,
             "control_socket": self.socket,
             "state_dir": str(tmp / "state"),
+            "data_dir": str(tmp / "data"),
             "model_storage_mount": str(tmp / "models"),
             "engine_user": None,
             "policy": {**FAST_POLICY, **(policy or {})},

@@ -221,6 +221,14 @@ def nvmlDeviceGetNvLinkState(handle: int, link: int) -> int:
     return NVML_FEATURE_ENABLED
 
 
+def nvmlDeviceGetTotalEnergyConsumption(handle: int) -> int:
+    """mJ since the driver loaded: the state's `energy_mj`; a card with `energy_counter: false` has none."""
+    gpu = _gpu(handle)
+    if gpu.get("energy_counter") is False:
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    return int(gpu.get("energy_mj", 0))
+
+
 def nvmlDeviceGetComputeRunningProcesses(handle: int) -> list[SimpleNamespace]:
     """The processes holding memory on the GPU: the state's `processes`, [{pid, used}] (bytes)."""
     return [SimpleNamespace(pid=p["pid"], usedGpuMemory=p.get("used")) for p in _gpu(handle).get("processes", [])]
