@@ -105,7 +105,8 @@ class Supervisor:
         # The router's inputs: requests answered now (leaving engines drain them before they stop),
         # and when each engine last had one (a profile switched to on request goes back when idle).
         self.inflight: Counter[str] = Counter()
-        self.requested_at: dict[str, float] = {}
+        self.requested_at: dict[str, float] = {}  # when a request last arrived or left, per engine
+        self.active: Counter[str] = Counter()  # requests waiting for or being answered by each engine
         self.switched_at: float | None = None
         self.switch_cause: dict[str, Any] = {}  # the last switch: reason, key, model, wall time
         self.switches: Counter[tuple[str, str]] = Counter()  # (profile, reason)
@@ -195,8 +196,13 @@ class Supervisor:
         """Tokens an engine made or read for a request the router answered (for the cost per token)."""
         self.ledger.tokens(name, tokens, time.time())
 
-    def saw_request(self, name: str) -> None:
-        """A request for engine NAME's model arrived (it may wait): the profile is not idle."""
+    def request_arrived(self, name: str) -> None:
+        """A request for engine NAME's model arrived (it may wait for the engine): not idle until it left."""
+        self.active[name] += 1
+        self.requested_at[name] = self.clock()
+
+    def request_left(self, name: str) -> None:
+        self.active[name] -= 1
         self.requested_at[name] = self.clock()
 
     def traffic_ok(self, name: str) -> None:
@@ -244,6 +250,8 @@ class Supervisor:
         default = self.config.default_profile
         if policy is None or default is None or self.profile == default:
             return
+        if any(self.active[n] > 0 for n in self.desired()):
+            return  # requests wait for or are answered by its engines: not idle
         last = max((self.requested_at.get(n, 0.0) for n in self.desired()), default=0.0) or None
         if reconcile.back_to_default_due(last, self.switched_at, policy.back_after_idle_s, policy.min_dwell_s, now):
             self._switch(default, "idle")

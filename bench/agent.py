@@ -6,7 +6,9 @@
 - engine death (SIGKILL) → noticed, and → restart issued (the configured first backoff included);
 - hang (inference stops answering, /health still 200) → detected by the liveness probe;
 - a request sent as its engine restarts (2 s load): how long it waited, against the restart's own
-  time to ready (what the queue adds).
+  time to ready (what the queue adds);
+- a switch to deep on request and back when idle (2 s loads, stub engines): the request's answer time,
+  and idle → the default profile ready again.
 """
 
 from __future__ import annotations
@@ -153,6 +155,40 @@ def through_restart(tmp: Path, rounds: int) -> None:
     )
 
 
+def switch_and_back(tmp: Path, rounds: int) -> None:
+    load, idle = 2.0, 2.0
+    delay = ("--startup-delay", str(load))
+    engines = {"a": vllm(free_port(), *delay), "b": vllm(free_port(), *delay)}
+    agent = Agent(tmp / "switch", engines, {"fast": ["a"], "deep": ["b"]}, "fast",
+                  policy={"tick_s": 0.5, "readiness_interval_s": 0.2, "liveness_interval_s": 60})  # fmt: skip
+    agent.config |= {"router_auth": False, "profile_switching": {"deep": {"back_after_idle_s": idle, "min_dwell_s": 0}}}
+    agent.tmp.mkdir()
+    answered, back = [], []
+    try:
+        agent.start()
+        agent.wait_phase("a", "ready", 30)
+        deep = agent.engine("b")["served"][0]
+        body = json.dumps({"model": deep, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        url = f"http://{agent.config['router_listen']}/v1/chat/completions"
+        for _ in range(rounds):
+            asked = time.monotonic()
+            with urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}),
+                                        timeout=60) as answer:  # fmt: skip
+                assert answer.status == 200
+            done = time.monotonic()
+            answered.append(done - asked)
+            agent.wait(lambda s: s["profile"] == "fast" and s["engines"]["a"]["phase"] == "ready", 60, "back")
+            back.append(time.monotonic() - done)
+    finally:
+        agent.stop()
+    mid = len(answered) // 2
+    print(
+        f"switch to deep on request ({load:.0f} s loads): answered after median {sorted(answered)[mid]:.2f} s; "
+        f"back to fast, ready, median {sorted(back)[mid]:.2f} s after the last request (idle {idle:.0f} s "
+        f"+ the load), n={rounds}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60, help="footprint sampling window")
@@ -163,6 +199,7 @@ def main() -> None:
         death(Path(tmp), args.rounds)
         hang(Path(tmp))
         through_restart(Path(tmp), args.rounds)
+        switch_and_back(Path(tmp), args.rounds)
 
 
 if __name__ == "__main__":

@@ -229,6 +229,7 @@ class Router:
     async def proxy(self, request: web.Request) -> web.StreamResponse:
         exchange = Exchange(started=time.monotonic())
         body_text: str | None = None
+        arrived: str | None = None  # the engine this request counts against, once routed
         try:
             key = self._authenticate(request)
             exchange.key = key.name if key else "-"
@@ -256,7 +257,8 @@ class Router:
                 raise Refusal(403, f"key {key.name!r} may not use model {exchange.model!r}", "model_not_allowed")
             if switch_to is not None:
                 launch = self._switch_for(exchange.model, switch_to, key)
-            self.supervisor.saw_request(launch.name)
+            self.supervisor.request_arrived(launch.name)
+            arrived = launch.name
             if not ready:
                 launch = await self._wait_ready(exchange.model, launch)
             if key is not None:
@@ -281,6 +283,8 @@ class Router:
             exchange.status = refusal.status
             return refusal.response()
         finally:
+            if arrived is not None:
+                self.supervisor.request_left(arrived)
             self._record(exchange, body_text)
 
     async def _forward(

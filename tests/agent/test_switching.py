@@ -88,3 +88,15 @@ def test_a_profile_stays_its_min_dwell_before_a_request_may_switch_again(make_ag
     assert "profile deep stays another" in str(later.value)
     assert 25 <= int(later.value.response.headers["Retry-After"]) <= 30
     assert agent.status()["profile"] == "deep"
+
+
+def test_a_request_waiting_for_the_deep_engine_keeps_the_box_from_switching_back(make_agent):
+    """The deep engine takes longer to load than the idle time: its first request must still be answered."""
+    engines = {"a": vllm(free_port()), "b": vllm(free_port(), "--startup-delay", "3", gpus=[0])}
+    agent = make_agent(engines, {"fast": ["a"], "deep": ["b"]}, "fast", policy={"liveness_interval_s": 60})
+    agent.config["profile_switching"] = {"deep": {"back_after_idle_s": 1, "min_dwell_s": 0}}
+    agent.start().wait_phase("a", "ready")
+    ops = client(agent, add_key(agent, "ops", "--may-switch"), timeout=30.0)
+    reply = ops.chat.completions.create(model=agent.engine("b")["served"][0], messages=MSG)
+    assert reply.choices[0].message.content
+    assert agent.wait(lambda s: s["profile"] == "fast", 10, "the switch back, once idle")["profile"] == "fast"
