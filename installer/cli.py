@@ -203,6 +203,7 @@ def plan_cmd(pattern: str, inventory: str | None, only: str | None, as_json: boo
     """
     inv, hosts = load_hosts(inventory, pattern)
     report: dict[str, dict[str, list[dict]]] = {}
+    engine_gpus: dict[str, list[int]] = {}
     for host in hosts:
         spec, errors = validate(host, inv.hostvars[host])
         if spec is None:
@@ -211,6 +212,7 @@ def plan_cmd(pattern: str, inventory: str | None, only: str | None, as_json: boo
             fail(f"{host}: spec invalid; fix it before planning", EXIT_BAD_INPUT)
         if only is not None and only not in spec.profiles:
             fail(f"{host}: profile {only!r} not in profiles ({', '.join(spec.profiles) or 'none'})", EXIT_BAD_INPUT)
+        engine_gpus |= {name: engine.gpus for name, engine in spec.engines.items()}
         try:
             report[host] = {p: profile_fits(spec, p) for p in spec.profiles if only in (None, p)}
         except plan.PlanError as exc:
@@ -222,6 +224,30 @@ def plan_cmd(pattern: str, inventory: str | None, only: str | None, as_json: boo
         for name, rows in profiles.items():
             click.echo(f"{host} profile {name}")
             click.echo(plan_table(rows))
+    for line in gpu_links_here(engine_gpus):
+        click.echo(line)
+
+
+def gpu_links_here(engines: dict[str, list[int]]) -> list[str]:
+    """Run on the box (NVML answers here): how each tensor-parallel engine's GPUs are linked, as the
+    agent will find it, so that a pair without P2P is known before the profile first starts."""
+    from aiinfra.agent.gpu.nvml import Nvml
+    from aiinfra.agent.gpu.policy import tensor_path
+
+    spanning = {name: sorted(gpus) for name, gpus in engines.items() if len(gpus) > 1}
+    nvml = Nvml()
+    if not spanning or nvml.read().state != "ok":
+        return []
+    lines = []
+    try:
+        for name, gpus in spanning.items():
+            pairs = [(a, b) for i, a in enumerate(gpus) for b in gpus[i + 1 :]]
+            path = tensor_path(gpus, {p: nvml.links(*p) for p in pairs})
+            said = {"nvlink": "NVLink", "pcie": "P2P over PCIe"}.get(path.path, path.reason)
+            lines.append(f"GPU links here (NVML): engine {name} on GPUs {', '.join(map(str, gpus))}: {said}")
+    finally:
+        nvml.shutdown()
+    return lines
 
 
 def profile_fits(spec: HostSpec, profile: str) -> list[dict]:

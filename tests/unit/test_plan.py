@@ -171,3 +171,26 @@ def test_the_kits_tiny_stand_in_is_sized_as_the_model_it_stands_in_for(tmp_path)
     facts = plan.model_facts(engine(model="Qwen/Qwen2.5-7B-Instruct"), str(tmp_path))
     assert facts == plan.KNOWN_MODELS[plan.model_key("Qwen/Qwen2.5-7B-Instruct")]
     assert facts.layers == 28  # the real 7B's, not the stand-in's 2
+
+
+def test_run_on_the_box_the_plan_says_how_each_tensor_parallel_engines_gpus_are_linked(tmp_path):
+    """With NVML answering (the kit's fake, two 3090s on a chipset without P2P), before deep first starts."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    state = tmp_path / "nvml.json"
+    gpu = {"name": "NVIDIA GeForce RTX 3090", "memory_total": 25769803776, "memory_used": 0, "utilization": 0,
+           "temperature": 35, "power_usage_mw": 30000, "power_limit_mw": 350000, "power_min_mw": 100000,
+           "power_max_mw": 390000, "power_default_mw": 350000, "persistence": 1, "sm_clock": 210, "throttle": 0}
+    state.write_text(json.dumps({"driver": "580.105.08", "library": "580.105.08", "gpus": [gpu, dict(gpu)],
+                                 "p2p": {"0-1": {"read": 1}}}))  # fmt: skip
+    inventory = write_inventory(tmp_path / "inv", thor_spec())
+    env = {**os.environ, "PYTHONPATH": str(hardware_kit.FAKE_NVML), "AIINFRA_FAKE_NVML": str(state)}
+    aiinfra = str(Path(sys.executable).with_name("aiinfra"))
+    done = subprocess.run([aiinfra, "plan", "--host", "thor", "-i", str(inventory)], capture_output=True, text=True,
+                          env=env, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert ("GPU links here (NVML): engine qwen32b on GPUs 0, 1: no P2P between GPU 0 and GPU 1 (chipset not "
+            "supported): NCCL goes through host memory") in done.stdout  # fmt: skip
