@@ -64,6 +64,8 @@ def agent(tmp_path_factory):
         "vllm_extra_args": lab.LAB_VLLM_ARGS,
         "router_auth": False,
         "router_timeout_s": 60,
+        # A request for the model while "off" is active switches back to "on" (the last test).
+        "profile_switching": {"on": {"back_after_idle_s": 600, "min_dwell_s": 0}},
     }
     running.start()
     yield running
@@ -188,3 +190,16 @@ def test_a_stop_takes_the_whole_tree(agent):
     assert switched.returncode == 0, switched.stderr
     agent.wait_phase("e", "stopped", timeout=60)
     assert not [p.pid for p in procs if pid_alive(p.pid)]
+
+
+def test_a_request_switches_the_box_back_to_the_profile_that_serves_it(agent):
+    """After the previous test the box runs profile off: the request starts vLLM again and is answered."""
+    assert agent.status()["profile"] == "off"
+    patient = openai.OpenAI(base_url=f"http://{agent.config['router_listen']}/v1", api_key="-", max_retries=0,
+                            timeout=300)  # fmt: skip
+    reply = patient.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=2)
+    assert reply.usage.completion_tokens >= 1
+    status = agent.status()
+    assert status["profile"] == "on" and status["switching"]["last"]["reason"] == "request"
+    assert status["engines"]["e"]["phase"] == "ready"
+
