@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -352,6 +353,19 @@ def status(pattern: str | None, inventory: str | None, listen: str, as_json: boo
         sys.exit(EXIT_UNREACHABLE)
 
 
+def on_hosts(
+    inventory: str | None, pattern: str, argv: list[str], show: Callable[[str, str], str] | None = None
+) -> NoReturn:
+    """Run `aiinfra-agent ARGV` on the hosts PATTERN names, print each answer, exit with the worst code."""
+    inv, hosts = load_hosts(inventory, pattern)
+    worst = 0
+    for host, answer in remote.agent_command(inv.path, hosts, argv).items():
+        out = answer.stdout or answer.error
+        click.echo(show(host, out) if show else f"{host}: {out.strip()}")
+        worst = max(worst, EXIT_UNREACHABLE if answer.rc is None else answer.rc)
+    sys.exit(worst)
+
+
 @main.command("cost", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--host", "pattern", help="Ask the agent on these inventory hosts (default: this machine's).")
 @click.option("-i", "--inventory", help=INVENTORY_HELP)
@@ -363,12 +377,7 @@ def cost(pattern: str | None, inventory: str | None, args: tuple[str, ...]) -> N
       aiinfra cost [--host H] [--since 7d] [--price-per-kwh X] [--cloud-price-per-mtok Y] [--json]
     """
     if pattern is not None:
-        inv, hosts = load_hosts(inventory, pattern)
-        worst = 0
-        for host, answer in remote.agent_command(inv.path, hosts, ["cost", *args]).items():
-            click.echo(f"== {host}:\n{(answer.stdout or answer.error).rstrip()}")
-            worst = max(worst, EXIT_UNREACHABLE if answer.rc is None else answer.rc)
-        sys.exit(worst)
+        on_hosts(inventory, pattern, ["cost", *args], lambda host, out: f"== {host}:\n{out.rstrip()}")
     from aiinfra.agent.commands.cost import cost as agent_cost
 
     agent_cost.main(args=list(args), prog_name="aiinfra cost")
@@ -400,13 +409,7 @@ def profile(
         click.get_current_context().invoke(
             control.profile, name=name, socket_path=socket_path, listen=listen, timeout=timeout, no_wait=False
         )
-    inv, hosts = load_hosts(inventory, pattern)
-    worst = 0
-    for host, answer in remote.agent_command(inv.path, hosts, ["profile", name, "--timeout", str(timeout)]).items():
-        click.echo(f"{host}: {(answer.stdout or answer.error).strip()}")
-        code = EXIT_UNREACHABLE if answer.rc is None else answer.rc
-        worst = max(worst, code)
-    sys.exit(worst)
+    on_hosts(inventory, pattern, ["profile", name, "--timeout", str(timeout)])
 
 
 @main.command("keys", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -422,12 +425,7 @@ def keys(pattern: str | None, inventory: str | None, args: tuple[str, ...]) -> N
       aiinfra keys revoke NAME
     """
     if pattern is not None:
-        inv, hosts = load_hosts(inventory, pattern)
-        worst = 0
-        for host, answer in remote.agent_command(inv.path, hosts, ["keys", *args]).items():
-            click.echo(f"{host}: {(answer.stdout or answer.error).strip()}")
-            worst = max(worst, EXIT_UNREACHABLE if answer.rc is None else answer.rc)
-        sys.exit(worst)
+        on_hosts(inventory, pattern, ["keys", *args])
     from aiinfra.agent.commands.keys import keys as agent_keys
 
     agent_keys.main(args=list(args), prog_name="aiinfra keys")  # the agent's own commands, named as called
