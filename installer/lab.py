@@ -525,7 +525,8 @@ def write_inventory(host: str, container: str, doubles: dict) -> None:
     data.setdefault("inference", {"children": {"lab": {}}})
     lab_hosts = data.setdefault("lab", {}).get("hosts") or {}
     lab_hosts[host] = {
-        "ansible_connection": "containers.podman.podman",
+        # containers.podman's connection, pipelined (playbooks/connection_plugins/podman.py)
+        "ansible_connection": "podman",
         "ansible_host": container,
         "ansible_python_interpreter": "/usr/bin/python3",
         **doubles,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiinfra.installer.inventory import ansible_tool
-from aiinfra.installer.run import CONTAINERS_CONF
+from aiinfra.installer.run import ansible_environment
 
 AGENT_BIN = "/opt/aiinfra/bin/aiinfra-agent"
 
@@ -28,8 +28,7 @@ def agent_command(inventory: Path, hosts: list[str], args: list[str]) -> dict[st
         **os.environ,
         "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
         "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-        "ANSIBLE_NOCOLOR": "1",
-        "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF)),
+        **ansible_environment(),
     }
     argv = [
         ansible_tool("ansible"),

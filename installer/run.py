@@ -32,6 +32,20 @@ def project_dir() -> Path:
     return root
 
 
+def ansible_environment() -> dict[str, str]:
+    """What every Ansible command aiinfra runs is told: the project's roles and connection plugin
+    (the lab's pipelined podman, playbooks/connection_plugins), pipelining, and podman's settings."""
+    root = project_dir()
+    return {
+        "ANSIBLE_ROLES_PATH": str(root / "roles"),
+        "ANSIBLE_CONNECTION_PLUGINS": str(root / "playbooks" / "connection_plugins"),
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_NOCOLOR": "1",
+        # Lab hosts are podman containers: podman there must use the project's settings too.
+        "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF)),
+    }
+
+
 def state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "aiinfra"
@@ -198,12 +212,8 @@ def run_playbook(
             "PATH": f"{Path(ansible_tool('ansible-playbook')).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             # ansible-runner turns host key checking off unless told otherwise; aiinfra does not
             "ANSIBLE_HOST_KEY_CHECKING": os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "True"),
-            "ANSIBLE_ROLES_PATH": str(root / "roles"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_PIPELINING": "True",
             "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "True",
-            # Lab hosts are podman containers: podman there must use the project's settings too.
-            "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF)),
+            **ansible_environment(),
         },
         event_handler=progress,
         quiet=True,

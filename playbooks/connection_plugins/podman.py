@@ -1,0 +1,31 @@
+"""The lab's connection to its hosts (systemd containers): containers.podman's, with pipelining.
+
+Upstream's `podman exec` does not pass stdin, so Ansible must copy every module into the container,
+chmod it and remove it again: three `podman exec` calls a task. Passing stdin (`exec -i`) lets a
+module travel on it, one call a task, as with SSH and pipelining on a real box. `aiinfra install`,
+the agent commands and Molecule find it here (ANSIBLE_CONNECTION_PLUGINS) under upstream's short
+name `podman`, which is what molecule-plugins writes into its inventories.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from ansible.module_utils.common.text.converters import to_native
+from ansible.plugins.connection import ensure_connect
+from ansible_collections.containers.podman.plugins.connection import podman as upstream
+
+DOCUMENTATION = upstream.DOCUMENTATION.replace("short_description:", "short_description: (pipelined)", 1)
+
+
+class Connection(upstream.Connection):
+    transport = "podman"
+    has_pipelining = True
+
+    @ensure_connect
+    def exec_command(self, cmd, in_data=None, sudoable=False):
+        super(upstream.Connection, self).exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        args = ["exec", "-i"] if in_data is not None else ["exec"]
+        if self.user:
+            args += ["--user", self.user]
+        return self._podman(args, shlex.split(to_native(cmd, errors="surrogate_or_strict")), in_data)
