@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from aiinfra.agent.schema import OLLAMA_MODEL, model_id_problem
 MANIFEST = "SHA256SUMS"
 VERIFIED = ".aiinfra-verified"  # holds the manifest's own hash once every file matched it
 DOWNLOAD_LEFTOVERS = (".cache",)  # `hf download --local-dir` keeps its bookkeeping here
+BLOCK = 4 << 20
+# Files copied at once from a mirror: a NAS or NVMe serves several streams faster than one, and
+# hashing (which frees the GIL) keeps a core busy per stream.
+COPIES_AT_ONCE = 4
 
 
 class StagingError(Exception):
@@ -49,6 +54,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _copy_hashing(source: Path, dest: Path) -> str:
+    """Copy SOURCE to DEST and return its SHA-256, reading it once."""
+    digest = hashlib.sha256()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with source.open("rb") as src, dest.open("wb") as out:
+        while block := src.read(BLOCK):
+            digest.update(block)
+            out.write(block)
+    shutil.copystat(source, dest)
+    return digest.hexdigest()
+
+
 def _files(folder: Path) -> list[Path]:
     return sorted(
         p.relative_to(folder)
@@ -64,26 +81,39 @@ def write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text("".join(lines))
 
 
+def _read_manifest(manifest: Path) -> dict[str, str]:
+    """File → SHA-256 from a SHA256SUMS file; StagingError naming the bad line."""
+    listed: dict[str, str] = {}
+    for number, line in enumerate(manifest.read_text().splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise StagingError(f"{manifest}:{number}: not a 'SHA256  FILE' line")
+        listed[name] = digest
+    return listed
+
+
+def _problems(listed: dict[str, str], found: dict[str, str | None], present: list[str]) -> list[str]:
+    """FOUND: each listed file's hash (None: missing); PRESENT: every file there is."""
+    problems = []
+    for name, digest in listed.items():
+        if found.get(name) is None:
+            problems.append(f"{name}: missing")
+        elif found[name] != digest:
+            problems.append(f"{name}: checksum mismatch")
+    return problems + [f"{name}: not in {MANIFEST}" for name in present if name not in listed]
+
+
 def manifest_problems(folder: Path) -> list[str]:
     """Every file listed must be there with its hash, and nothing unlisted may be there."""
     manifest = folder / MANIFEST
     if not manifest.is_file():
         return [f"{folder}: no {MANIFEST}"]
-    listed: dict[str, str] = {}
-    for number, line in enumerate(manifest.read_text().splitlines(), 1):
-        digest, sep, name = line.partition("  ")
-        if not sep or len(digest) != 64:
-            return [f"{manifest}:{number}: not a 'SHA256  FILE' line"]
-        listed[name] = digest
-    problems = []
-    for name, digest in listed.items():
-        path = folder / name
-        if not path.is_file():
-            problems.append(f"{name}: missing")
-        elif _sha256(path) != digest:
-            problems.append(f"{name}: checksum mismatch")
-    problems += [f"{rel.as_posix()}: not in {MANIFEST}" for rel in _files(folder) if rel.as_posix() not in listed]
-    return problems
+    try:
+        listed = _read_manifest(manifest)
+    except StagingError as exc:
+        return [str(exc)]
+    found = {name: _sha256(folder / name) if (folder / name).is_file() else None for name in listed}
+    return _problems(listed, found, [rel.as_posix() for rel in _files(folder)])
 
 
 def _manifest_digest(folder: Path) -> str:
@@ -99,8 +129,9 @@ def _is_rsync_source(mirror: str) -> bool:
     return not mirror.startswith("/") and ":" in mirror
 
 
-def _from_mirror(model: str, mirror: str, dest: Path) -> bool:
-    """Copy the model from the mirror into DEST; False when the mirror does not have it."""
+def _from_mirror(model: str, mirror: str, dest: Path) -> list[str] | None:
+    """Copy the model from the mirror into DEST and check it: its problems ([] when none), or None
+    when the mirror does not have it. A directory mirror is read once, hashed as it is copied."""
     if _is_rsync_source(mirror):
         proc = subprocess.run(
             ["rsync", "-a", "--delete", f"{mirror.rstrip('/')}/{model}/", f"{dest}/"],
@@ -109,15 +140,25 @@ def _from_mirror(model: str, mirror: str, dest: Path) -> bool:
             check=False,
         )
         if proc.returncode == 23 and "No such file" in proc.stderr:
-            return False
+            return None
         if proc.returncode != 0:
             raise StagingError(f"{model}: rsync from {mirror} failed: {proc.stderr.strip()[-300:]}")
-        return True
+        if not (dest / MANIFEST).is_file():
+            raise StagingError(f"{model}: the mirror {mirror} has no {MANIFEST} for it; add one (sha256sum)")
+        return manifest_problems(dest)
     source = Path(mirror) / model
     if not source.is_dir():
-        return False
-    shutil.copytree(source, dest, dirs_exist_ok=True)
-    return True
+        return None
+    if not (source / MANIFEST).is_file():
+        raise StagingError(f"{model}: the mirror {mirror} has no {MANIFEST} for it; add one (sha256sum)")
+    shutil.copyfile(source / MANIFEST, dest / MANIFEST)
+    listed = _read_manifest(dest / MANIFEST)
+    present = [rel.as_posix() for rel in _files(source)]
+    wanted = [name for name in present if name in listed]
+    with ThreadPoolExecutor(COPIES_AT_ONCE) as pool:
+        copied = pool.map(lambda name: _copy_hashing(source / name, dest / name), wanted)
+        hashes: dict[str, str | None] = dict(zip(wanted, copied, strict=True))
+    return _problems(listed, hashes, present)
 
 
 def stage(model: str, root: Path, mirror: str | None, download: list[str]) -> Staged:
@@ -131,18 +172,16 @@ def stage(model: str, root: Path, mirror: str | None, download: list[str]) -> St
     shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left
     work.mkdir(parents=True)
     try:
-        if mirror and _from_mirror(model, mirror, work):
-            source = "mirror"
-            if not (work / MANIFEST).is_file():
-                raise StagingError(f"{model}: the mirror {mirror} has no {MANIFEST} for it; add one (sha256sum)")
-        else:
+        problems = _from_mirror(model, mirror, work) if mirror else None
+        source = "mirror"
+        if problems is None:
             source = "download"
             _download(model, work, download)
             for leftover in DOWNLOAD_LEFTOVERS:
                 shutil.rmtree(work / leftover, ignore_errors=True)
             if not (work / MANIFEST).is_file():
                 write_manifest(work)  # first download: what arrived is what later copies are held to
-        problems = manifest_problems(work)
+            problems = manifest_problems(work)
         if problems:
             raise StagingError(f"{model} from {mirror if source == 'mirror' else 'download'}: " + "; ".join(problems))
         (work / VERIFIED).write_text(_manifest_digest(work) + "\n")

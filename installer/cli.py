@@ -189,6 +189,8 @@ def print_summary(summary: RunSummary) -> None:
             click.echo(f"models: {host} {counts}")
         if t.agent:
             click.echo(f"agent: {host} {t.agent}")
+    if summary.slowest:
+        click.echo("slowest: " + ", ".join(f"{task} {s:.0f}s" for task, s in summary.slowest[:3]))
     click.echo(f"log: {Path(summary.run_dir) / 'artifacts' / 'ansible' / 'stdout'}")
 
 

@@ -103,6 +103,15 @@ def lab_inventory_dir() -> Path:
     return state_dir() / "lab" / "inventory"
 
 
+def address_file(host: str) -> Path:
+    """The lab host's address, kept from its first start so a rebuilt host answers where it did."""
+    return state_dir() / "lab" / f"{host}.address"
+
+
+def address(host: str) -> str:
+    return podman("inspect", "-f", "{{.NetworkSettings.IPAddress}}", container_name(host)).stdout.strip()
+
+
 def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -> Path:
     """Start (or keep) the lab container for HOST and write it into the lab inventory.
 
@@ -122,9 +131,11 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
         write_mirror(host, spec_vars)
     running = podman("container", "inspect", "--format", "{{.State.Running}}", name, check=False)
     if running.returncode != 0:
-        say(f"starting {name} from {image}")
+        kept = address_file(host).read_text().strip() if address_file(host).exists() else ""
+        say(f"starting {name} from {image}" + (f" at {kept}" if kept else ""))
         podman(
             "run",
+            *(["--ip", kept] if kept else []),
             "-d",
             "--name",
             name,
@@ -148,6 +159,8 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
     elif running.stdout.strip() != "true":
         podman("start", name)
     wait_for_systemd(name)
+    address_file(host).parent.mkdir(parents=True, exist_ok=True)
+    address_file(host).write_text(address(host) + "\n")
     write_inventory(host, name, engine_doubles(host, say) | real_vllm(release, say))
     if new_spec:
         spec_file.write_text(
@@ -458,11 +471,10 @@ def kit(container: str, release: str, host_vars: dict, say: Callable[[str], None
 def endpoint(host: str) -> dict:
     """The lab host's router as a client sees it: its URL, the lab key's file, the first ready model,
     and that model's answer to one chat request (proof that the example works)."""
-    address = podman("inspect", "-f", "{{.NetworkSettings.IPAddress}}", container_name(host)).stdout.strip()
     key_file = state_dir() / "lab" / f"{host}.key"
-    if not address or not key_file.exists():
+    if not (host_address := address(host)) or not key_file.exists():
         raise EnvironmentProblem(f"lab host {host} is not up (aiinfra lab up {host}, then aiinfra install)")
-    url = f"http://{address}:8000/v1"
+    url = f"http://{host_address}:8000/v1"
     headers = {"Authorization": f"Bearer {key_file.read_text().strip()}", "Content-Type": "application/json"}
 
     def call(path: str, body: dict | None = None) -> dict:
@@ -513,6 +525,7 @@ def down(host: str) -> bool:
         data.get("lab", {}).get("hosts", {}).pop(host, None)
         hosts_file.write_text(yaml.safe_dump(data, sort_keys=False))
     (inventory / "host_vars" / f"{host}.yml").unlink(missing_ok=True)
+    address_file(host).unlink(missing_ok=True)
     return existed
 
 

@@ -73,6 +73,7 @@ class RunSummary:
     run_dir: str
     check: bool
     rc: int
+    slowest: list[tuple[str, float]] = field(default_factory=list)  # where the time went: (task, seconds)
 
     @property
     def exit_code(self) -> int:
@@ -103,6 +104,11 @@ class Progress:
     task: str = ""
     tasks_seen: int = 0
     last_logged: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)  # task: its hosts' results' durations, summed
+
+    def slowest(self, n: int = 5) -> list[tuple[str, float]]:
+        ranked = sorted(self.seconds.items(), key=lambda kv: kv[1], reverse=True)[:n]
+        return [(task, round(s, 1)) for task, s in ranked]
 
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
@@ -116,6 +122,7 @@ class Progress:
         elif kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
             tally = self.tally.setdefault(host, HostTally())
             result = data.get("res", {})
+            self.seconds[self.task] = self.seconds.get(self.task, 0.0) + float(data.get("duration") or 0)
             if kind == "runner_on_ok":
                 tally.ok += 1
                 tally.changed += bool(result.get("changed"))
@@ -227,4 +234,5 @@ def run_playbook(
         run_dir=str(run_dir),
         check=check,
         rc=runner.rc if runner.rc is not None else 1,
+        slowest=progress.slowest(),
     )

@@ -57,12 +57,33 @@ def build(source: Path, dest: Path, python: str, arch: str) -> dict[str, str]:
         return _build(source, dest, python, arch)
 
 
+# What goes into aiinfra's wheel (pyproject.toml's packages and readme): unchanged, the wheelhouse
+# built from it last time is used as it is (pip wheel and download cost seconds a run).
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "installer", "agent")
+
+
+def source_digest(source: Path) -> str:
+    digest = hashlib.sha256()
+    for top in WHEEL_SOURCES:
+        paths = [source / top] if (source / top).is_file() else sorted((source / top).rglob("*"))
+        for path in paths:
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(f"{path.relative_to(source)}\0".encode() + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def _build(source: Path, dest: Path, python: str, arch: str) -> dict[str, str]:
     if not (source / "pyproject.toml").is_file():
         raise WheelhouseError(f"{source} is not a Python project (no pyproject.toml)")
     major, _, minor = python.partition(".")
     if not (major.isdigit() and minor.isdigit()):
         raise WheelhouseError(f"{python!r} is not a Python version like 3.13")
+    record = dest.with_name(dest.name + ".built.json")
+    digest = source_digest(source)
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        last = json.loads(record.read_text())
+        if last.pop("source") == digest and Path(last["archive"]).is_file():
+            return last
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
@@ -75,7 +96,9 @@ def _build(source: Path, dest: Path, python: str, arch: str) -> dict[str, str]:
     _download([str(wheel)], dest, python, arch)
     archive = dest.with_name(dest.name + ".tar")
     _archive(dest, archive)
-    return {"archive": str(archive), "wheel": wheel.name, "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}
+    built = {"archive": str(archive), "wheel": wheel.name, "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}
+    record.write_text(json.dumps({**built, "source": digest}))
+    return built
 
 
 def _download(requirements: list[str], dest: Path, python: str, arch: str) -> None:

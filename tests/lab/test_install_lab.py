@@ -72,6 +72,8 @@ def appliance_state(lab: Lab) -> dict:
     vllm = lab.box("/opt/vllm/current/bin/python", "-c", "import vllm; print(vllm.__version__)").stdout.strip()
     staged = lab.box("sh", "-c", "cd /mnt/nvme/models && find . -name SHA256SUMS | sort").stdout.split()
     return {
+        # where a saved `curl` line or client points
+        "address": podman("inspect", "-f", "{{.NetworkSettings.IPAddress}}", f"aiinfra-lab-{HOST}").stdout.strip(),
         "profile": report["profile"],
         "ready": sorted(n for n, e in report["engines"].items() if e["phase"] == "ready"),
         "gpus": report["gpu"]["state"],

@@ -52,6 +52,20 @@ def test_from_the_mirror_then_present(tmp_path):
     assert not (root / ".staging" / MODEL).exists()
 
 
+_opened: list[tuple[str, str]] = []
+sys.addaudithook(lambda event, args: _opened.append((str(args[0]), str(args[1]))) if event == "open" else None)
+
+
+def test_staging_from_a_mirror_reads_each_weight_once_hashing_as_it_copies(tmp_path):
+    mirror = make_mirror(tmp_path / "nas")
+    root = tmp_path / "models"
+    _opened.clear()
+    models.stage(MODEL, root, str(mirror), [])
+    weights_read = [path for path, mode in _opened if path.endswith("model.safetensors") and "r" in mode]
+    assert weights_read == [str(mirror / MODEL / "model.safetensors")]  # not the copy again
+    assert models.manifest_problems(root / MODEL) == []
+
+
 def test_a_corrupt_mirror_copy_is_refused_and_nothing_is_left(tmp_path):
     mirror = make_mirror(tmp_path / "nas")
     (mirror / MODEL / "model.safetensors").write_bytes(b"bitrot")

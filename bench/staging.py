@@ -1,0 +1,84 @@
+"""Staging a model from a mirror against a plain copy of the same files, side by side.
+
+    .venv/bin/python -m bench.staging [--gib 4] [--files 6] [--rounds 3]
+
+Makes a mirror holding one model (safetensors-sized files of random bytes and their SHA256SUMS),
+then, round after round in alternating order: `cp -r` of the model's folder (the floor: no
+checking at all), staging as aiinfra did before (copy, then hash every copy), and
+`aiinfra.agent.models.stage` (each file read once, hashed while copied, several at a time).
+Prints the median of each and its ratio to the plain copy. The files sit in the page cache after
+the first round, as a NAS's would not: the figures compare the work done, not the disks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from aiinfra.agent import models
+
+MODEL = "bench/Model-7B"
+
+
+def make_mirror(root: Path, total: int, files: int) -> Path:
+    folder = root / MODEL
+    folder.mkdir(parents=True)
+    block = os.urandom(4 << 20)
+    for n in range(files):
+        with (folder / f"model-{n + 1:05d}-of-{files:05d}.safetensors").open("wb") as out:
+            left = total // files
+            while left > 0:
+                out.write(block[: min(left, len(block))])
+                left -= len(block)
+    (folder / "config.json").write_text('{"architectures": ["Qwen2ForCausalLM"]}')
+    models.write_manifest(folder)
+    return root
+
+
+def plain_copy(mirror: Path, dest: Path) -> None:
+    subprocess.run(["cp", "-r", str(mirror / MODEL), str(dest)], check=True)
+
+
+def copy_then_check(mirror: Path, dest: Path) -> None:
+    """aiinfra before: copytree, then every file of the copy read again for its hash."""
+    shutil.copytree(mirror / MODEL, dest)
+    assert models.manifest_problems(dest) == []
+
+
+def stage(mirror: Path, dest: Path) -> None:
+    models.stage(MODEL, dest, str(mirror), [])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=4.0, help="size of the model (GiB)")
+    parser.add_argument("--files", type=int, default=6, help="weight files it is split into")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three, alternating")
+    args = parser.parse_args()
+    ways = {"plain copy (cp -r)": plain_copy, "copy, then hash the copy (before)": copy_then_check, "stage": stage}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    with tempfile.TemporaryDirectory(prefix="aiinfra-bench-staging-") as tmp:
+        mirror = make_mirror(Path(tmp) / "mirror", int(args.gib * (1 << 30)), args.files)
+        print(f"mirror: {args.gib:g} GiB in {args.files} files; {args.rounds} rounds, order alternating")
+        for round_ in range(args.rounds):
+            order = list(ways) if round_ % 2 == 0 else list(reversed(ways))
+            for name in order:
+                dest = Path(tmp) / "dest"
+                started = time.perf_counter()
+                ways[name](mirror, dest)
+                times[name].append(time.perf_counter() - started)
+                shutil.rmtree(dest)
+    floor = statistics.median(times["plain copy (cp -r)"])
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        print(f"{name:<36} {median:6.2f} s  {median / floor:5.2f}× the plain copy")
+
+
+if __name__ == "__main__":
+    main()
