@@ -220,7 +220,7 @@ def check_config(config_path: Path, as_json: bool) -> None:
         click.echo(json.dumps(verdict, indent=2))
     elif problems:
         click.echo("\n".join(line if config is None else f"{config_path}: {line}" for line in problems), err=True)
-    else:
+    elif config is not None:
         click.echo(f"{config_path}: ok ({len(config.engines)} engines, default profile {config.default_profile})")
     if problems:
         sys.exit(EXIT_BAD_INPUT)

@@ -222,4 +222,4 @@ class _Families:
 
 
 def exposition_of(families: Iterable[Metric]) -> bytes:
-    return generate_latest(_Families(families))  # type: ignore[arg-type]
+    return generate_latest(_Families(families))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
 from aiinfra.agent.config import Policy
 
@@ -64,7 +65,7 @@ class EngineState:
     probe_latency_ms: float | None = None
     last_startup_s: float | None = None  # how long its last start took to be ready: the next one's guess
 
-    def to(self, phase: Phase, now: float, **changes: object) -> EngineState:
+    def to(self, phase: Phase, now: float, **changes: Any) -> EngineState:
         if phase != self.phase and phase not in TRANSITIONS[self.phase]:
             raise IllegalTransition(f"{self.name}: {self.phase.value} → {phase.value}")
         return replace(self, phase=phase, since=now, **changes)

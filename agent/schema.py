@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -146,11 +146,11 @@ def engine_problems(
     for profile, members in profiles.items():
         taken: dict[int, str] = {}
         for member in members:
-            engine = engines.get(member)
-            if engine is None:
+            found = engines.get(member)
+            if found is None:
                 problems.append(f"profiles.{profile}: unknown engine {member!r}{did_you_mean(member, engines)}")
                 continue
-            for gpu in engine.gpus:
+            for gpu in found.gpus:
                 if gpu in taken:
                     problems.append(
                         f"profiles.{profile}: engines {taken[gpu]!r} and {member!r} both use "
@@ -173,7 +173,7 @@ def _is_union_tag(part: Any) -> bool:
     )
 
 
-def _without_union_tags(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _without_union_tags(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """A value that matches no member of a union gets one error per member, each path tagged with
     the member ("gpu_power_limit_watts.constrained-int"). Keep the member that got furthest."""
     plain: list[dict[str, Any]] = []

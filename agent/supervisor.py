@@ -179,6 +179,7 @@ class Supervisor:
         state, actions = reconcile.operator_restart(self.states[name], self.clock())
         self._set(name, state)
         for stop in actions:  # only stops: the loop starts it again
+            assert isinstance(stop, reconcile.Stop)
             self._stop(stop.name, stop.reason)
         self._event(name, "restart", "restart asked for by the operator")
 

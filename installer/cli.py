@@ -281,7 +281,7 @@ def plan_table(rows: list[dict]) -> str:
         "SEQS@CTX",
         "CTX@SEQS",
     )
-    table = [header]
+    table: list[tuple[str, ...]] = [header]
     for r in rows:
         if not r.get("sized", True):
             table.append((str(r["gpu"]), r["engine"], "ollama: sized by the model it loads, not planned"))
@@ -411,6 +411,7 @@ def profile(
         click.get_current_context().invoke(
             control.profile, name=name, socket_path=socket_path, listen=listen, timeout=timeout, no_wait=False
         )
+        return
     on_hosts(inventory, pattern, ["profile", name, "--timeout", str(timeout)])
 
 

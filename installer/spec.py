@@ -74,7 +74,7 @@ def _cross_checks(spec: HostSpec) -> list[str]:
         if engine.port == router_port:
             problems.append(f"engines.{name}.port: {engine.port} is the router's port (router_listen)")
         for gpu in engine.gpus if gpus is not None else ():
-            if gpu >= gpus:
+            if gpus is not None and gpu >= gpus:
                 problems.append(
                     f"engines.{name}.gpus: GPU {gpu} does not exist; the host has {gpus} (gpu_expected_count), "
                     f"indices 0..{gpus - 1}"

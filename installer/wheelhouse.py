@@ -81,7 +81,7 @@ def _build(source: Path, dest: Path, python: str, arch: str) -> dict[str, str]:
     record = dest.with_name(dest.name + ".built.json")
     digest = source_digest(source)
     with contextlib.suppress(OSError, ValueError, KeyError):
-        last = json.loads(record.read_text())
+        last: dict[str, str] = json.loads(record.read_text())
         if last.pop("source") == digest and Path(last["archive"]).is_file():
             return last
     dest.mkdir(parents=True, exist_ok=True)
@@ -96,9 +96,9 @@ def _build(source: Path, dest: Path, python: str, arch: str) -> dict[str, str]:
     _download([str(wheel)], dest, python, arch)
     archive = dest.with_name(dest.name + ".tar")
     _archive(dest, archive)
-    built = {"archive": str(archive), "wheel": wheel.name, "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}
-    record.write_text(json.dumps({**built, "source": digest}))
-    return built
+    made = {"archive": str(archive), "wheel": wheel.name, "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}
+    record.write_text(json.dumps({**made, "source": digest}))
+    return made
 
 
 def _download(requirements: list[str], dest: Path, python: str, arch: str) -> None:

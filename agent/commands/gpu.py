@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -52,8 +53,8 @@ def gpu_apply(settings_path: Path, check: bool, as_json: bool) -> None:
     _verdict(as_json, check, code, gpus, outcome.refused, outcome.differ, fix=settings_path)
 
 
-def _verdict(as_json: bool, check: bool, code: int, gpus: list | None = None, refused: list[str] = (),
-             differ: list[str] = (), error: str = "", fix: Path | None = None) -> None:  # fmt: skip
+def _verdict(as_json: bool, check: bool, code: int, gpus: list | None = None, refused: Sequence[str] = (),
+             differ: Sequence[str] = (), error: str = "", fix: Path | None = None) -> None:  # fmt: skip
     if as_json:
         found = {"applied": code == EXIT_OK and not check, "check": check, "gpus": gpus or [],
                  "refused": list(refused), "differ": list(differ), "error": error or None}  # fmt: skip

@@ -13,6 +13,7 @@ import shutil
 import signal
 from collections import deque
 from pathlib import Path
+from typing import IO
 
 from aiinfra.agent.effects import StartError, check_port_free
 from aiinfra.agent.engines import Launch, environment
@@ -56,7 +57,7 @@ class ProcessBackend:
         (self.dir / f"{launch.name}.pgid").write_text(json.dumps(record))
         return proc.pid
 
-    async def _spawn(self, launch: Launch, log: object) -> asyncio.subprocess.Process:
+    async def _spawn(self, launch: Launch, log: IO[bytes] | int) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             *launch.argv,
             env=environment(launch.env, os.environ, pwd.getpwnam(self.user).pw_dir if self.user else None),

@@ -61,7 +61,8 @@ class SystemdBackend:
         rc, out = await _systemctl("start", unit)
         if rc != 0:
             raise StartError(f"systemctl start {unit} failed: {' '.join(out.split())}")
-        return (await self._show(launch.name)).get("MainPID")
+        pid = (await self._show(launch.name)).get("MainPID")
+        return pid if isinstance(pid, int) else None
 
     async def _show(self, name: str) -> dict[str, int | str]:
         _, out = await _systemctl(

@@ -66,10 +66,11 @@ class Nvml:
     def __init__(self) -> None:
         self.initialized = False
         self.events: Any = None
+        self.lib: Any = None  # pynvml, where installed; its functions are untyped
         try:
             import pynvml
         except ImportError:
-            self.lib = None
+            pass
         else:
             self.lib = pynvml
 

@@ -44,9 +44,9 @@ def settings_actions(
     Refused for a limit a card does not allow or a GPU that is not there (then apply nothing)."""
     actions: list[GpuAction] = []
     present = {gpu.index for gpu in snapshot.gpus}
-    for gpu in sorted(power) if isinstance(power, dict) else ():
-        if gpu not in present:
-            actions.append(Refused(gpu, f"GPU {gpu} does not exist; NVML sees {len(present)} GPU(s)"))
+    for index in sorted(power) if isinstance(power, dict) else ():
+        if index not in present:
+            actions.append(Refused(index, f"GPU {index} does not exist; NVML sees {len(present)} GPU(s)"))
     for gpu in snapshot.gpus:
         if gpu.lost:
             continue

@@ -20,7 +20,7 @@ from aiinfra.agent.supervisor import Supervisor
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 METRICS = web.AppKey("metrics", Metrics)
 # The router's settings and its keys file's health, read at each /status.
-ROUTER = web.AppKey("router", Callable[[], dict])
+ROUTER: web.AppKey[Callable[[], dict]] = web.AppKey("router")
 STARTED = web.AppKey("started", float)
 
 

@@ -75,7 +75,7 @@ class Agent:
         self.listen = f"127.0.0.1:{free_port()}"
         self.socket = str(tmp / "control.sock")
         self.config_path = tmp / "agent.yml"
-        self.config = {
+        self.config: dict[str, Any] = {
             "engines": engines,
             "profiles": profiles,
             "default_profile": default,

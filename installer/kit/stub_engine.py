@@ -187,7 +187,7 @@ class Stub:
         if here not in sys.path:
             sys.path.insert(0, here)
         try:
-            from fake_models import ollama_model
+            from fake_models import ollama_model  # type: ignore[import-not-found]  # its folder, put on sys.path above
         except ImportError:  # installed alone (the lab's Ollama archive): the kit's writer is not there
             return web.json_response({"error": "pull needs the kit's fake_models.py beside the stub"}, status=500)
         store = Path(os.environ.get("OLLAMA_MODELS", Path.home() / ".ollama" / "models"))
