@@ -55,13 +55,32 @@ def _sha256(path: Path) -> str:
 
 
 def _copy_hashing(source: Path, dest: Path) -> str:
-    """Copy SOURCE to DEST and return its SHA-256, reading it once."""
+    """Copy SOURCE to DEST and return its SHA-256, reading it from its disk once: each block is read
+    and hashed, then the kernel copies it from the page cache (copy_file_range: no second trip through
+    Python; where the filesystems refuse it, the block is written from the buffer)."""
     digest = hashlib.sha256()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with source.open("rb") as src, dest.open("wb") as out:
-        while block := src.read(BLOCK):
-            digest.update(block)
-            out.write(block)
+    buffer = bytearray(BLOCK)
+    view = memoryview(buffer)
+    in_kernel = hasattr(os, "copy_file_range")
+    with source.open("rb", buffering=0) as src, dest.open("wb", buffering=0) as out:
+        offset = 0
+        while n := src.readinto(buffer):  # type: ignore[attr-defined]
+            digest.update(view[:n])
+            done = 0
+            while in_kernel and done < n:
+                try:
+                    copied = os.copy_file_range(src.fileno(), out.fileno(), n - done, offset + done)
+                except OSError:  # EXDEV, EOPNOTSUPP, …: not between these two
+                    in_kernel = False
+                    break
+                if copied == 0:
+                    in_kernel = False
+                    break
+                done += copied
+            if done < n:
+                out.write(view[done:n])
+            offset += n
     shutil.copystat(source, dest)
     return digest.hexdigest()
 

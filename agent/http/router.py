@@ -21,7 +21,7 @@ from aiinfra.agent.engines import Launch
 from aiinfra.agent.http.keys import Key, KeyRing, RateLimiter
 from aiinfra.agent.metrics import Metrics
 from aiinfra.agent.reconcile import Phase, expected_ready_in
-from aiinfra.agent.supervisor import Supervisor
+from aiinfra.agent.supervisor import Snapshot, Supervisor
 
 audit_log = logging.getLogger("aiinfra.audit")
 MAX_MODEL_NAME = 256  # what of a client's model name reaches the audit log
@@ -67,6 +67,23 @@ def _json_or_none(data: bytes) -> Any:
         return json.loads(data)
     except ValueError:
         return None
+
+
+def _usage_of(body: bytes) -> Any:
+    """{"usage": …} of a response body, parsing only that object (the last one: it follows the choices,
+    which may quote the word), or None."""
+    at = body.rfind(b'"usage"')
+    if at < 0:
+        return None
+    start = body.find(b"{", at)
+    try:
+        usage, _ = _DECODER.raw_decode(body[start:].decode(errors="replace")) if start > 0 else (None, 0)
+    except ValueError:
+        return None
+    return {"usage": usage}
+
+
+_DECODER = json.JSONDecoder()
 
 
 def _asks_for_usage(body: dict[str, Any]) -> bool:
@@ -124,10 +141,9 @@ class Router:
             )
         return key
 
-    def _serving(self) -> dict[str, tuple[Launch, bool]]:
+    def _serving(self, snapshot: Snapshot) -> dict[str, tuple[Launch, bool]]:
         """Model name → (engine, ready) for the active profile's engines."""
         served: dict[str, tuple[Launch, bool]] = {}
-        snapshot = self.supervisor.snapshot()
         for name in snapshot.desired:
             launch = snapshot.launches[name]
             ready = snapshot.ready(name)
@@ -139,9 +155,9 @@ class Router:
     def _find(self, model: str, may_switch: bool = False) -> tuple[Launch, bool, str | None]:
         """The engine serving MODEL in the active profile and whether it is ready; with may_switch, for a
         model of a profile that a request may switch to, that profile (the third value)."""
-        served = self._serving()
+        snapshot = self.supervisor.snapshot()
+        served = self._serving(snapshot)
         if model not in served:
-            snapshot = self.supervisor.snapshot()
             elsewhere = [p for p, names in snapshot.profiles.items()
                          if any(model in snapshot.launches[n].served for n in names)]  # fmt: skip
             switchable = [p for p in elsewhere if p in snapshot.switching and snapshot.switching[p].on_request]
@@ -310,8 +326,7 @@ class Router:
                 exchange.ttft_s = time.monotonic() - exchange.started
                 exchange.status = upstream.status
                 if upstream.status == 200:
-                    if b'"usage"' in data:  # parse only what carries counts
-                        self._count_usage(exchange, _json_or_none(data))
+                    self._count_usage(exchange, _usage_of(data))
                     self.supervisor.traffic_ok(launch.name)
                 return web.Response(
                     body=data, status=upstream.status, content_type=upstream.content_type or "application/json"
@@ -403,7 +418,7 @@ class Router:
             exchange.status = 499
         latency = time.monotonic() - exchange.started
         # Labels only from what the spec configures: a client's made-up names must not add series.
-        configured = exchange.model in self.supervisor.snapshot().served
+        configured = exchange.model in self.supervisor.served  # fixed with the configuration
         if exchange.status == 200 and exchange.engine != "-":
             self.supervisor.count_tokens(exchange.engine, exchange.prompt_tokens + exchange.completion_tokens)
         self.metrics.observe_request(

@@ -166,3 +166,15 @@ def test_the_kits_tiny_models_are_the_same_bytes_for_the_same_id_and_differ_betw
     config = json.loads((first / "config.json").read_text())
     assert config["aiinfra_test_double"] == {"stands_in_for": MODEL}
     assert config["hidden_size"] // config["num_attention_heads"] >= 32  # CPU attention's minimum head size
+
+
+def test_where_the_kernel_cannot_copy_between_the_two_the_blocks_are_written(tmp_path, monkeypatch):
+    def cross_device(*args):
+        raise OSError(18, "Invalid cross-device link")  # EXDEV: a NAS mount and the model disk, older kernels
+
+    monkeypatch.setattr(models.os, "copy_file_range", cross_device)
+    monkeypatch.setattr(models, "BLOCK", 1000)  # several blocks a file
+    mirror = make_mirror(tmp_path / "nas")
+    staged = models.stage(MODEL, tmp_path / "models", str(mirror), [])
+    assert staged.source == "mirror" and models.manifest_problems(tmp_path / "models" / MODEL) == []
+    assert (tmp_path / "models" / MODEL / "model.safetensors").read_bytes() == b"\0weights" * 1000
