@@ -65,7 +65,7 @@ def _copy_hashing(source: Path, dest: Path) -> str:
     in_kernel = hasattr(os, "copy_file_range")
     with source.open("rb", buffering=0) as src, dest.open("wb", buffering=0) as out:
         offset = 0
-        while n := src.readinto(buffer):  # type: ignore[attr-defined]
+        while n := src.readinto(buffer):
             digest.update(view[:n])
             done = 0
             while in_kernel and done < n:

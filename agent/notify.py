@@ -52,18 +52,24 @@ class BatchedAuditFile(logging.handlers.RotatingFileHandler):
             self.flush()
 
     def flush(self) -> None:
-        with self.lock:
-            lines, self.pending = self.pending, []
-            if not lines:
-                return super().flush()
-            text = "\n".join(lines) + "\n"
-            if self.stream is None:
-                self.stream = self._open()
-            self.stream.seek(0, 2)  # another writer (logrotate's copytruncate) may have moved the end
-            if self.maxBytes and self.stream.tell() + len(text) >= self.maxBytes:
-                self.doRollover()
-            self.stream.write(text)
-            self.stream.flush()
+        self.acquire()
+        try:
+            self._write_pending()
+        finally:
+            self.release()
+
+    def _write_pending(self) -> None:
+        lines, self.pending = self.pending, []
+        if not lines:
+            return super().flush()
+        text = "\n".join(lines) + "\n"
+        if self.stream is None:
+            self.stream = self._open()
+        self.stream.seek(0, 2)  # another writer (logrotate's copytruncate) may have moved the end
+        if self.maxBytes and self.stream.tell() + len(text) >= self.maxBytes:
+            self.doRollover()
+        self.stream.write(text)
+        self.stream.flush()
 
 
 def setup_logging(level: int = logging.INFO, audit_log: str | None = None) -> None:

@@ -238,7 +238,7 @@ class Router:
             return refusal.response()
         data = [
             {"id": model, "object": "model", "owned_by": launch.name, "ready": ready}
-            for model, (launch, ready) in sorted(self._serving().items())
+            for model, (launch, ready) in sorted(self._serving(self.supervisor.snapshot()).items())
         ]
         return web.json_response({"object": "list", "data": data})
 
