@@ -9,10 +9,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiinfra.agent import box
 from aiinfra.installer.inventory import ansible_tool
 from aiinfra.installer.run import ansible_environment
 
-AGENT_BIN = "/opt/aiinfra/bin/aiinfra-agent"
+# Templated per host by Ansible: a host whose aiinfra_package_prefix moved has its agent there.
+AGENT_BIN = "{{ aiinfra_package_prefix | default('" + box.PREFIX + "') }}/bin/aiinfra-agent"
 
 
 @dataclass(frozen=True)
