@@ -3,7 +3,9 @@
     .venv/bin/python -m bench.router [--requests 2000]
 
 Prints, at concurrency 1 and 32: latency p50/p99 direct and routed, the added latency, and the
-throughput ratio; then time to first token of a stream, direct and routed. Runs alternate
+throughput ratio; the CPU time the router and the stub engine spend per request (where the ceiling
+of the ratio comes from when client, router and engine share a few cores); then time to first
+token of a stream, direct and routed. Runs alternate
 (direct, routed, direct, routed) so that machine noise falls on both.
 """
 
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import psutil
 
 from aiinfra.installer.kit.local_agent import AGENT, Agent, free_port, vllm
 
@@ -64,15 +67,27 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)] * 1000
 
 
-async def compare(direct: str, routed: str, model: str, key: str, requests: int) -> None:
+def cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+async def compare(
+    direct: str, routed: str, model: str, key: str, requests: int, router: psutil.Process, engine: psutil.Process
+) -> None:
     for concurrency in (1, 32):
         count = requests // 4 if concurrency == 1 else requests
         await run(direct, model, key, concurrency, 50)  # warm both paths
         await run(routed, model, key, concurrency, 50)
         results = {"direct": ([], []), "routed": ([], [])}
+        spent = {"router": 0.0, "engine": 0.0}
         for _ in range(2):
             for name, url in (("direct", direct), ("routed", routed)):
+                before = (cpu_s(router), cpu_s(engine))
                 lat, rps = await run(url, model, key, concurrency, count // 2)
+                if name == "routed":
+                    spent["router"] += cpu_s(router) - before[0]
+                    spent["engine"] += cpu_s(engine) - before[1]
                 results[name][0].extend(lat)
                 results[name][1].append(rps)
         d_lat, d_rps = results["direct"]
@@ -82,7 +97,8 @@ async def compare(direct: str, routed: str, model: str, key: str, requests: int)
             f"added {pct(r_lat, 0.5) - pct(d_lat, 0.5):.2f} ms; p99 direct {pct(d_lat, 0.99):.2f} ms, routed "
             f"{pct(r_lat, 0.99):.2f} ms, added {pct(r_lat, 0.99) - pct(d_lat, 0.99):.2f} ms; throughput "
             f"{statistics.mean(r_rps):.0f}/{statistics.mean(d_rps):.0f} req/s = "
-            f"{100 * statistics.mean(r_rps) / statistics.mean(d_rps):.0f}% of direct"
+            f"{100 * statistics.mean(r_rps) / statistics.mean(d_rps):.0f}% of direct; CPU a routed request: "
+            f"router {1e6 * spent['router'] / count:.0f} µs, stub engine {1e6 * spent['engine'] / count:.0f} µs"
         )
     d_first = await ttft(direct, model, key, 50)
     r_first = await ttft(routed, model, key, 50)
@@ -120,7 +136,9 @@ def main() -> None:
             direct = f"http://127.0.0.1:{port}/v1/chat/completions"
             routed = f"http://{agent.config['router_listen']}/v1/chat/completions"
             print(f"stub engine (test double) vs the same through the router (auth on, audit log on), {sys.platform}")
-            asyncio.run(compare(direct, routed, model, key, args.requests))
+            router = psutil.Process(agent.proc.pid)
+            engine = psutil.Process(agent.engine("e")["pid"])
+            asyncio.run(compare(direct, routed, model, key, args.requests, router, engine))
         finally:
             agent.stop()
 

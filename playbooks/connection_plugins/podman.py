@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shlex
 
+from ansible.errors import AnsibleConnectionFailure
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.connection import ensure_connect
 from ansible_collections.containers.podman.plugins.connection import podman as upstream
@@ -28,4 +29,13 @@ class Connection(upstream.Connection):
         args = ["exec", "-i"] if in_data is not None else ["exec"]
         if self.user:
             args += ["--user", self.user]
-        return self._podman(args, shlex.split(to_native(cmd, errors="surrogate_or_strict")), in_data)
+        rc, stdout, stderr = self._podman(args, shlex.split(to_native(cmd, errors="surrogate_or_strict")), in_data)
+        # Without a temporary directory to make first, a pipelined module is the first thing to meet a
+        # stopped or missing container: that host is unreachable, not its task failed.
+        if rc != 0 and to_native(stderr).startswith("Error: ") and not self._running():
+            raise AnsibleConnectionFailure(to_native(stderr).strip())
+        return rc, stdout, stderr
+
+    def _running(self) -> bool:
+        rc, out, _ = self._podman(["container", "inspect", "--format", "{{.State.Running}}"])
+        return rc == 0 and to_native(out).strip() == "true"

@@ -148,6 +148,7 @@ def test_install_converges_then_a_second_run_changes_nothing(lab_host):
 
 def test_the_appliance_serves_through_the_router_with_a_key(lab_host):
     state = appliance_state(lab_host)
+    assert state.pop("address").startswith("10.88.")  # podman's network; the rebuild test compares it
     assert state == {
         "profile": "fast",
         "ready": ["qwen14b", "qwen7b"],
