@@ -250,7 +250,8 @@ class Router:
             key = self._authenticate(request)
             exchange.key = key.name if key else "-"
             try:
-                raw = await asyncio.wait_for(request.read(), self.read_timeout_s)
+                async with asyncio.timeout(self.read_timeout_s):  # no task a request, as wait_for makes
+                    raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise Refusal(413, f"request body over {self.max_body_bytes} bytes", "request_too_large") from None
             except TimeoutError:
