@@ -148,30 +148,40 @@ def _is_rsync_source(mirror: str) -> bool:
     return not mirror.startswith("/") and ":" in mirror
 
 
+def _no_manifest(model: str, mirror: str) -> StagingError:
+    return StagingError(f"{model}: the mirror {mirror} has no {MANIFEST} for it; add one (sha256sum)")
+
+
 def _from_mirror(model: str, mirror: str, dest: Path) -> list[str] | None:
     """Copy the model from the mirror into DEST and check it: its problems ([] when none), or None
     when the mirror does not have it. A directory mirror is read once, hashed as it is copied."""
-    if _is_rsync_source(mirror):
-        proc = subprocess.run(
-            ["rsync", "-a", "--delete", f"{mirror.rstrip('/')}/{model}/", f"{dest}/"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode == 23 and "No such file" in proc.stderr:
-            return None
-        if proc.returncode != 0:
-            raise StagingError(f"{model}: rsync from {mirror} failed: {proc.stderr.strip()[-300:]}")
-        if not (dest / MANIFEST).is_file():
-            raise StagingError(f"{model}: the mirror {mirror} has no {MANIFEST} for it; add one (sha256sum)")
-        return manifest_problems(dest)
-    source = Path(mirror) / model
+    if not _is_rsync_source(mirror):
+        return _copy_from_mirror(model, mirror, Path(mirror) / model, dest)
+    proc = subprocess.run(
+        ["rsync", "-a", "--delete", f"{mirror.rstrip('/')}/{model}/", f"{dest}/"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode == 23 and "No such file" in proc.stderr:
+        return None
+    if proc.returncode != 0:
+        raise StagingError(f"{model}: rsync from {mirror} failed: {proc.stderr.strip()[-300:]}")
+    if not (dest / MANIFEST).is_file():
+        raise _no_manifest(model, mirror)
+    return manifest_problems(dest)
+
+
+def _copy_from_mirror(model: str, mirror: str, source: Path, dest: Path) -> list[str] | None:
     if not source.is_dir():
         return None
     if not (source / MANIFEST).is_file():
-        raise StagingError(f"{model}: the mirror {mirror} has no {MANIFEST} for it; add one (sha256sum)")
+        raise _no_manifest(model, mirror)
     shutil.copyfile(source / MANIFEST, dest / MANIFEST)
-    listed = _read_manifest(dest / MANIFEST)
+    try:
+        listed = _read_manifest(dest / MANIFEST)
+    except StagingError as exc:
+        return [str(exc)]
     present = [rel.as_posix() for rel in _files(source)]
     wanted = [name for name in present if name in listed]
     with ThreadPoolExecutor(COPIES_AT_ONCE) as pool:

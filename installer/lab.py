@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import ipaddress
 import json
 import os
 import shutil
@@ -108,6 +109,19 @@ def address_file(host: str) -> Path:
     return state_dir() / "lab" / f"{host}.address"
 
 
+def kept_address(host: str) -> str:
+    """The address HOST had before ("" for a first start); a damaged file is one clear error."""
+    path = address_file(host)
+    if not path.exists():
+        return ""
+    text = path.read_text().strip()
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise EnvironmentProblem(f"{path} holds {text[:40]!r}, not an address: fix or remove it") from None
+    return text
+
+
 def address(host: str) -> str:
     return podman("inspect", "-f", "{{.NetworkSettings.IPAddress}}", container_name(host)).stdout.strip()
 
@@ -118,6 +132,7 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
     The host's variables come from SPEC, else stay as an earlier `lab up` left them, else are the
     example thor spec.
     """
+    kept = kept_address(host)  # first: a damaged file stops it before anything is built or started
     spec_file = lab_inventory_dir() / "host_vars" / f"{host}.yml"
     new_spec = spec is not None or not spec_file.exists()
     source = (spec or EXAMPLE_SPEC) if new_spec else spec_file
@@ -131,7 +146,6 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
         write_mirror(host, spec_vars)
     running = podman("container", "inspect", "--format", "{{.State.Running}}", name, check=False)
     if running.returncode != 0:
-        kept = address_file(host).read_text().strip() if address_file(host).exists() else ""
         say(f"starting {name} from {image}" + (f" at {kept}" if kept else ""))
         podman(
             "run",

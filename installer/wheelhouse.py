@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 from pathlib import Path
 
 # Wheels carry file dates; a fixed one makes the same source give the same bytes, so an unchanged
@@ -57,14 +58,20 @@ def build(source: Path, dest: Path, python: str, arch: str) -> dict[str, str]:
         return _build(source, dest, python, arch)
 
 
-# What goes into aiinfra's wheel (pyproject.toml's packages and readme): unchanged, the wheelhouse
-# built from it last time is used as it is (pip wheel and download cost seconds a run).
-WHEEL_SOURCES = ("pyproject.toml", "README.md", "installer", "agent")
-
-
-def source_digest(source: Path) -> str:
+def source_digest(source: Path) -> str | None:
+    """A hash of what goes into the wheel: pyproject.toml, its readme and its packages' folders
+    (package-dir; without one, None: always build). Unchanged, the wheelhouse built last time is used
+    as it is (pip wheel and download cost seconds a run)."""
+    try:
+        project = tomllib.loads((source / "pyproject.toml").read_text())
+    except (OSError, ValueError) as exc:
+        raise WheelhouseError(f"{source}/pyproject.toml cannot be read: {exc}") from None
+    folders = set(project.get("tool", {}).get("setuptools", {}).get("package-dir", {}).values())
+    if not folders:
+        return None
+    readme = project.get("project", {}).get("readme")
     digest = hashlib.sha256()
-    for top in WHEEL_SOURCES:
+    for top in ["pyproject.toml", *([readme] if isinstance(readme, str) else []), *sorted(folders)]:
         paths = [source / top] if (source / top).is_file() else sorted((source / top).rglob("*"))
         for path in paths:
             if path.is_file() and "__pycache__" not in path.parts:
@@ -80,9 +87,9 @@ def _build(source: Path, dest: Path, python: str, arch: str) -> dict[str, str]:
         raise WheelhouseError(f"{python!r} is not a Python version like 3.13")
     record = dest.with_name(dest.name + ".built.json")
     digest = source_digest(source)
-    with contextlib.suppress(OSError, ValueError, KeyError):
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):  # no usable record
         last: dict[str, str] = json.loads(record.read_text())
-        if last.pop("source") == digest and Path(last["archive"]).is_file():
+        if digest is not None and last.pop("source") == digest and Path(last["archive"]).is_file():
             return last
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

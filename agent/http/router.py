@@ -69,21 +69,21 @@ def _json_or_none(data: bytes) -> Any:
         return None
 
 
+_DECODER = json.JSONDecoder()
+
+
 def _usage_of(body: bytes) -> Any:
-    """{"usage": …} of a response body, parsing only that object (the last one: it follows the choices,
-    which may quote the word), or None."""
+    """{"usage": …} of a response body, parsing only that object, or None. The last "usage" key is the
+    body's own: in the choices' text the word is escaped (\\"usage\\")."""
     at = body.rfind(b'"usage"')
-    if at < 0:
+    colon = body.find(b":", at) if at >= 0 else -1
+    if colon < 0:
         return None
-    start = body.find(b"{", at)
     try:
-        usage, _ = _DECODER.raw_decode(body[start:].decode(errors="replace")) if start > 0 else (None, 0)
+        usage, _ = _DECODER.raw_decode(body[colon + 1 :].decode(errors="replace").lstrip())
     except ValueError:
         return None
     return {"usage": usage}
-
-
-_DECODER = json.JSONDecoder()
 
 
 def _asks_for_usage(body: dict[str, Any]) -> bool:

@@ -178,3 +178,12 @@ def test_where_the_kernel_cannot_copy_between_the_two_the_blocks_are_written(tmp
     staged = models.stage(MODEL, tmp_path / "models", str(mirror), [])
     assert staged.source == "mirror" and models.manifest_problems(tmp_path / "models" / MODEL) == []
     assert (tmp_path / "models" / MODEL / "model.safetensors").read_bytes() == b"\0weights" * 1000
+
+
+def test_a_mirror_manifest_with_a_bad_line_is_refused_naming_the_model_and_the_line(tmp_path):
+    mirror = make_mirror(tmp_path / "nas")
+    (mirror / MODEL / models.MANIFEST).write_text("not a checksum line\n")
+    refused = rf"^{MODEL} from {mirror}: .*SHA256SUMS:1: not a 'SHA256  FILE' line$"
+    with pytest.raises(models.StagingError, match=refused):
+        models.stage(MODEL, tmp_path / "models", str(mirror), [])
+    assert not (tmp_path / "models" / MODEL).exists()

@@ -187,3 +187,20 @@ def test_check_config_gives_its_verdict_as_json(tmp_path):
     verdict = json.loads(done.stdout)
     assert done.returncode == 2 and verdict["valid"] is False
     assert any("policy.tick_s: input should be greater than 0 (got 0)" in line for line in verdict["problems"])
+
+
+def test_a_damaged_kept_lab_address_is_one_line_and_nothing_is_started(tmp_path, monkeypatch, cli):
+    from aiinfra.installer import lab
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    called: list[tuple] = []
+    monkeypatch.setattr(lab, "podman", lambda *args, **kw: called.append(args))
+    kept = tmp_path / "aiinfra" / "lab" / "thor.address"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("10.88.0.999\n")  # a half-written or edited file
+    done = cli("lab", "up", "thor")
+    assert done.exit_code != 0 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"aiinfra: {kept} holds '10.88.0.999', not an address: fix or remove it"
+    ]
+    assert called == []

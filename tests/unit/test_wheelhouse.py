@@ -43,7 +43,9 @@ def test_a_package_wheelhouse_is_downloaded_once_and_again_only_for_other_requir
 def test_an_unchanged_checkout_is_not_built_again(tmp_path, monkeypatch):
     source = tmp_path / "src"
     (source / "agent").mkdir(parents=True)
-    (source / "pyproject.toml").write_text("[project]\nname = 'aiinfra'\n")
+    (source / "pyproject.toml").write_text(
+        "[project]\nname = 'aiinfra'\n[tool.setuptools]\npackage-dir = {'aiinfra.agent' = 'agent'}\n"
+    )
     (source / "agent" / "main.py").write_text("print('v1')\n")
     builds = []
 
@@ -60,3 +62,5 @@ def test_an_unchanged_checkout_is_not_built_again(tmp_path, monkeypatch):
     assert wheelhouse.build(source, tmp_path / "w", "3.11", "x86_64") == first and builds == ["wheel"]
     (source / "agent" / "main.py").write_text("print('v2')\n")
     assert wheelhouse.build(source, tmp_path / "w", "3.11", "x86_64")["wheel"] == "aiinfra-2-py3-none-any.whl"
+    (tmp_path / "w.built.json").write_text('["not", "a", "record"]')  # damaged: built again, no traceback
+    assert wheelhouse.build(source, tmp_path / "w", "3.11", "x86_64")["wheel"] == "aiinfra-3-py3-none-any.whl"
