@@ -24,7 +24,7 @@ from aiinfra.agent.engines import INSTALL_RECORD, SERVE_HELP, environment, unkno
 from aiinfra.agent.exits import EXIT_BAD_INPUT
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.http.keys import KeyRing
-from aiinfra.agent.http.listen import BindError, inherited_sockets, listen, listen_unix
+from aiinfra.agent.http.listen import BindError, inherited_sockets, listen, listen_router, listen_unix
 from aiinfra.agent.http.router import Router
 from aiinfra.agent.metrics import Metrics
 from aiinfra.agent.notify import notify, setup_logging, watchdog_enabled
@@ -69,7 +69,6 @@ async def serve(config: AgentConfig) -> None:
             metrics,
             config.router_timeout_s,
             config.audit_include_text,
-            config.router_read_timeout_s,
         )
 
     def router_status() -> dict:
@@ -84,19 +83,16 @@ async def serve(config: AgentConfig) -> None:
         await runner.setup()
     inherited = inherited_sockets()
     await listen(runners[0], inherited, "status", config.status_listen)
+    router_server = None
     if router is not None and config.router_listen is not None:
-        # handler_cancellation: a client that goes away cancels its upstream request too.
-        # keepalive_timeout: also bounds how long a connection may take to send a whole header.
-        runners.append(
-            web.AppRunner(
-                router.app(int(config.router_max_body_mb * 2**20)),
-                access_log=None,
-                handler_cancellation=True,
-                keepalive_timeout=config.router_read_timeout_s,
-            )
+        router_server = await listen_router(
+            router.handle,
+            inherited,
+            config.router_listen,
+            config.router_max_connections,
+            int(config.router_max_body_mb * 2**20),
+            config.router_read_timeout_s,
         )
-        await runners[-1].setup()
-        await listen(runners[-1], inherited, "router", config.router_listen, config.router_max_connections)
     sock = Path(config.control_socket)
     await listen_unix(runners[1], sock)
     _restrict_socket(sock, config.control_group)
@@ -118,6 +114,9 @@ async def serve(config: AgentConfig) -> None:
         notify("STOPPING=1")
         # systemd units outlive the agent (adopted on its return); plain processes die with it
         await supervisor.close(stop_engines=backend.name == "process")
+        if router_server is not None and router is not None:
+            router_server.close()
+            router.close()
         for runner in runners:
             await runner.cleanup()
         sock.unlink(missing_ok=True)

@@ -6,16 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import os
 import socket
 from pathlib import Path
 
 from aiohttp import web
 
+from aiinfra.agent.http.serve import LINGER_S, Connection, Handler, error_reply, head
+
 SETTING = {"status": "status_listen", "router": "router_listen", "control": "control_socket"}
-BUSY = json.dumps({"error": {"message": "too many connections; retry shortly", "type": "api_error",
-                             "code": "too_many_connections"}}).encode()  # fmt: skip
 
 
 class BindError(Exception):
@@ -40,50 +39,50 @@ class _Busy(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:  # uvloop's transports are not asyncio.Transport
         self.transport, self.answered = transport, False
-        self.timer = asyncio.get_running_loop().call_later(1, transport.close)
+        self.timer = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
     def data_received(self, data: bytes) -> None:
         if self.answered:
             return
         self.answered = True
-        self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                             b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(BUSY), BUSY))  # fmt: skip
+        busy = error_reply(503, "too many connections; retry shortly", "too_many_connections", retry_after=1)
+        self.transport.write(head(busy.status, busy.headers, busy.content_type, len(busy.body), True) + busy.body)
         self.transport.write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.timer.cancel()
 
 
-class CappedSite(web.SockSite):
-    """aiohttp's site on SOCK, with at most MAX_CONNECTIONS connections open (0: no cap)."""
-
-    def __init__(self, runner: web.AppRunner, sock: socket.socket, max_connections: int) -> None:
-        super().__init__(runner, sock)
-        self.max_connections = max_connections
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None
-
-        def protocol() -> asyncio.Protocol:
-            if self.max_connections and len(server.connections) >= self.max_connections:
-                return _Busy()
-            return server()
-
-        self._server = await asyncio.get_running_loop().create_server(protocol, sock=self._sock)
-
-
-async def listen(
-    runner: web.AppRunner, inherited: dict[str, socket.socket], name: str, address: str, max_connections: int = 0
-) -> None:
-    """Serve RUNNER on the socket systemd passed as NAME, else on ADDRESS bound here."""
+async def listen(runner: web.AppRunner, inherited: dict[str, socket.socket], name: str, address: str) -> None:
+    """Serve RUNNER (aiohttp) on the socket systemd passed as NAME, else on ADDRESS bound here."""
     try:
-        sock = inherited.get(name) or _bind(address)
-        await CappedSite(runner, sock, max_connections).start()
+        await web.SockSite(runner, _socket(inherited, name, address)).start()
     except OSError as exc:
         raise BindError(_why(exc, name, address)) from None
+
+
+async def listen_router(
+    handler: Handler,
+    inherited: dict[str, socket.socket],
+    address: str,
+    max_connections: int,
+    max_body: int,
+    read_timeout_s: float,
+) -> asyncio.AbstractServer:
+    """Serve the router's HANDLER (serve.Connection) on the socket systemd passed as "router", else on
+    ADDRESS bound here, with at most MAX_CONNECTIONS connections open (0: no cap)."""
+    connections: set[Connection] = set()
+
+    def protocol() -> asyncio.Protocol:
+        if max_connections and len(connections) >= max_connections:
+            return _Busy()
+        return Connection(handler, max_body, read_timeout_s, connections)
+
+    try:
+        sock = _socket(inherited, "router", address)
+        return await asyncio.get_running_loop().create_server(protocol, sock=sock)
+    except OSError as exc:
+        raise BindError(_why(exc, "router", address)) from None
 
 
 async def listen_unix(runner: web.AppRunner, path: Path) -> None:
@@ -93,6 +92,10 @@ async def listen_unix(runner: web.AppRunner, path: Path) -> None:
         await web.UnixSite(runner, str(path)).start()
     except OSError as exc:
         raise BindError(_why(exc, "control", str(path))) from None
+
+
+def _socket(inherited: dict[str, socket.socket], name: str, address: str) -> socket.socket:
+    return inherited.get(name) or _bind(address)
 
 
 def _bind(address: str) -> socket.socket:

@@ -7,18 +7,16 @@ large, 429 rate limited, 503 model known but not ready (Retry-After), 502 engine
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
 from aiinfra.agent.engines import Launch
 from aiinfra.agent.http.keys import Key, KeyRing, RateLimiter
+from aiinfra.agent.http.serve import Connection, Reply, Request, error_reply
+from aiinfra.agent.http.upstream import Answer, ConnectFailed, Upstream, UpstreamError
 from aiinfra.agent.metrics import Metrics
 from aiinfra.agent.reconcile import Phase, expected_ready_in
 from aiinfra.agent.supervisor import Snapshot, Supervisor
@@ -34,17 +32,8 @@ class Refusal(Exception):
         super().__init__(message)
         self.status, self.code, self.retry_after = status, code, retry_after
 
-    def response(self) -> web.Response:
-        kind = {
-            401: "authentication_error",
-            403: "permission_error",
-            404: "not_found_error",
-            429: "rate_limit_error",
-        }.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
-        headers = {"Retry-After": str(max(1, round(self.retry_after)))} if self.retry_after is not None else None
-        return web.json_response(
-            {"error": {"message": str(self), "type": kind, "code": self.code}}, status=self.status, headers=headers
-        )
+    def reply(self) -> Reply:
+        return error_reply(self.status, str(self), self.code, self.retry_after)
 
 
 @dataclass
@@ -99,38 +88,34 @@ class Router:
         metrics: Metrics,
         timeout_s: float,
         include_text: bool = False,
-        read_timeout_s: float = 30,
     ) -> None:
         self.supervisor = supervisor
         self.keys = keys  # None: authentication turned off by configuration
         self.limiter = RateLimiter()
         self.metrics = metrics
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=5)
-        self.read_timeout_s = read_timeout_s
+        self.timeout_s = timeout_s
         self.include_text = include_text
-        self.session: aiohttp.ClientSession | None = None
-        self.max_body_bytes = 0
+        self.upstream = Upstream()
         self.waiting: dict[str, int] = {}  # requests waiting for each engine to be ready
 
-    def app(self, max_body_bytes: int) -> web.Application:
-        self.max_body_bytes = max_body_bytes
-        app = web.Application(client_max_size=max_body_bytes)
-        app.router.add_get("/v1/models", self.models)
-        for route in ROUTES:
-            app.router.add_post(route, self.proxy)
-        app.on_cleanup.append(self._close)
-        return app
+    async def handle(self, request: Request, conn: Connection) -> Reply | None:
+        """The routes: GET /v1/models, POST ROUTES; anything else is refused in OpenAI's shape."""
+        method = "GET" if request.path == "/v1/models" else "POST" if request.path in ROUTES else None
+        if method is None:
+            return error_reply(404, f"no route {request.path}; routes: /v1/models, {', '.join(ROUTES)}", "not_found")
+        if request.method != method.encode():
+            return error_reply(405, f"{request.path} takes {method}", "method_not_allowed")
+        return self.models(request) if method == "GET" else await self.proxy(request, conn)
 
-    async def _close(self, _: web.Application) -> None:
-        if self.session is not None:
-            await self.session.close()
+    def close(self) -> None:
+        self.upstream.close()
 
     # -- who, what, where ---------------------------------------------------------------------------
 
-    def _authenticate(self, request: web.Request) -> Key | None:
+    def _authenticate(self, request: Request) -> Key | None:
         if self.keys is None:
             return None
-        header = request.headers.get("Authorization", "")
+        header = request.header(b"authorization")
         token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
         key = self.keys.lookup(token) if token else None
         if key is None:
@@ -231,33 +216,25 @@ class Router:
 
     # -- handlers ----------------------------------------------------------------------------------
 
-    async def models(self, request: web.Request) -> web.Response:
+    def models(self, request: Request) -> Reply:
         try:
             self._authenticate(request)
         except Refusal as refusal:
-            return refusal.response()
+            return refusal.reply()
         data = [
             {"id": model, "object": "model", "owned_by": launch.name, "ready": ready}
             for model, (launch, ready) in sorted(self._serving(self.supervisor.snapshot()).items())
         ]
-        return web.json_response({"object": "list", "data": data})
+        return Reply(200, json.dumps({"object": "list", "data": data}).encode())
 
-    async def proxy(self, request: web.Request) -> web.StreamResponse:
+    async def proxy(self, request: Request, conn: Connection) -> Reply | None:
         exchange = Exchange(started=time.monotonic())
         body_text: str | None = None
         arrived: str | None = None  # the engine this request counts against, once routed
         try:
             key = self._authenticate(request)
             exchange.key = key.name if key else "-"
-            try:
-                async with asyncio.timeout(self.read_timeout_s):  # no task a request, as wait_for makes
-                    raw = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise Refusal(413, f"request body over {self.max_body_bytes} bytes", "request_too_large") from None
-            except TimeoutError:
-                raise Refusal(
-                    408, f"request body not sent within {self.read_timeout_s:g}s", "request_timeout"
-                ) from None
+            raw = request.body
             try:
                 body = json.loads(raw)
                 model = body["model"]
@@ -290,7 +267,7 @@ class Router:
                                                              "include_usage": True}}).encode()  # fmt: skip
             self.supervisor.request_started(launch.name)
             try:
-                response = await self._forward(request, launch, raw, stream, exchange, injected)
+                response = await self._forward(request, conn, launch, raw, stream, exchange, injected)
             finally:
                 self.supervisor.request_done(launch.name)
             if key is not None:
@@ -298,72 +275,67 @@ class Router:
             return response
         except Refusal as refusal:
             exchange.status = refusal.status
-            return refusal.response()
+            return refusal.reply()
         finally:
             if arrived is not None:
                 self.supervisor.request_left(arrived)
             self._record(exchange, body_text)
 
     async def _forward(
-        self, request: web.Request, launch: Launch, raw: bytes, stream: bool, exchange: Exchange, injected: bool
-    ) -> web.StreamResponse:
-        if self.session is None:
-            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
-        url = launch.base_url + request.path
-        # A client that disconnects cancels this handler (handler_cancellation): leaving `async with`
-        # closes the upstream connection, and the engine aborts the request.
+        self,
+        request: Request,
+        conn: Connection,
+        launch: Launch,
+        raw: bytes,
+        stream: bool,
+        exchange: Exchange,
+        injected: bool,
+    ) -> Reply | None:
+        # A client that disconnects cancels this handler (serve.Connection): releasing an unfinished
+        # answer closes its connection, and the engine aborts the request.
+        answer: Answer | None = None
         try:
-            async with self.session.post(
-                url, data=raw, timeout=self.timeout, headers={"Content-Type": "application/json"}
-            ) as upstream:
-                if upstream.status >= 500:
-                    detail = (await upstream.text())[:500]
-                    raise Refusal(
-                        502, f"engine {launch.name} failed (HTTP {upstream.status}): {detail}", "engine_error"
-                    )
-                if stream and upstream.status == 200:
-                    return await self._stream(request, upstream, exchange, launch, injected)
-                data = await upstream.read()
-                exchange.ttft_s = time.monotonic() - exchange.started
-                exchange.status = upstream.status
-                if upstream.status == 200:
-                    self._count_usage(exchange, _usage_of(data))
-                    self.supervisor.traffic_ok(launch.name)
-                return web.Response(
-                    body=data, status=upstream.status, content_type=upstream.content_type or "application/json"
-                )
-        except aiohttp.ClientConnectorError:
+            answer = await self.upstream.post(launch.base_url, request.path, raw, self.timeout_s)
+            if answer.status >= 500:
+                detail = (await answer.read())[:500].decode(errors="replace")
+                raise Refusal(502, f"engine {launch.name} failed (HTTP {answer.status}): {detail}", "engine_error")
+            if stream and answer.status == 200:
+                await self._stream(conn, answer, exchange, launch, injected)
+                return None
+            data = await answer.read()
+            exchange.ttft_s = time.monotonic() - exchange.started
+            exchange.status = answer.status
+            if answer.status == 200:
+                self._count_usage(exchange, _usage_of(data))
+                self.supervisor.traffic_ok(launch.name)
+            return Reply(answer.status, data, answer.content_type or "application/json")
+        except ConnectFailed:
             raise Refusal(
                 503, f"engine {launch.name} is not answering; retry shortly", "model_not_ready", retry_after=5
             ) from None
         except TimeoutError:
             raise Refusal(
-                504, f"engine {launch.name} did not answer within {self.timeout.total:.0f}s", "engine_timeout"
+                504, f"engine {launch.name} did not answer within {self.timeout_s:.0f}s", "engine_timeout"
             ) from None
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             raise Refusal(502, f"engine {launch.name} failed: {exc}", "engine_error") from None
+        finally:
+            if answer is not None:
+                self.upstream.release(answer)
 
     async def _stream(
-        self,
-        request: web.Request,
-        upstream: aiohttp.ClientResponse,
-        exchange: Exchange,
-        launch: Launch,
-        injected: bool,
-    ) -> web.StreamResponse:
+        self, conn: Connection, answer: Answer, exchange: Exchange, launch: Launch, injected: bool
+    ) -> None:
         """Pass server-sent events through as they arrive, whole events at a time (a usage event split
         across reads is still read). With `injected`, the usage event the router asked for is kept
         from the client. Once the 200 has gone out, an engine failure cannot become an HTTP error:
         the stream ends with an error event in OpenAI's shape instead."""
-        response = web.StreamResponse(
-            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
+        conn.start(200, "text/event-stream", {"Cache-Control": "no-cache"})
         exchange.status = 200
         chunks = 0
         pending = b""
         try:
-            async for data in upstream.content.iter_any():  # as it arrives: no buffering
+            async for data in answer.chunks():  # as it arrives: no buffering
                 if exchange.ttft_s is None:
                     exchange.ttft_s = time.monotonic() - exchange.started
                 pending += data
@@ -376,21 +348,20 @@ class Router:
                 if b'"usage"' in out:
                     out = self._take_usage(exchange, out, strip=injected)
                 if out:
-                    await response.write(out)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                    await conn.send(out)
+        except (UpstreamError, TimeoutError) as exc:
             exchange.aborted = f"engine: {type(exc).__name__}"
             error = {"error": {"message": f"engine {launch.name} failed mid-stream: {exc or type(exc).__name__}",
                                "type": "api_error", "code": "engine_error"}}  # fmt: skip
-            await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
-            await response.write_eof()
-            return response
+            await conn.send(b"data: " + json.dumps(error).encode() + b"\n\n")
+            conn.end()
+            return
         if pending:
-            await response.write(pending)
+            await conn.send(pending)
         if not exchange.completion_tokens:
             exchange.completion_tokens = chunks  # one token a chunk, when the engine sent no usage
-        await response.write_eof()
+        conn.end()
         self.supervisor.traffic_ok(launch.name)
-        return response
 
     @staticmethod
     def _take_usage(exchange: Exchange, events: bytes, strip: bool) -> bytes:
