@@ -123,6 +123,7 @@ class GpuCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._series: dict[tuple[str, int], list[Any]] = {}  # observe_request's labelled series
         self.requests = Counter(
             "aiinfra_router_requests", "Requests through the router", ["model", "status"], registry=self.registry
         )
@@ -163,13 +164,23 @@ class Metrics:
     def observe_request(
         self, model: str, status: int, latency_s: float, ttft_s: float | None, prompt: int, completion: int
     ) -> None:
-        self.requests.labels(model=model, status=str(status)).inc()
+        # MODEL is a configured name or the one unknown label and STATUS an HTTP status: the cache of
+        # each pair's series is as bounded as the series themselves.
+        series = self._series.get((model, status))
+        if series is None:
+            series = self._series[model, status] = [self.requests.labels(model=model, status=str(status))]
+            if status == 200:
+                series += [self.latency.labels(model=model), self.ttft.labels(model=model),
+                           self.tokens.labels(model=model, direction="prompt"),
+                           self.tokens.labels(model=model, direction="completion")]  # fmt: skip
+        series[0].inc()
         if status == 200:
-            self.latency.labels(model=model).observe(latency_s)
+            _, latency, ttft, prompt_tokens, completion_tokens = series
+            latency.observe(latency_s)
             if ttft_s is not None:
-                self.ttft.labels(model=model).observe(ttft_s)
-            self.tokens.labels(model=model, direction="prompt").inc(prompt)
-            self.tokens.labels(model=model, direction="completion").inc(completion)
+                ttft.observe(ttft_s)
+            prompt_tokens.inc(prompt)
+            completion_tokens.inc(completion)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -43,7 +43,10 @@ class BatchedAuditFile(logging.handlers.RotatingFileHandler):
         self.pending: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.pending.append(self.format(record))
+        self.add(self.format(record))
+
+    def add(self, line: str) -> None:
+        self.pending.append(line)
         if len(self.pending) > 1:
             return  # a flush is on its way
         try:
@@ -72,18 +75,26 @@ class BatchedAuditFile(logging.handlers.RotatingFileHandler):
         self.stream.flush()
 
 
+_audit_file: BatchedAuditFile | None = None
+
+
+def audit(line: str) -> None:
+    """One line (JSON) of the audit file, where one is configured (setup_logging). Straight to the
+    file's batch, not through a logging record: per request, the record cost as much as the line."""
+    if _audit_file is not None:
+        _audit_file.add(line)
+
+
 def setup_logging(level: int = logging.INFO, audit_log: str | None = None) -> None:
     """Journald with ENGINE= and EVENT= fields when run by systemd, else one line per event on stderr.
     The router's audit lines go to their own rotated file."""
-    audit = logging.getLogger("aiinfra.audit")
-    audit.handlers.clear()
-    audit.propagate = False
+    global _audit_file
+    if _audit_file is not None:
+        _audit_file.close()
+    _audit_file = None
     if audit_log:
         Path(audit_log).parent.mkdir(parents=True, exist_ok=True)
-        rotating = BatchedAuditFile(audit_log, max_bytes=50 * 2**20, backups=5)
-        rotating.setFormatter(logging.Formatter("%(message)s"))
-        audit.addHandler(rotating)
-        audit.setLevel(logging.INFO)
+        _audit_file = BatchedAuditFile(audit_log, max_bytes=50 * 2**20, backups=5)
     logger = logging.getLogger("aiinfra.agent")
     logger.setLevel(level)
     logger.handlers.clear()

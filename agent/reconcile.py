@@ -274,8 +274,14 @@ def driver_changed(states: Mapping[str, EngineState], reason: str) -> list[Actio
     return [Stop(name, reason) for name, state in states.items() if state.running]
 
 
+TRAFFIC_OK_RESOLUTION_S = 1.0  # finer than any grace it is compared with; coarser saves a copy a request
+
+
 def traffic_ok(state: EngineState, now: float) -> EngineState:
-    """Real traffic succeeded: it stands in for the liveness probe (liveness_due)."""
+    """Real traffic succeeded: it stands in for the liveness probe (liveness_due). Noted to the second:
+    within one, the same state."""
+    if state.last_traffic_ok is not None and now - state.last_traffic_ok < TRAFFIC_OK_RESOLUTION_S:
+        return state
     return replace(state, last_traffic_ok=now)
 
 

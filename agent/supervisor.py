@@ -28,6 +28,7 @@ from aiinfra.agent.energy import Ledger
 from aiinfra.agent.engines import Launch, launch, vllm_build
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.gpu.policy import TensorPath, placement_problem
+from aiinfra.agent.notify import audit
 from aiinfra.agent.reconcile import (
     Action,
     EngineState,
@@ -42,7 +43,6 @@ from aiinfra.agent.reconcile import (
 )
 
 log = logging.getLogger("aiinfra.agent")
-audit_log = logging.getLogger("aiinfra.audit")
 SWITCH_REASONS = ("operator", "request", "idle")  # why the profile changed: the metrics' label
 
 
@@ -162,7 +162,7 @@ class Supervisor:
         by = f" (a request for {model} by key {key or '-'})" if reason == "request" else f" ({reason})"
         self._event(None, "profile", f"switching to profile {profile}{by}")
         self.switch_cause = {"profile": profile, "reason": reason, "key": key, "model": model, "time": time.time()}
-        audit_log.info(json.dumps({"time": round(time.time(), 3), "event": "profile_switch", "from": self.profile,
+        audit(json.dumps({"time": round(time.time(), 3), "event": "profile_switch", "from": self.profile,
                                    "to": profile, "reason": reason, "key": key or "-", "model": model}))  # fmt: skip
         self.switches[(profile, reason)] += 1
         self.switched_at = self.clock()

@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.router [--requests 2000]
 
 Prints, at concurrency 1 and 32: latency p50/p99 direct and routed, the added latency, and the
-throughput ratio; the CPU time the router and the stub engine spend per request (where the ceiling
-of the ratio comes from when client, router and engine share a few cores); then time to first
-token of a stream, direct and routed. Runs alternate
+throughput ratio; the CPU time the router, the stub engine and this bench's own client spend per
+routed request (where the ceiling of the ratio comes from when the three share a few cores); then
+time to first token of a stream, direct and routed. Runs alternate
 (direct, routed, direct, routed) so that machine noise falls on both.
 """
 
@@ -80,14 +80,16 @@ async def compare(
         await run(direct, model, key, concurrency, 50)  # warm both paths
         await run(routed, model, key, concurrency, 50)
         results = {"direct": ([], []), "routed": ([], [])}
-        spent = {"router": 0.0, "engine": 0.0}
+        spent = {"router": 0.0, "engine": 0.0, "client": 0.0}
+        me = psutil.Process()
         for _ in range(2):
             for name, url in (("direct", direct), ("routed", routed)):
-                before = (cpu_s(router), cpu_s(engine))
+                before = (cpu_s(router), cpu_s(engine), cpu_s(me))
                 lat, rps = await run(url, model, key, concurrency, count // 2)
                 if name == "routed":
                     spent["router"] += cpu_s(router) - before[0]
                     spent["engine"] += cpu_s(engine) - before[1]
+                    spent["client"] += cpu_s(me) - before[2]
                 results[name][0].extend(lat)
                 results[name][1].append(rps)
         d_lat, d_rps = results["direct"]
@@ -98,7 +100,8 @@ async def compare(
             f"{pct(r_lat, 0.99):.2f} ms, added {pct(r_lat, 0.99) - pct(d_lat, 0.99):.2f} ms; throughput "
             f"{statistics.mean(r_rps):.0f}/{statistics.mean(d_rps):.0f} req/s = "
             f"{100 * statistics.mean(r_rps) / statistics.mean(d_rps):.0f}% of direct; CPU a routed request: "
-            f"router {1e6 * spent['router'] / count:.0f} µs, stub engine {1e6 * spent['engine'] / count:.0f} µs"
+            f"router {1e6 * spent['router'] / count:.0f} µs, stub engine {1e6 * spent['engine'] / count:.0f} µs, "
+            f"this bench's client {1e6 * spent['client'] / count:.0f} µs"
         )
     d_first = await ttft(direct, model, key, 50)
     r_first = await ttft(routed, model, key, 50)

@@ -132,7 +132,7 @@ class KeyRing:
 
     def _refresh(self) -> None:
         try:
-            st = self.path.stat()
+            st = os.stat(self.path)
             stamp = (st.st_mtime_ns, st.st_size, st.st_mode)
         except OSError:
             stamp = None

@@ -8,7 +8,6 @@ large, 429 rate limited, 503 model known but not ready (Retry-After), 502 engine
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +17,10 @@ from aiinfra.agent.http.keys import Key, KeyRing, RateLimiter
 from aiinfra.agent.http.serve import Connection, Reply, Request, error_reply
 from aiinfra.agent.http.upstream import Answer, ConnectFailed, Upstream, UpstreamError
 from aiinfra.agent.metrics import Metrics
+from aiinfra.agent.notify import audit
 from aiinfra.agent.reconcile import Phase, expected_ready_in
 from aiinfra.agent.supervisor import Snapshot, Supervisor
 
-audit_log = logging.getLogger("aiinfra.audit")
 MAX_MODEL_NAME = 256  # what of a client's model name reaches the audit log
 UNKNOWN_MODEL = "(unknown)"  # the metrics' label for any name not configured here
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
@@ -416,4 +415,4 @@ class Router:
             line["aborted"] = exchange.aborted
         if body_text is not None:
             line["request"] = body_text
-        audit_log.info(json.dumps(line))
+        audit(json.dumps(line))
