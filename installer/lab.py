@@ -244,8 +244,10 @@ def vllm_version() -> str:
 
 
 # The lab's engines run vLLM's CPU build on this machine's cores: a small KV cache (GiB) per engine
-# and no torch.compile warm-up (minutes on two cores) — what a CPU-only box would set too.
-LAB_VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+# and no torch.compile warm-up (minutes on two cores) — what a CPU-only box would set too. No
+# thread binding: vLLM's automatic one gives each tensor-parallel rank a NUMA node of its own, and
+# refuses the deep profile's two ranks on a one-node machine ("Not enough allowed NUMA nodes").
+LAB_VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 LAB_VLLM_ARGS = ["--enforce-eager"]
 
 
