@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -44,8 +45,11 @@ def timed(what: str, argv: list[str]) -> str:
 def call(url: str, key: str, body: dict | None = None, timeout: float = 600) -> dict:
     data = None if body is None else json.dumps(body).encode()
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=timeout) as answer:
-        return json.loads(answer.read())
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=timeout) as answer:
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        sys.exit(f"{url}: HTTP {error.code}: {error.read().decode(errors='replace')[:600]}")
 
 
 def ready_models(base: str, key: str) -> dict[str, bool]:
