@@ -27,10 +27,13 @@ KIND = {401: "authentication_error", 403: "permission_error", 404: "not_found_er
 
 
 class Request:
-    __slots__ = ("body", "headers", "keep_alive", "method", "path")
+    __slots__ = ("body", "headers", "http11", "keep_alive", "method", "path")
 
-    def __init__(self, method: bytes, path: str, headers: dict[bytes, bytes], body: bytes, keep_alive: bool) -> None:
-        self.method, self.path, self.headers, self.body, self.keep_alive = method, path, headers, body, keep_alive
+    def __init__(
+        self, method: bytes, path: str, headers: dict[bytes, bytes], body: bytes, keep_alive: bool, http11: bool
+    ) -> None:
+        self.method, self.path, self.headers, self.body = method, path, headers, body
+        self.keep_alive, self.http11 = keep_alive, http11
 
     def header(self, name: bytes) -> str:
         return self.headers.get(name, b"").decode("latin-1")
@@ -69,9 +72,13 @@ def _now() -> bytes:
 
 
 def head(status: int, headers: dict[str, str] | None, content_type: str, length: int | None, close: bool) -> bytes:
+    """A response head; LENGTH None: a stream, chunked unless CLOSE (an HTTP/1.0 client's ends at the close)."""
     lines = [b"HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\n" % (
         status, _PHRASES.get(status, b"Unknown"), _now(), content_type.encode())]  # fmt: skip
-    lines.append(b"Transfer-Encoding: chunked\r\n" if length is None else b"Content-Length: %d\r\n" % length)
+    if length is not None:
+        lines.append(b"Content-Length: %d\r\n" % length)
+    elif not close:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
     if close:
         lines.append(b"Connection: close\r\n")
     for name, value in (headers or {}).items():
@@ -96,6 +103,7 @@ class Connection(asyncio.Protocol):
         self.pending: deque[Request] = deque()  # pipelined requests, answered in order
         self.drained: asyncio.Future[None] | None = None
         self.stream_head: bytes | None = None  # a stream's head, sent with its first event
+        self.current: Request | None = None  # the request in hand
         self.refused = False  # answered mid-request: what else arrives is dropped
         self.reading_paused = False
         self.streaming = False  # start() was called for the request in hand
@@ -175,8 +183,8 @@ class Connection(asyncio.Protocol):
         if self.refused:
             return
         method = self.parser.get_method()
-        request = Request(method, self.url.partition(b"?")[0].decode("latin-1"), self.headers,
-                          b"".join(self.body), self.parser.should_keep_alive())  # fmt: skip
+        request = Request(method, self.url.partition(b"?")[0].decode("latin-1"), self.headers, b"".join(self.body),
+                          self.parser.should_keep_alive(), self.parser.get_http_version() != "1.0")  # fmt: skip
         self._new_message()
         self._disarm()
         if self.task is None:
@@ -191,7 +199,7 @@ class Connection(asyncio.Protocol):
 
     async def _answer(self, request: Request) -> None:
         while True:
-            self.streaming, self.stream_head = False, None
+            self.current, self.streaming, self.stream_head = request, False, None
             try:
                 reply = await self.handler(request, self)
             except Exception:
@@ -225,14 +233,19 @@ class Connection(asyncio.Protocol):
     def start(self, status: int, content_type: str, headers: dict[str, str] | None = None) -> None:
         """A streamed answer: its head goes out with its first event (or its end)."""
         self.streaming = True
-        self.stream_head = head(status, headers, content_type, None, False)
+        current = self.current
+        http10 = current is not None and not current.http11
+        if current is not None and http10:  # no chunked encoding: the stream ends where the connection does
+            current.keep_alive = False
+        self.stream_head = head(status, headers, content_type, None, http10)
 
     async def send(self, data: bytes) -> None:
         """One part of a stream, with backpressure: a slow client slows the engine's reading, never
         grows the router's memory."""
         if self.transport is None:
             raise ConnectionResetError("the client left")
-        framed = b"%x\r\n%s\r\n" % (len(data), data)
+        chunked = self.current is None or self.current.http11
+        framed = b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
         if self.stream_head is not None:
             framed, self.stream_head = self.stream_head + framed, None
         self.transport.write(framed)
@@ -240,8 +253,9 @@ class Connection(asyncio.Protocol):
             await self.drained
 
     def end(self) -> None:
+        chunked = self.current is None or self.current.http11
         if self.transport is not None:
-            self.transport.write((self.stream_head or b"") + b"0\r\n\r\n")
+            self.transport.write((self.stream_head or b"") + (b"0\r\n\r\n" if chunked else b""))
         self.stream_head = None
 
     # -- limits ------------------------------------------------------------------------------------

@@ -179,7 +179,8 @@ class Upstream:
         address = address_of(base_url)
         host, port = address
         head = b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-        request = head % (path.encode(), host.encode(), port, len(body)) + body
+        named = f"[{host}]" if ":" in host else host  # an IPv6 literal, bracketed as in a URL
+        request = head % (path.encode(), named.encode(), port, len(body)) + body
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:

@@ -116,6 +116,17 @@ def test_a_stream_is_chunked_with_its_head_sent_with_the_first_event():
     assert body == b"9\r\ndata: 0\n\n\r\n9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n"
 
 
+def test_an_http_1_0_client_gets_its_stream_unchunked_ending_at_the_close():
+    async def go() -> bytes:
+        server, port = await serving()
+        async with server:
+            return await exchange(port, b"POST /stream HTTP/1.0\r\nContent-Length: 0\r\n\r\n", b"never")
+
+    head, _, body = asyncio.run(go()).partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding" not in head and b"Connection: close" in head
+    assert body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"  # and the connection closed after it
+
+
 # -- the client to the engines -------------------------------------------------------------------
 
 
