@@ -100,7 +100,7 @@ class Answer(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if self.status and not self.sized and not self.complete:
+        if self.status and not self.sized and not self.complete and self.failed is None:
             self.complete = True  # an answer that ends where its connection does
         if not self.complete and self.failed is None:
             self.failed = UpstreamError(f"the engine closed the connection{f' ({exc})' if exc else ''}")
