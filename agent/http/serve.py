@@ -23,6 +23,7 @@ import httptools
 log = logging.getLogger("aiinfra.router")
 MAX_HEAD = 64 * 1024  # bytes of request line and headers
 LINGER_S = 1.0  # after a refusal mid-request, what else the client sends is read and dropped this long
+MAX_PIPELINED = 16  # requests a client may send ahead of its answers on one connection
 KIND = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 
@@ -189,6 +190,9 @@ class Connection(asyncio.Protocol):
         self._disarm()
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._answer(request))
+        elif len(self.pending) >= MAX_PIPELINED:
+            too_many = f"over {MAX_PIPELINED} requests ahead of their answers"
+            self._refuse(error_reply(429, too_many, "too_many_pipelined"))
         else:
             self.pending.append(request)
             if self.transport is not None and not self.reading_paused:
@@ -208,9 +212,10 @@ class Connection(asyncio.Protocol):
                 head_sent = self.streaming and self.stream_head is None
                 reply = None if head_sent else error_reply(
                     500, "the router failed on this request; its journal says why", "internal_error")  # fmt: skip
+            last = not request.keep_alive or (self.refused and not self.pending)  # refused: the queued, then close
             if reply is not None:
-                self.write_reply(reply, close=not request.keep_alive or self.refused)
-            if not request.keep_alive or self.refused:
+                self.write_reply(reply, close=last)
+            if last:
                 if self.transport is not None:
                     self.transport.close()
                 return
@@ -275,8 +280,7 @@ class Connection(asyncio.Protocol):
             return
         self.refused = True
         self._disarm()
-        if self.transport is None or self.task is not None:  # a request in hand: close after it
-            self.pending.clear()
+        if self.transport is None or self.task is not None:  # requests in hand: close after them
             return
         self.write_reply(reply, close=True)
         if self.transport.can_write_eof():

@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from aiinfra.agent.http import upstream as up
-from aiinfra.agent.http.serve import MAX_HEAD, Connection, Reply, Request
+from aiinfra.agent.http.serve import MAX_HEAD, MAX_PIPELINED, Connection, Reply, Request
 
 
 async def echo(request: Request, conn: Connection) -> Reply | None:
@@ -63,6 +63,20 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection():
     answers = asyncio.run(go())
     assert [json.loads(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1")[0])["path"]
             for part in answers.split(b"HTTP/1.1 200 OK")[1:]] == ["/a", "/b", "/c"]  # fmt: skip
+
+
+def test_requests_sent_far_ahead_of_their_answers_are_not_all_held():
+    async def slow(request: Request, conn: Connection) -> Reply:
+        await asyncio.sleep(0.2)  # the first is in hand while the rest arrive
+        return Reply(200, b"{}")
+
+    async def go() -> bytes:
+        server, port = await serving(slow)
+        async with server:
+            return await exchange(port, post("/a", b"") * (MAX_PIPELINED + 20), b"never")
+
+    answers = asyncio.run(go())
+    assert answers.count(b"HTTP/1.1 200 OK") == 1 + MAX_PIPELINED  # the one in hand and those queued, then closed
 
 
 def test_a_head_past_its_bound_is_refused_and_not_held():

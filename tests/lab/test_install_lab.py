@@ -177,6 +177,31 @@ def test_the_appliance_serves_through_the_router_with_a_key(lab_host):
     assert user == "aiinfra"
 
 
+def test_the_deep_profile_answers_from_its_two_way_tensor_parallel_vllm(lab_host):
+    """qwen32b spans both GPUs, so vLLM runs it as two ranks; on the CPU build that needs the lab's
+    thread binding off and the vllm role's compiler and Python headers (its first answer compiles a
+    kernel): without them the engine is refused at start, or ready and answering only 500s."""
+    profile = ["--host", HOST, "-i", lab_host.inventory]
+    assert lab_host.aiinfra("profile", "deep", *profile).returncode == 0
+    deep = wait_engine(lab_host, "qwen32b", lambda e: e["phase"] in ("ready", "failed"), 300)
+    assert deep["phase"] == "ready", deep
+    assert "--tensor-parallel-size 2" in lab_host.box("cat", f"/proc/{deep['pid']}/cmdline").stdout.replace("\0", " ")
+    answer = (
+        lab_host.client()
+        .with_options(timeout=300)
+        .chat.completions.create(
+            model="Qwen/Qwen2.5-32B-Instruct-AWQ",
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=2,
+            extra_body={"ignore_eos": True},
+        )
+    )
+    assert answer.usage.completion_tokens == 2
+    assert lab_host.aiinfra("profile", "fast", *profile).returncode == 0
+    for engine in ("qwen7b", "qwen14b"):
+        wait_engine(lab_host, engine, lambda e: e["phase"] == "ready", 300)
+
+
 def test_a_rebuilt_host_is_the_same_appliance_with_its_models_from_the_mirror(lab_host):
     before = appliance_state(lab_host)
     assert podman("rm", "-f", "-t", "2", f"aiinfra-lab-{HOST}").returncode == 0  # the box dies
