@@ -4,6 +4,7 @@ HTTP: what the agent's tests and the benchmarks run. No GPU layer unless given t
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -38,9 +39,22 @@ FAST_POLICY = {
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing is bound to, chosen below the kernel's ephemeral range: a port the
+    kernel hands out itself (bind to 0) may become some outgoing connection's source port before the
+    engine binds it (a test saw "port … is already in use" for the whole of its setup)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in 10000-{low}")
 
 
 def stub(*flags: str, runtime: str = "vllm") -> list[str]:
