@@ -251,6 +251,5 @@ def test_nothing_listening_is_connect_failed():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening: refused
-
-    with pytest.raises(up.ConnectFailed, match=r"no connection to 127\.0\.0\.1"):
-        asyncio.run(up.Upstream().post(f"http://127.0.0.1:{port}", "/v1/x", b"{}", 5))
+        with pytest.raises(up.ConnectFailed, match=r"no connection to 127\.0\.0\.1"):
+            asyncio.run(up.Upstream().post(f"http://127.0.0.1:{port}", "/v1/x", b"{}", 5))
