@@ -274,7 +274,9 @@ def driver_changed(states: Mapping[str, EngineState], reason: str) -> list[Actio
     return [Stop(name, reason) for name, state in states.items() if state.running]
 
 
-TRAFFIC_OK_RESOLUTION_S = 1.0  # finer than any grace it is compared with; coarser saves a copy a request
+# Traffic is noted to the second (one state copy a second, not one a request): a liveness probe may
+# come up to that much sooner than traffic_grace_s alone would say.
+TRAFFIC_OK_RESOLUTION_S = 1.0
 
 
 def traffic_ok(state: EngineState, now: float) -> EngineState:

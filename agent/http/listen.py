@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from aiinfra.agent.http.serve import LINGER_S, Connection, Handler, error_reply, head
+from aiinfra.agent.http.serve import LINGER_S, Connection, Handler, error_reply
 
 SETTING = {"status": "status_listen", "router": "router_listen", "control": "control_socket"}
 
@@ -46,7 +46,7 @@ class _Busy(asyncio.Protocol):
             return
         self.answered = True
         busy = error_reply(503, "too many connections; retry shortly", "too_many_connections", retry_after=1)
-        self.transport.write(head(busy.status, busy.headers, busy.content_type, len(busy.body), True) + busy.body)
+        self.transport.write(busy.encode(close=True))
         self.transport.write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -50,6 +50,10 @@ class Reply:
     ) -> None:
         self.status, self.body, self.content_type, self.headers = status, body, content_type, headers
 
+    def encode(self, close: bool) -> bytes:
+        """Head and body, as they go on the wire."""
+        return head(self.status, self.headers, self.content_type, len(self.body), close) + self.body
+
 
 def error_reply(status: int, message: str, code: str, retry_after: float | None = None) -> Reply:
     """An error in OpenAI's shape ({"error": {"message", "type", "code"}}), which clients raise as
@@ -231,9 +235,7 @@ class Connection(asyncio.Protocol):
 
     def write_reply(self, reply: Reply, close: bool = False) -> None:
         if self.transport is not None:
-            self.transport.write(
-                head(reply.status, reply.headers, reply.content_type, len(reply.body), close) + reply.body
-            )
+            self.transport.write(reply.encode(close))
 
     def start(self, status: int, content_type: str, headers: dict[str, str] | None = None) -> None:
         """A streamed answer: its head goes out with its first event (or its end)."""
