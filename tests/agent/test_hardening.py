@@ -173,3 +173,13 @@ def test_connections_past_the_cap_get_a_503_and_the_cap_frees_up(make_agent):
         sock.close()
     time.sleep(0.3)
     assert client(agent, key).chat.completions.create(model=agent.engine("e")["served"][0], messages=HI).choices
+
+
+def test_unknown_routes_and_wrong_methods_are_refused_in_openais_shape(one):
+    base = f"http://{one.config['router_listen']}"
+    for method, path, status, code in (("GET", "/v1/nope", 404, "not_found"),
+                                       ("GET", "/v1/chat/completions", 405, "method_not_allowed")):  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(base + path, method=method), timeout=5)
+        assert refused.value.code == status
+        assert json.loads(refused.value.read())["error"]["code"] == code
