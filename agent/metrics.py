@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 PHASES = ("stopped", "starting", "ready", "backoff", "stopping", "failed")
@@ -120,30 +122,84 @@ class GpuCollector(Collector):
         )
 
 
+class _Histogram:
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1  # a bucket holds values <= its bound
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        bounds = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+        running, out = 0, list[tuple[str, float]]()
+        for bound, count in zip(bounds, self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+class RouterSeries(Collector):
+    """The router's per-request series, kept as plain numbers and made into metric families when
+    scraped: prometheus_client's labelled children take a lock and check their kind on every update,
+    which cost a request as much as the rest of its bookkeeping (bench/router.py). Labels come only
+    from the spec's model names, the one unknown label and HTTP statuses: the series stay bounded."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str], int] = {}
+        self.tokens: dict[tuple[str, str], int] = {}
+        self.latency: dict[str, _Histogram] = {}
+        self.ttft: dict[str, _Histogram] = {}
+
+    def observe(
+        self, model: str, status: int, latency_s: float, ttft_s: float | None, prompt: int, completion: int
+    ) -> None:
+        key = (model, str(status))
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if status != 200:
+            return
+        latency = self.latency.get(model)
+        if latency is None:
+            latency = self.latency[model] = _Histogram()
+            self.ttft[model] = _Histogram()
+            self.tokens[model, "prompt"] = self.tokens[model, "completion"] = 0
+        latency.observe(latency_s)
+        if ttft_s is not None:
+            self.ttft[model].observe(ttft_s)
+        self.tokens[model, "prompt"] += prompt
+        self.tokens[model, "completion"] += completion
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "aiinfra_router_requests", "Requests through the router", labels=["model", "status"]
+        )
+        for labels, count in list(self.requests.items()):
+            requests.add_metric(list(labels), count)
+        yield requests
+        for name, help_, histograms in (
+            ("aiinfra_router_request_duration_seconds", "Time to the whole answer", self.latency),
+            ("aiinfra_router_time_to_first_token_seconds", "Time to the first byte of the answer", self.ttft),
+        ):
+            family = HistogramMetricFamily(name, help_, labels=["model"])
+            for model, histogram in list(histograms.items()):
+                family.add_metric([model], histogram.buckets(), histogram.total)
+            yield family
+        tokens = CounterMetricFamily(
+            "aiinfra_router_tokens", "Tokens through the router", labels=["model", "direction"]
+        )
+        for labels, count in list(self.tokens.items()):
+            tokens.add_metric(list(labels), count)
+        yield tokens
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._series: dict[tuple[str, int], list[Any]] = {}  # observe_request's labelled series
-        self.requests = Counter(
-            "aiinfra_router_requests", "Requests through the router", ["model", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "aiinfra_router_request_duration_seconds",
-            "Time to the whole answer",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.ttft = Histogram(
-            "aiinfra_router_time_to_first_token_seconds",
-            "Time to the first byte of the answer",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.tokens = Counter(
-            "aiinfra_router_tokens", "Tokens through the router", ["model", "direction"], registry=self.registry
-        )
+        self.router = RouterSeries()
+        self.registry.register(self.router)
         # Labelled by engine: the spec's names only, so clients cannot add series.
         self.queue_waiting = Gauge(
             "aiinfra_router_queue_waiting", "Requests waiting for their engine to be ready", ["engine"],
@@ -160,27 +216,6 @@ class Metrics:
     def watch_engines(self, status: Callable[[], dict[str, Any]]) -> None:
         self.registry.register(EngineCollector(status))
         self.registry.register(GpuCollector(status))
-
-    def observe_request(
-        self, model: str, status: int, latency_s: float, ttft_s: float | None, prompt: int, completion: int
-    ) -> None:
-        # MODEL is a configured name or the one unknown label and STATUS an HTTP status: the cache of
-        # each pair's series is as bounded as the series themselves.
-        series = self._series.get((model, status))
-        if series is None:
-            series = self._series[model, status] = [self.requests.labels(model=model, status=str(status))]
-            if status == 200:
-                series += [self.latency.labels(model=model), self.ttft.labels(model=model),
-                           self.tokens.labels(model=model, direction="prompt"),
-                           self.tokens.labels(model=model, direction="completion")]  # fmt: skip
-        series[0].inc()
-        if status == 200:
-            _, latency, ttft, prompt_tokens, completion_tokens = series
-            latency.observe(latency_s)
-            if ttft_s is not None:
-                ttft.observe(ttft_s)
-            prompt_tokens.inc(prompt)
-            completion_tokens.inc(completion)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -392,7 +392,7 @@ class Router:
         configured = exchange.model in self.supervisor.served  # fixed with the configuration
         if exchange.status == 200 and exchange.engine != "-":
             self.supervisor.count_tokens(exchange.engine, exchange.prompt_tokens + exchange.completion_tokens)
-        self.metrics.observe_request(
+        self.metrics.router.observe(
             exchange.model if configured else UNKNOWN_MODEL,
             exchange.status,
             latency,

@@ -101,8 +101,12 @@ class Connection(asyncio.Protocol):
     def __init__(self, handler: Handler, max_body: int, read_timeout_s: float, connections: set) -> None:
         self.handler, self.max_body, self.read_timeout_s = handler, max_body, read_timeout_s
         self.connections = connections
+        self.loop = asyncio.get_running_loop()  # once: each lookup costs a getpid() on Python 3.11
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        # The read timeout: a deadline moved per request, and one timer that follows it lazily (a timer
+        # made and cancelled per request cost more than the rest of the bookkeeping).
+        self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task | None = None
         self.pending: deque[Request] = deque()  # pipelined requests, answered in order
@@ -142,14 +146,14 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.connections.discard(self)
-        self._disarm()
+        self._stop_timer()
         if self.task is not None:
             self.task.cancel()  # the handler's own cleanup closes its engine request
         if self.drained is not None and not self.drained.done():
             self.drained.set_exception(ConnectionResetError("the client left"))
 
     def pause_writing(self) -> None:
-        self.drained = asyncio.get_running_loop().create_future()
+        self.drained = self.loop.create_future()
 
     def resume_writing(self) -> None:
         if self.drained is not None and not self.drained.done():
@@ -193,7 +197,7 @@ class Connection(asyncio.Protocol):
         self._new_message()
         self._disarm()
         if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._answer(request))
+            self.task = self.loop.create_task(self._answer(request))
         elif len(self.pending) >= MAX_PIPELINED:
             too_many = f"over {MAX_PIPELINED} requests ahead of their answers"
             self._refuse(error_reply(429, too_many, "too_many_pipelined"))
@@ -287,20 +291,31 @@ class Connection(asyncio.Protocol):
         self.write_reply(reply, close=True)
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.timer = asyncio.get_running_loop().call_later(LINGER_S, self.transport.close)
+        self.loop.call_later(LINGER_S, self.transport.close)
 
     def _arm(self) -> None:
         """Bound the time until the next request is whole: its head, then its body."""
-        self._disarm()
-        self.timer = asyncio.get_running_loop().call_later(self.read_timeout_s, self._timed_out)
+        self.deadline = self.loop.time() + self.read_timeout_s
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.deadline, self._check_deadline)
 
     def _disarm(self) -> None:
+        self.deadline = None  # the timer, if any, finds no deadline and ends
+
+    def _stop_timer(self) -> None:
+        self._disarm()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _timed_out(self) -> None:
+    def _check_deadline(self) -> None:
         self.timer = None
+        if self.deadline is None:
+            return
+        if self.loop.time() < self.deadline:  # moved on by later requests: follow it
+            self.timer = self.loop.call_at(self.deadline, self._check_deadline)
+            return
+        self.deadline = None
         if self.in_body:
             self._refuse(error_reply(408, f"request body not sent within {self.read_timeout_s:g}s", "request_timeout"))
         elif self.transport is not None:

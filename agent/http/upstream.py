@@ -38,6 +38,7 @@ class Answer(asyncio.Protocol):
     the answer was read whole and the engine keeps the connection alive."""
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()  # once: each lookup costs a getpid() on Python 3.11
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -143,7 +144,7 @@ class Answer(asyncio.Protocol):
             raise self.failed
 
     async def _more(self) -> None:
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self.loop.create_future()
         try:
             await self.waiter
         finally:

@@ -107,6 +107,32 @@ def test_expect_100_continue_gets_its_interim_answer_first():
     assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK") and b'"body": "hi"' in answer
 
 
+def test_an_idle_kept_alive_connection_closes_a_read_timeout_after_its_last_answer():
+    """The read timeout follows each request: a connection answered late in its first window stays
+    open past that window's end, and closes one timeout after its answer."""
+
+    async def go() -> tuple[float, float, bytes]:
+        server, port = await serving(read_timeout_s=1)
+        async with server:
+            loop = asyncio.get_running_loop()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            opened = loop.time()
+            await asyncio.sleep(0.7)
+            writer.write(post("/a", b"1"))
+            got = b""
+            while b'"body": "1"}' not in got:
+                got += await reader.read(65536)
+            answered = loop.time()
+            async with asyncio.timeout(5):
+                rest = await reader.read(65536)  # b"" once the router closes
+            writer.close()
+            return answered - opened, loop.time() - answered, rest
+
+    asked_at, open_for, rest = asyncio.run(go())
+    assert asked_at >= 0.7 and rest == b""
+    assert 0.9 <= open_for <= 1.6, open_for  # not at the first window's end (0.3 s after the answer)
+
+
 def test_a_chunked_body_past_the_limit_is_a_413_read_to_its_end():
     async def go() -> bytes:
         server, port = await serving(max_body=100)
