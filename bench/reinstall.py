@@ -15,23 +15,12 @@ import json
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-AIINFRA = str(Path(sys.executable).with_name("aiinfra"))
-
-
-def run(what: str, argv: list[str]) -> str:
-    started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.exit(f"{what} failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-800:]}")
-    print(f"{what}: {time.monotonic() - started:.0f} s", flush=True)
-    return done.stdout.strip()
+from bench.lab_switch import AIINFRA, timed
 
 
 def install(what: str, host: str, inventory: str) -> dict:
-    summary = json.loads(run(what, [AIINFRA, "install", "--host", host, "-i", inventory, "--json"]))
+    summary = json.loads(timed(what, [AIINFRA, "install", "--host", host, "-i", inventory, "--json"]))
     slowest = ", ".join(f"{task} {seconds:.1f} s" for task, seconds in summary["slowest"][:3])
     print(f"  {summary['duration_s']:.0f} s, changed {summary['changed']}; slowest: {slowest}", flush=True)
     return summary
@@ -43,7 +32,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="leave the lab host running")
     args = parser.parse_args()
     try:
-        inventory = run(f"aiinfra lab up {args.host}", [AIINFRA, "lab", "up", args.host])
+        inventory = timed(f"aiinfra lab up {args.host}", [AIINFRA, "lab", "up", args.host])
         first = install("first install", args.host, inventory)
         again = install("unchanged re-install", args.host, inventory)
     finally:
