@@ -104,8 +104,8 @@ class Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()  # once: each lookup costs a getpid() on Python 3.11
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
-        # The read timeout: a deadline moved per request, and one timer that follows it lazily (a timer
-        # made and cancelled per request cost more than the rest of the bookkeeping).
+        # The read timeout: a deadline moved per request, and one timer that follows it lazily, instead
+        # of a timer made and cancelled for every request of a kept-alive connection.
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task | None = None
