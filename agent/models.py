@@ -23,9 +23,7 @@ from aiinfra.agent.schema import OLLAMA_MODEL, model_id_problem
 MANIFEST = "SHA256SUMS"
 VERIFIED = ".aiinfra-verified"  # holds the manifest's own hash once every file matched it
 DOWNLOAD_LEFTOVERS = (".cache",)  # `hf download --local-dir` keeps its bookkeeping here
-# Bytes read, hashed and copied at a time: small enough to stay in a core's cache from the read
-# through the hash to the copy (4 MiB blocks cost a third more CPU than 1 MiB ones, bench/staging.py).
-BLOCK = 1 << 20
+BLOCK = 4 << 20
 # Files copied at once from a mirror: a NAS or NVMe serves several streams faster than one, and
 # hashing (which frees the GIL) keeps a core busy per stream.
 COPIES_AT_ONCE = 4
