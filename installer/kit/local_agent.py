@@ -38,16 +38,26 @@ FAST_POLICY = {
 }
 
 
+# Ports free_port has handed out in this process: one agent takes three (status, router, engine)
+# before it binds any, so a port still free may already be promised (CI saw an agent's router refused
+# the port its own status listener had just taken).
+_promised: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port nothing is bound to, chosen below the kernel's ephemeral range: a port the
-    kernel hands out itself (bind to 0) may become some outgoing connection's source port before the
-    engine binds it (a test saw "port … is already in use" for the whole of its setup)."""
+    """A loopback port nothing is bound to and not handed out before by this process, chosen below
+    the kernel's ephemeral range: a port the kernel hands out itself (bind to 0) may become some
+    outgoing connection's source port before the engine binds it (a test saw "port … is already in
+    use" for the whole of its setup)."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
     for _ in range(200):
         port = random.randrange(10000, max(low, 10001))
+        if port in _promised:
+            continue
+        _promised.add(port)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
