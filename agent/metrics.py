@@ -122,6 +122,9 @@ class GpuCollector(Collector):
         )
 
 
+_BOUNDS = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]  # the `le` labels, as prometheus_client writes them
+
+
 class _Histogram:
     __slots__ = ("counts", "total")
 
@@ -134,9 +137,8 @@ class _Histogram:
         self.total += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        bounds = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
         running, out = 0, list[tuple[str, float]]()
-        for bound, count in zip(bounds, self.counts, strict=True):
+        for bound, count in zip(_BOUNDS, self.counts, strict=True):
             running += count
             out.append((bound, running))
         return out
