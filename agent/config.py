@@ -42,6 +42,9 @@ class Policy(Strict):
     crash_loop_failures: Annotated[int, Field(ge=1)] = 5  # failures within the window: give up
     crash_loop_window_s: Seconds = 900
     stop_grace_s: Seconds = 30  # SIGTERM, then SIGKILL of the whole process group / cgroup
+    # Requests in hand get this long to finish when their engine leaves the profile, or the agent stops;
+    # past it the engine is stopped (the agent exits) and what is left ends with an error.
+    drain_timeout_s: Seconds = 30
 
 
 GpuKey = Annotated[int, Field(ge=0, le=15, strict=False)]
@@ -92,12 +95,20 @@ class AgentConfig(Strict):
     keys_file: str = box.KEYS_FILE
     router_timeout_s: Annotated[float, Field(gt=0, strict=False)] = 600
     router_max_body_mb: Annotated[float, Field(gt=0, strict=False)] = 16
-    # A client has this long to send a request's header, and again its body; an idle keep-alive
-    # connection is closed after it too (slow or half-sent requests hold no connection for long).
+    # A client has router_head_timeout_s to send a request's head (an idle kept-alive connection is
+    # closed after it too), then router_read_timeout_s for its body; an answer it leaves unread for
+    # router_write_timeout_s cuts the connection. Slow, half-sent or unread requests hold nothing long.
+    router_head_timeout_s: Annotated[float, Field(gt=0, strict=False)] = 10
     router_read_timeout_s: Annotated[float, Field(gt=0, strict=False)] = 30
-    # Connections open at once on the router; past it a new one gets a 503 and is closed. Each takes
-    # two descriptors (the client's, the engine's): the agent's unit gives it LimitNOFILE=8192.
+    router_write_timeout_s: Annotated[float, Field(gt=0, strict=False)] = 30
+    # Connections open at once on the router, and from one client address (an IPv6 client: its /64);
+    # past either a new one gets a 503 and is closed. Each takes two descriptors (the client's, the
+    # engine's): the agent's unit gives it LimitNOFILE=8192.
     router_max_connections: Annotated[int, Field(ge=1, le=3000)] = 1024
+    router_max_connections_per_client: Annotated[int, Field(ge=1, le=3000)] = 128
+    # Completion tokens a request that names no max_tokens reserves against its key's tpm until its
+    # answer ends (its whole context would refuse most such clients).
+    router_reserve_tokens: Annotated[int, Field(ge=1)] = 256
     audit_log: str | None = box.AUDIT_LOG  # one JSON line per request; None: none
     audit_include_text: bool = False  # prompts stay out of the audit log unless this says otherwise
     vllm_command: list[str] = box.VLLM_COMMAND  # role vllm: one venv per version

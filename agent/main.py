@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import grp
 import json
+import logging
 import os
 import signal
 import sys
@@ -26,8 +27,9 @@ from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.http.keys import KeyRing
 from aiinfra.agent.http.listen import BindError, inherited_sockets, listen, listen_router, listen_unix
 from aiinfra.agent.http.router import Router
+from aiinfra.agent.http.serve import Clients, Limits
 from aiinfra.agent.metrics import Metrics
-from aiinfra.agent.notify import notify, setup_logging, watchdog_enabled
+from aiinfra.agent.notify import audit_health, notify, setup_logging, watchdog_enabled
 from aiinfra.agent.supervisor import Supervisor
 
 
@@ -69,11 +71,17 @@ async def serve(config: AgentConfig) -> None:
             metrics,
             config.router_timeout_s,
             config.audit_include_text,
+            config.router_reserve_tokens,
         )
+    clients: Clients | None = None
 
     def router_status() -> dict:
-        waiting = {"waiting": {name: n for name, n in router.waiting.items() if n}} if router is not None else {}
-        return router_info(config) | ({"keys": keyring.health()} if keyring is not None else {}) | waiting
+        live = {}
+        if router is not None and clients is not None:
+            live = {"waiting": {name: n for name, n in router.waiting.items() if n},
+                    "connections": len(clients.open), "in_hand": clients.busy()}  # fmt: skip
+        return (router_info(config) | ({"keys": keyring.health()} if keyring is not None else {}) | live
+                | {"audit": audit_health()})  # fmt: skip
 
     runners = [
         web.AppRunner(status_app(supervisor, metrics, router_status), access_log=None),
@@ -85,14 +93,7 @@ async def serve(config: AgentConfig) -> None:
     await listen(runners[0], inherited, "status", config.status_listen)
     router_server = None
     if router is not None and config.router_listen is not None:
-        router_server = await listen_router(
-            router.handle,
-            inherited,
-            config.router_listen,
-            config.router_max_connections,
-            int(config.router_max_body_mb * 2**20),
-            config.router_read_timeout_s,
-        )
+        router_server, clients = await listen_router(router, inherited, config.router_listen, router_limits(config))
     sock = Path(config.control_socket)
     await listen_unix(runners[1], sock)
     _restrict_socket(sock, config.control_group)
@@ -108,14 +109,26 @@ async def serve(config: AgentConfig) -> None:
     def on_tick() -> None:
         notify(f"STATUS={status_line(supervisor)}", *(["WATCHDOG=1"] if watchdog else []))
 
+    loop_stopped = asyncio.Event()  # the loop runs on while the router drains: waiting requests need it
+    supervising = asyncio.create_task(supervisor.run(loop_stopped, on_tick))
     try:
-        await supervisor.run(stop, on_tick)
-    finally:
+        await asyncio.wait([supervising, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         notify("STOPPING=1")
+        if router_server is not None and clients is not None:
+            # No new connection is taken (systemd's socket keeps them queued for the next agent); the
+            # requests in hand are answered, within the drain deadline.
+            router_server.close()
+            cut = await clients.drain(config.policy.drain_timeout_s)
+            if cut:
+                deadline = config.policy.drain_timeout_s
+                logging.getLogger("aiinfra.agent").warning("router: %d requests cut at stop, past the drain "
+                                                           "deadline (%gs)", cut, deadline)  # fmt: skip
+    finally:
+        loop_stopped.set()
+        await supervising
         # systemd units outlive the agent (adopted on its return); plain processes die with it
         await supervisor.close(stop_engines=backend.name == "process")
-        if router_server is not None and router is not None:
-            router_server.close()
+        if router is not None:
             router.close()
         for runner in runners:
             await runner.cleanup()
@@ -129,6 +142,17 @@ def router_info(config: AgentConfig) -> dict:
         "audit_log": config.audit_log,
         "audit_include_text": config.audit_include_text,
     }
+
+
+def router_limits(config: AgentConfig) -> Limits:
+    return Limits(
+        max_body=int(config.router_max_body_mb * 2**20),
+        head_timeout_s=config.router_head_timeout_s,
+        read_timeout_s=config.router_read_timeout_s,
+        write_timeout_s=config.router_write_timeout_s,
+        max_connections=config.router_max_connections,
+        max_per_client=config.router_max_connections_per_client,
+    )
 
 
 def _restrict_socket(sock: Path, group: str) -> None:

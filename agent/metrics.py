@@ -14,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from aiinfra.agent.notify import audit_health
+
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 PHASES = ("stopped", "starting", "ready", "backoff", "stopping", "failed")
 
@@ -62,6 +64,18 @@ class EngineCollector(Collector):
                 family.add_metric([engine], value)
             yield family
         yield from (phase, desired, restarts, latency, switches, degraded)
+
+
+class AuditCollector(Collector):
+    """The audit file's failed writes (a full disk): never silent."""
+
+    def collect(self) -> Iterator[Any]:
+        health = audit_health()
+        if health is not None:
+            yield CounterMetricFamily("aiinfra_audit_write_errors", "Audit log writes that failed",
+                                      value=health["write_errors"])  # fmt: skip
+            yield CounterMetricFamily("aiinfra_audit_lines_lost", "Audit lines a failed write lost",
+                                      value=health["lines_lost"])  # fmt: skip
 
 
 class GpuCollector(Collector):
@@ -215,6 +229,12 @@ class Metrics:
         self.rate_limited = Counter(
             "aiinfra_router_rate_limited", "Requests refused by a key's rate limit", ["key"], registry=self.registry
         )
+        # Labelled by the router's own statuses and codes: a fixed set.
+        self.refused = Counter(
+            "aiinfra_router_refused", "Requests and connections refused before a valid key (by status and code)",
+            ["status", "code"], registry=self.registry,
+        )  # fmt: skip
+        self.registry.register(AuditCollector())
 
     def watch_engines(self, status: Callable[[], dict[str, Any]]) -> None:
         self.registry.register(EngineCollector(status))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -39,8 +40,11 @@ class BatchedAuditFile(logging.handlers.RotatingFileHandler):
     loop, each line at once."""
 
     def __init__(self, path: str, max_bytes: int, backups: int) -> None:
-        super().__init__(path, maxBytes=max_bytes, backupCount=backups)
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, delay=True)
         self.pending: list[str] = []
+        self.write_errors = 0  # writes that failed (a full disk): counted in the metrics, shown in /status
+        self.lines_lost = 0
+        self.last_error: str | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         self.add(self.format(record))
@@ -66,13 +70,33 @@ class BatchedAuditFile(logging.handlers.RotatingFileHandler):
         if not lines:
             return super().flush()
         text = "\n".join(lines) + "\n"
-        if self.stream is None:
-            self.stream = self._open()
-        self.stream.seek(0, 2)  # another writer (logrotate's copytruncate) may have moved the end
-        if self.maxBytes and self.stream.tell() + len(text) >= self.maxBytes:
-            self.doRollover()
-        self.stream.write(text)
-        self.stream.flush()
+        try:
+            if self.stream is None:
+                self.stream = self._open()
+            self.stream.seek(0, 2)  # another writer (logrotate's copytruncate) may have moved the end
+            if self.maxBytes and self.stream.tell() + len(text) >= self.maxBytes:
+                self.doRollover()
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError) as exc:  # ValueError: a stream a failed rollover left closed
+            self.write_errors += 1
+            self.lines_lost += len(lines)
+            self.last_error = f"{self.baseFilename}: {exc}"
+            if self.write_errors == 1 or self.write_errors % 1000 == 0:
+                logging.getLogger("aiinfra.agent").error("audit log not written (%d failed writes): %s",
+                                                         self.write_errors, self.last_error)  # fmt: skip
+            stream, self.stream = self.stream, None  # opened afresh at the next write: there may be room again
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.close()
+
+
+def audit_health() -> dict | None:
+    """The audit file's failed writes, for /status and the metrics; None where no audit file is kept."""
+    if _audit_file is None:
+        return None
+    return {"file": _audit_file.baseFilename, "write_errors": _audit_file.write_errors,
+            "lines_lost": _audit_file.lines_lost, "last_error": _audit_file.last_error}  # fmt: skip
 
 
 _audit_file: BatchedAuditFile | None = None

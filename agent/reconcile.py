@@ -64,6 +64,7 @@ class EngineState:
     last_traffic_ok: float | None = None
     probe_latency_ms: float | None = None
     last_startup_s: float | None = None  # how long its last start took to be ready: the next one's guess
+    leaving_since: float | None = None  # running, but no longer in the active profile: its drain began then
 
     def to(self, phase: Phase, now: float, **changes: Any) -> EngineState:
         if phase != self.phase and phase not in TRANSITIONS[self.phase]:
@@ -185,19 +186,26 @@ def decide(
     now: float,
     may_start: bool = True,
     busy: Collection[str] = (),
+    drain_s: float = float("inf"),
 ) -> list[Action]:
     """What to start and stop so that exactly the desired engines run.
 
-    Engines leaving are stopped first, each once the requests it is answering (busy) are done; none
-    is started while one that leaves still holds its GPUs, so two profiles' engines never run at
-    once. may_start=False (no GPU, a reboot pending) holds every start: stops still happen.
+    Engines leaving are stopped first, each once the requests it is answering (busy) are done, or
+    drain_s after it began to leave, whichever comes first; none is started while one that leaves
+    still holds its GPUs, so two profiles' engines never run at once. may_start=False (no GPU, a
+    reboot pending) holds every start: stops still happen.
     """
     wanted = set(desired)
     actions: list[Action] = []
     leaving = [s for s in states.values() if s.name not in wanted and s.running]
     for state in leaving:
-        if state.phase != Phase.STOPPING and state.name not in busy:
+        if state.phase == Phase.STOPPING:
+            continue
+        if state.name not in busy:
             actions.append(Stop(state.name, "not in the active profile"))
+        elif state.leaving_since is not None and now - state.leaving_since >= drain_s:
+            actions.append(Stop(state.name, f"not in the active profile; requests still in hand after the "
+                                            f"drain deadline ({drain_s:g}s) end with an error"))  # fmt: skip
     for state in states.values():
         if state.name in wanted and state.running and state.phase in (Phase.BACKOFF, Phase.FAILED):
             actions.append(Stop(state.name, state.last_error or "failed"))  # hung or never ready: kill
@@ -226,6 +234,7 @@ def started(state: EngineState, pid: int | None, now: float) -> EngineState:
         restarts=restarts,
         ready_since=None,
         liveness_failures=0,
+        leaving_since=None,
     )
 
 
@@ -253,14 +262,19 @@ def reset(state: EngineState, now: float) -> EngineState:
 
 def switch(states: Mapping[str, EngineState], desired: Iterable[str], now: float) -> dict[str, EngineState]:
     """A profile switch: an engine that leaves and holds nothing forgets its backoff or failure (it
-    starts afresh when a profile takes it again). Those still running are stopped by decide()."""
+    starts afresh when a profile takes it again). Those still running begin their drain, and are
+    stopped by decide(); one the new profile keeps is no longer leaving."""
     wanted = set(desired)
-    return {
-        name: state.to(Phase.STOPPED, now)
-        if name not in wanted and not state.running and state.phase in (Phase.BACKOFF, Phase.FAILED)
-        else state
-        for name, state in states.items()
-    }
+    switched = {}
+    for name, state in states.items():
+        if name in wanted:
+            state = replace(state, leaving_since=None)
+        elif state.running:
+            state = replace(state, leaving_since=now if state.leaving_since is None else state.leaving_since)
+        elif state.phase in (Phase.BACKOFF, Phase.FAILED):
+            state = state.to(Phase.STOPPED, now)
+        switched[name] = state
+    return switched
 
 
 def operator_restart(state: EngineState, now: float) -> tuple[EngineState, list[Action]]:

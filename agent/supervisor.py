@@ -238,7 +238,7 @@ class Supervisor:
         self._switch_back_when_idle(now)
         may_start = await self._gpu_tick(now)
         busy = {name for name, count in self.inflight.items() if count > 0}
-        await self._act(decide(self.desired(), self.states, now, may_start, busy), now)
+        await self._act(decide(self.desired(), self.states, now, may_start, busy, self.policy.drain_timeout_s), now)
         self._schedule_probes(now)
         self._save_counts()
         if now - self.ledger_saved >= 60:

@@ -144,6 +144,7 @@ class ApiKey(Strict):
     may_switch: bool = Field(False, description="Its requests may switch to a profile that allows it.")
     rpm: Annotated[int, Field(ge=1)] | None = Field(None, description="Requests per minute.")
     tpm: Annotated[int, Field(ge=1)] | None = Field(None, description="Tokens per minute.")
+    max_inflight: Annotated[int, Field(ge=1)] | None = Field(None, description="Requests answered or waiting at once.")
 
 
 class Variables(Strict):

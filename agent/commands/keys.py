@@ -45,15 +45,19 @@ def _keys_here(keys_path: Path) -> None:
 @click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute.")
 @click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute.")
 @click.option("--may-switch", is_flag=True, help="Its requests may switch to a profile that allows it.")
+@click.option("--max-inflight", type=click.IntRange(min=1), help="Requests answered or waiting at once.")
 @KEYS_FILE
-def keys_add(name: str, models: str, rpm: int | None, tpm: int | None, may_switch: bool, keys_path: Path) -> None:
+def keys_add(
+    name: str, models: str, rpm: int | None, tpm: int | None, may_switch: bool, max_inflight: int | None,
+    keys_path: Path,
+) -> None:  # fmt: skip
     """Create key NAME and print it, this once."""
     _keys_here(keys_path)
     if not keyfile.KEY_NAME.fullmatch(name):
         click.echo("aiinfra-agent: key names are letters, digits and . _ @ - (64 at most)", err=True)
         sys.exit(EXIT_BAD_INPUT)
     try:
-        token = keyfile.add(keys_path, name, [m for m in models.split(",") if m], rpm, tpm, may_switch)
+        token = keyfile.add(keys_path, name, [m for m in models.split(",") if m], rpm, tpm, may_switch, max_inflight)
     except keyfile.KeysFileError as exc:
         click.echo(f"aiinfra-agent: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -87,11 +91,11 @@ def keys_list(keys_path: Path, as_json: bool) -> None:
             json.dumps([{k: v for k, v in vars(key).items() if k != "sha256"} for key in found.values()], indent=2)
         )
         return
-    click.echo(f"{'NAME':<16} {'HINT':<14} {'RPM':>6} {'TPM':>8}  MODELS")
+    click.echo(f"{'NAME':<16} {'HINT':<14} {'RPM':>6} {'TPM':>8} {'INFLIGHT':>8}  MODELS")
     for key in found.values():
         click.echo(
-            f"{key.name:<16} {key.hint + '…':<14} {key.rpm or '-':>6} {key.tpm or '-':>8}  "
-            f"{', '.join(key.models) or 'all'}"
+            f"{key.name:<16} {key.hint + '…':<14} {key.rpm or '-':>6} {key.tpm or '-':>8} "
+            f"{key.max_inflight or '-':>8}  {', '.join(key.models) or 'all'}"
         )
 
 

@@ -33,6 +33,7 @@ class Key:
     tpm: int | None = None  # tokens (prompt + completion) per minute
     created: float = 0.0
     may_switch: bool = False  # a request by this key may switch to a profile that allows it (profile_switching)
+    max_inflight: int | None = None  # requests answered or waiting at once
 
     def allows(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -68,7 +69,7 @@ def load(path: Path) -> dict[str, Key]:
 
 def _key(entry: dict) -> Key:
     key = Key(**entry)
-    limits = all(v is None or (isinstance(v, int) and v > 0) for v in (key.rpm, key.tpm))
+    limits = all(v is None or (isinstance(v, int) and v > 0) for v in (key.rpm, key.tpm, key.max_inflight))
     limits = limits and isinstance(key.may_switch, bool)
     models = isinstance(key.models, list) and all(isinstance(m, str) for m in key.models)
     if not (isinstance(key.name, str) and isinstance(key.sha256, str) and len(key.sha256) == 64 and models and limits):
@@ -89,13 +90,17 @@ def new_token() -> str:
     return PREFIX + secrets.token_urlsafe(32)
 
 
-def add(path: Path, name: str, models: list[str], rpm: int | None, tpm: int | None, may_switch: bool = False) -> str:
+def add(
+    path: Path, name: str, models: list[str], rpm: int | None, tpm: int | None, may_switch: bool = False,
+    max_inflight: int | None = None,
+) -> str:  # fmt: skip
     """Create a key; return it. It is shown this once: only its hash is kept."""
     keys = load(path)
     if name in keys:
         raise KeysFileError(f"a key named {name!r} exists; revoke it first or pick another name")
     token = new_token()
-    keys[name] = Key(name, digest(token), token[: len(PREFIX) + 4], models, rpm, tpm, time.time(), may_switch)
+    keys[name] = Key(name, digest(token), token[: len(PREFIX) + 4], models, rpm, tpm, time.time(), may_switch,
+                     max_inflight)  # fmt: skip
     save(path, keys)
     return token
 
@@ -148,7 +153,9 @@ class KeyRing:
 
 
 class RateLimiter:
-    """Per-key token buckets: requests per minute, and tokens per minute (charged after the answer)."""
+    """Per-key token buckets, refilled continuously: requests per minute, and tokens per minute. A
+    request reserves its estimated tokens when admitted, so that requests at once cannot all pass a
+    nearly spent limit, and settles them with the real count when its answer ends."""
 
     def __init__(self, clock=time.monotonic) -> None:
         self.clock = clock
@@ -156,23 +163,26 @@ class RateLimiter:
 
     def _level(self, key: str, kind: str, per_minute: int) -> float:
         level, at = self.buckets.get((key, kind), (float(per_minute), self.clock()))
-        now = self.clock()
-        return min(per_minute, level + (now - at) * per_minute / 60)
+        return min(per_minute, level + (self.clock() - at) * per_minute / 60)
 
-    def admit(self, key: Key) -> float | None:
-        """None when the request may go; otherwise seconds until it may (Retry-After)."""
+    def admit(self, key: Key, tokens: int) -> float | None:
+        """Take one request and reserve TOKENS: None, or the seconds until the key may (Retry-After). A
+        reservation above the whole limit waits for a full bucket rather than forever."""
         now = self.clock()
-        if key.tpm is not None:
-            tokens = self._level(key.name, "tpm", key.tpm)
-            if tokens < 1:
-                return (1 - tokens) * 60 / key.tpm
-        if key.rpm is not None:
-            level = self._level(key.name, "rpm", key.rpm)
-            if level < 1:
-                return (1 - level) * 60 / key.rpm
-            self.buckets[(key.name, "rpm")] = (level - 1, now)
+        need = {"rpm": 1.0, "tpm": float(min(tokens, key.tpm or 0))}
+        levels = {}
+        for kind, per_minute in (("rpm", key.rpm), ("tpm", key.tpm)):
+            if per_minute is None:
+                continue
+            levels[kind] = level = self._level(key.name, kind, per_minute)
+            if level < need[kind]:
+                return (need[kind] - level) * 60 / per_minute
+        for kind, level in levels.items():
+            self.buckets[(key.name, kind)] = (level - (1 if kind == "rpm" else tokens), now)
         return None
 
-    def charge_tokens(self, key: Key, tokens: int) -> None:
-        if key.tpm is not None and tokens:
-            self.buckets[(key.name, "tpm")] = (self._level(key.name, "tpm", key.tpm) - tokens, self.clock())
+    def settle(self, key: Key, reserved: int, used: int) -> None:
+        """The answer ended having used USED tokens of the RESERVED: the difference goes back (or is taken)."""
+        if key.tpm is not None and reserved != used:
+            level = self._level(key.name, "tpm", key.tpm) + reserved - used
+            self.buckets[(key.name, "tpm")] = (min(level, key.tpm), self.clock())

@@ -1,5 +1,5 @@
-"""Where the agent listens: sockets systemd hands over (socket activation), else bound here; at most
-so many connections at once on the router; a socket that cannot be had is one line for the operator."""
+"""Where the agent listens: sockets systemd hands over (socket activation), else bound here; a socket
+that cannot be had is one line for the operator."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from aiinfra.agent.http.serve import LINGER_S, Connection, Handler, error_reply
+from aiinfra.agent.http.serve import App, Clients, Limits
 
 SETTING = {"status": "status_listen", "router": "router_listen", "control": "control_socket"}
 
@@ -32,27 +32,6 @@ def inherited_sockets() -> dict[str, socket.socket]:
     return {names[i] if i < len(names) else f"fd{i}": socket.socket(fileno=3 + i) for i in range(count)}
 
 
-class _Busy(asyncio.Protocol):
-    """A connection past the cap: once the request starts to arrive, a 503 in OpenAI's shape and our end
-    of the connection shut; what else the client sends is read and dropped (closing on unread data
-    would reset the connection before the client reads the answer), and in a second it is closed."""
-
-    def connection_made(self, transport) -> None:  # uvloop's transports are not asyncio.Transport
-        self.transport, self.answered = transport, False
-        self.timer = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        if self.answered:
-            return
-        self.answered = True
-        busy = error_reply(503, "too many connections; retry shortly", "too_many_connections", retry_after=1)
-        self.transport.write(busy.encode(close=True))
-        self.transport.write_eof()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.timer.cancel()
-
-
 async def listen(runner: web.AppRunner, inherited: dict[str, socket.socket], name: str, address: str) -> None:
     """Serve RUNNER (aiohttp) on the socket systemd passed as NAME, else on ADDRESS bound here."""
     try:
@@ -62,25 +41,14 @@ async def listen(runner: web.AppRunner, inherited: dict[str, socket.socket], nam
 
 
 async def listen_router(
-    handler: Handler,
-    inherited: dict[str, socket.socket],
-    address: str,
-    max_connections: int,
-    max_body: int,
-    read_timeout_s: float,
-) -> asyncio.AbstractServer:
-    """Serve the router's HANDLER (serve.Connection) on the socket systemd passed as "router", else on
-    ADDRESS bound here, with at most MAX_CONNECTIONS connections open (0: no cap)."""
-    connections: set[Connection] = set()
-
-    def protocol() -> asyncio.Protocol:
-        if max_connections and len(connections) >= max_connections:
-            return _Busy()
-        return Connection(handler, max_body, read_timeout_s, connections)
-
+    app: App, inherited: dict[str, socket.socket], address: str, limits: Limits
+) -> tuple[asyncio.AbstractServer, Clients]:
+    """Serve the router APP (serve.Connection) on the socket systemd passed as "router", else on
+    ADDRESS bound here, within LIMITS; the server and its connections (Clients.drain at stop)."""
+    clients = Clients(app, limits)
     try:
         sock = _socket(inherited, "router", address)
-        return await asyncio.get_running_loop().create_server(protocol, sock=sock)
+        return await asyncio.get_running_loop().create_server(clients.protocol, sock=sock), clients
     except OSError as exc:
         raise BindError(_why(exc, "router", address)) from None
 

@@ -1,20 +1,30 @@
 """One OpenAI-compatible endpoint in front of the engines: route by `model`, pass streams through.
 
 Errors use OpenAI's shape ({"error": {"message", "type", "code"}}) so that clients raise their own
-typed errors: 401 no or bad key, 403 model not allowed for the key, 404 unknown model, 413 body too
-large, 429 rate limited, 503 model known but not ready (Retry-After), 502 engine error, 504 timeout.
+typed errors: 400 a body of the wrong shape, 401 no or bad key (decided on the request's head: its body
+is never kept), 403 a switch the key may not make, 404 a model not here or not the key's (a key sees
+only its own models, in /v1/models and in every message), 413 body too large, 429 a key's
+limits, 503 model known but not ready (Retry-After), 502 engine error, 504 timeout.
+
+A key's limits are checked right after the body's shape, before any waiting or switching; a request
+reserves its estimated tokens then and settles them with the real count however its answer ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import ijson
+
 from aiinfra.agent.engines import Launch
 from aiinfra.agent.http.keys import Key, KeyRing, RateLimiter
-from aiinfra.agent.http.serve import Connection, Reply, Request, error_reply
+from aiinfra.agent.http.refusals import Refusals
+from aiinfra.agent.http.serve import ClientGone, Connection, Reply, Request, error_reply
 from aiinfra.agent.http.upstream import Answer, ConnectFailed, Upstream, UpstreamError
 from aiinfra.agent.metrics import Metrics
 from aiinfra.agent.notify import audit
@@ -24,6 +34,9 @@ from aiinfra.agent.supervisor import Snapshot, Supervisor
 MAX_MODEL_NAME = 256  # what of a client's model name reaches the audit log
 UNKNOWN_MODEL = "(unknown)"  # the metrics' label for any name not configured here
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+METHODS = {"/v1/models": b"GET"} | dict.fromkeys(ROUTES, b"POST")
+WHOLE_MAX = 1 << 20  # bytes of an engine's answer held whole; a larger one is streamed through as it arrives
+BYTES_PER_TOKEN = 4  # a request's prompt tokens, guessed from its body's size until the engine counts them
 
 
 class Refusal(Exception):
@@ -35,11 +48,17 @@ class Refusal(Exception):
         return error_reply(self.status, str(self), self.code, self.retry_after)
 
 
+def _invalid(message: str) -> Refusal:
+    return Refusal(400, message, "invalid_request")
+
+
 @dataclass
 class Exchange:
     """What the audit line and the metrics need of one request."""
 
     started: float
+    id: str = "-"
+    client: str = "-"
     key: str = "-"
     model: str = "-"
     engine: str = "-"
@@ -47,31 +66,65 @@ class Exchange:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft_s: float | None = None
-    aborted: str | None = None  # a stream that ended early, and by what
+    aborted: str | None = None  # an answer that ended early, and by what
+    usage_seen: bool = False  # the engine's own counts arrived
+    reached: bool = False  # the request went to its engine
+    prompt_estimate: int = 0
+
+    def tokens_used(self) -> int:
+        """What the request cost, however it ended: the engine's counts, else the estimate of what it read."""
+        prompt = self.prompt_tokens or (self.prompt_estimate if self.reached else 0)
+        return prompt + self.completion_tokens
 
 
 def _json_or_none(data: bytes) -> Any:
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
-_DECODER = json.JSONDecoder()
+class UsageScan:
+    """The top-level "usage" of a JSON answer too large to hold, read from its parts as they pass: a
+    streaming parser, so the word "usage" anywhere else (a token, prompt_logprobs after it) is no match."""
+
+    def __init__(self) -> None:
+        self.found: list[Any] = ijson.utils.sendable_list()
+        self.parser: Any = ijson.items_coro(self.found, "usage", use_float=True)
+
+    def feed(self, data: bytes) -> None:
+        if self.parser is None:
+            return
+        try:
+            self.parser.send(data)
+        except ijson.JSONError:
+            self.parser = None
+            return
+        if self.found:  # found: the rest need not be parsed
+            self.parser = None
+
+    def parsed(self) -> dict[str, Any] | None:
+        return {"usage": self.found[0]} if self.found else None
 
 
-def _usage_of(body: bytes) -> Any:
-    """{"usage": …} of a response body, parsing only that object, or None. The last "usage" key is the
-    body's own: in the choices' text the word is escaped (\\"usage\\")."""
-    at = body.rfind(b'"usage"')
-    colon = body.find(b":", at) if at >= 0 else -1
-    if colon < 0:
-        return None
-    try:
-        usage, _ = _DECODER.raw_decode(body[colon + 1 :].decode(errors="replace").lstrip())
-    except ValueError:
-        return None
-    return {"usage": usage}
+def _shape(raw: bytes) -> dict[str, Any]:
+    """The request's body, refused in one line naming the field where its shape is wrong."""
+    body = _json_or_none(raw)
+    if not isinstance(body, dict):
+        raise _invalid("the body must be a JSON object with a 'model'")
+    if "model" not in body:
+        raise _invalid("'model' is required")
+    if not isinstance(body["model"], str):
+        raise _invalid("'model' must be a string")
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise _invalid("'stream' must be true or false")
+    if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
+        raise _invalid("'stream_options' must be an object")
+    for field in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(field)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise _invalid(f"'{field}' must be a whole number of 0 or more")
+    return body
 
 
 def _asks_for_usage(body: dict[str, Any]) -> bool:
@@ -87,6 +140,7 @@ class Router:
         metrics: Metrics,
         timeout_s: float,
         include_text: bool = False,
+        reserve_tokens: int = 256,
     ) -> None:
         self.supervisor = supervisor
         self.keys = keys  # None: authentication turned off by configuration
@@ -94,36 +148,78 @@ class Router:
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.include_text = include_text
+        self.reserve_tokens = reserve_tokens  # completion tokens reserved for a request that names no max_tokens
         self.upstream = Upstream()
         self.waiting: dict[str, int] = {}  # requests waiting for each engine to be ready
+        self.key_inflight: Counter[str] = Counter()  # requests in hand per key (max_inflight)
+        self.refusals = Refusals(audit, lambda status, code: metrics.refused.labels(str(status), code).inc())
 
-    async def handle(self, request: Request, conn: Connection) -> Reply | None:
-        """The routes: GET /v1/models, POST ROUTES; anything else is refused in OpenAI's shape."""
-        method = "GET" if request.path == "/v1/models" else "POST" if request.path in ROUTES else None
+    # -- serve.App ---------------------------------------------------------------------------------
+
+    def admit(self, request: Request) -> Reply | None:
+        """On the request's head alone: its route and method, then its key. A refusal here is tallied by
+        client address (refusals.py), not a line each."""
+        method = METHODS.get(request.path)
         if method is None:
-            return error_reply(404, f"no route {request.path}; routes: /v1/models, {', '.join(ROUTES)}", "not_found")
-        if request.method != method.encode():
-            return error_reply(405, f"{request.path} takes {method}", "method_not_allowed")
-        return self.models(request) if method == "GET" else await self.proxy(request, conn)
-
-    def close(self) -> None:
-        self.upstream.close()
-
-    # -- who, what, where ---------------------------------------------------------------------------
-
-    def _authenticate(self, request: Request) -> Key | None:
-        if self.keys is None:
+            refusal = error_reply(404, f"no route {request.path}; routes: {', '.join(METHODS)}", "not_found")
+        elif request.method != method:
+            refusal = error_reply(405, f"{request.path} takes {method.decode()}", "method_not_allowed")
+        elif self.keys is None:
             return None
-        header = request.header(b"authorization")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        key = self.keys.lookup(token) if token else None
-        if key is None:
-            raise Refusal(
+        else:
+            header = request.header(b"authorization")
+            token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+            request.key = self.keys.lookup(token) if token else None
+            if request.key is not None:
+                return None
+            refusal = error_reply(
                 401,
                 "missing or invalid API key: send 'Authorization: Bearer <key>' (aiinfra keys add NAME makes one)",
                 "invalid_api_key",
             )
-        return key
+        self.refused(request.client, refusal.status, json.loads(refusal.body)["error"]["code"])
+        return refusal
+
+    def refused(self, client: str, status: int, code: str) -> None:
+        self.refusals.add(client, status, code)
+
+    async def handle(self, request: Request, conn: Connection) -> Reply | None:
+        return self.models(request) if request.path == "/v1/models" else await self.proxy(request, conn)
+
+    def close(self) -> None:
+        self.refusals.flush()
+        self.upstream.close()
+
+    # -- who, what, where ---------------------------------------------------------------------------
+
+    def _admit_key(self, key: Key, tokens: int) -> None:
+        """The key's own limits, before anything waits or switches: requests in hand, then its rates,
+        which take one request and reserve TOKENS."""
+        if key.max_inflight is not None and self.key_inflight[key.name] >= key.max_inflight:
+            self.metrics.rate_limited.labels(key=key.name).inc()
+            raise Refusal(429, f"key {key.name!r} has {key.max_inflight} requests in hand already (its "
+                          "max_inflight); retry when one is answered", "too_many_inflight", retry_after=1)  # fmt: skip
+        wait = self.limiter.admit(key, tokens)
+        if wait is not None:
+            self.metrics.rate_limited.labels(key=key.name).inc()
+            raise Refusal(429, f"rate limit of key {key.name!r} reached (rpm {key.rpm or '-'}, tpm {key.tpm or '-'}; "
+                          f"this request reserves {tokens} tokens)", "rate_limited", retry_after=wait)  # fmt: skip
+        self.key_inflight[key.name] += 1
+
+    def _release_key(self, key: Key, reserved: int, used: int) -> None:
+        self.key_inflight[key.name] -= 1
+        if not self.key_inflight[key.name]:
+            del self.key_inflight[key.name]
+        self.limiter.settle(key, reserved, used)
+
+    def _estimate(self, request: Request, body: dict[str, Any]) -> tuple[int, int]:
+        """Tokens a request may cost, before the engine counts them: its prompt, from its size, and its
+        answer, from its own max_tokens (times n), else what the operator set (router_reserve_tokens)."""
+        prompt = len(request.body) // BYTES_PER_TOKEN
+        if request.path == "/v1/embeddings":
+            return prompt, 0
+        most = body.get("max_completion_tokens", body.get("max_tokens"))
+        return prompt, (self.reserve_tokens if most is None else most) * (body.get("n") or 1)
 
     def _serving(self, snapshot: Snapshot) -> dict[str, tuple[Launch, bool]]:
         """Model name → (engine, ready) for the active profile's engines."""
@@ -136,9 +232,10 @@ class Router:
                     served[model] = (launch, ready)
         return served
 
-    def _find(self, model: str, may_switch: bool = False) -> tuple[Launch, bool, str | None]:
+    def _find(self, model: str, key: Key | None = None, may_switch: bool = False) -> tuple[Launch, bool, str | None]:
         """The engine serving MODEL in the active profile and whether it is ready; with may_switch, for a
-        model of a profile that a request may switch to, that profile (the third value)."""
+        model of a profile that a request may switch to, that profile (the third value). The models a
+        404 names are those KEY may use."""
         snapshot = self.supervisor.snapshot()
         served = self._serving(snapshot)
         if model not in served:
@@ -152,9 +249,14 @@ class Router:
                 raise Refusal(404, f"model {model!r} is served by profile {' or '.join(elsewhere)}, not by the "
                               f"active profile {snapshot.profile}; switch with `aiinfra profile {elsewhere[0]}`",
                               "model_not_in_profile")  # fmt: skip
-            known = ", ".join(sorted(served)) or "none"
-            raise Refusal(404, f"model {model!r} does not exist here; models: {known}", "model_not_found")
+            raise self._unknown(model, key)
         return (*served[model], None)
+
+    def _unknown(self, model: str, key: Key | None) -> Refusal:
+        """404 for a model not here, or not the key's: the models named are the key's own."""
+        served = self._serving(self.supervisor.snapshot())
+        known = ", ".join(sorted(m for m in served if key is None or key.allows(m))) or "none"
+        return Refusal(404, f"model {model!r} does not exist here; models: {known}", "model_not_found")
 
     def _switch_for(self, model: str, profile: str, key: Key | None) -> Launch:
         """A request for a model of PROFILE, which requests may switch to: switch if the key may."""
@@ -216,68 +318,62 @@ class Router:
     # -- handlers ----------------------------------------------------------------------------------
 
     def models(self, request: Request) -> Reply:
-        try:
-            self._authenticate(request)
-        except Refusal as refusal:
-            return refusal.reply()
+        """The active profile's models that the request's key may use."""
+        key: Key | None = request.key
         data = [
             {"id": model, "object": "model", "owned_by": launch.name, "ready": ready}
             for model, (launch, ready) in sorted(self._serving(self.supervisor.snapshot()).items())
+            if key is None or key.allows(model)
         ]
         return Reply(200, json.dumps({"object": "list", "data": data}).encode())
 
     async def proxy(self, request: Request, conn: Connection) -> Reply | None:
-        exchange = Exchange(started=time.monotonic())
+        key: Key | None = request.key
+        exchange = Exchange(started=time.monotonic(), id=request.id, client=request.client)
+        exchange.key = key.name if key else "-"
         body_text: str | None = None
         arrived: str | None = None  # the engine this request counts against, once routed
+        reserved: int | None = None  # the key's tokens this request holds, once admitted
         try:
-            key = self._authenticate(request)
-            exchange.key = key.name if key else "-"
-            raw = request.body
-            try:
-                body = json.loads(raw)
-                model = body["model"]
-            # RecursionError: JSON nested deeper than the parser goes
-            except (ValueError, KeyError, TypeError, RecursionError):
-                raise Refusal(400, "the body must be JSON with a 'model'", "invalid_request") from None
-            if not isinstance(model, str):
-                raise Refusal(400, "'model' must be a string", "invalid_request")
-            exchange.model = model[:MAX_MODEL_NAME]
-            body_text = raw.decode(errors="replace") if self.include_text else None
-            launch, ready, switch_to = self._find(exchange.model, may_switch=True)
+            body = _shape(request.body)
+            exchange.model = body["model"][:MAX_MODEL_NAME]
+            body_text = request.body.decode(errors="replace") if self.include_text else None
+            exchange.prompt_estimate, completion = self._estimate(request, body)
+            if key is not None:
+                if not key.allows(exchange.model):  # the key's world: the model is not in it, nor any hint of it
+                    raise self._unknown(exchange.model, key)
+                self._admit_key(key, exchange.prompt_estimate + completion)
+                reserved = exchange.prompt_estimate + completion
+            launch, ready, switch_to = self._find(exchange.model, key, may_switch=True)
             exchange.engine = launch.name
-            if key is not None and not key.allows(exchange.model):
-                raise Refusal(403, f"key {key.name!r} may not use model {exchange.model!r}", "model_not_allowed")
             if switch_to is not None:
                 launch = self._switch_for(exchange.model, switch_to, key)
             self.supervisor.request_arrived(launch.name)
             arrived = launch.name
             if not ready:
                 launch = await self._wait_ready(exchange.model, launch)
-            if key is not None:
-                wait = self.limiter.admit(key)
-                if wait is not None:
-                    self.metrics.rate_limited.labels(key=key.name).inc()
-                    raise Refusal(429, f"rate limit of key {key.name!r} reached", "rate_limited", retry_after=wait)
-            stream = bool(body.get("stream"))
+            stream = body.get("stream") is True
             injected = stream and request.path != "/v1/embeddings" and not _asks_for_usage(body)
+            raw = request.body
             if injected:  # exact token counts: the engine's own, in a usage chunk the client never sees
                 raw = json.dumps({**body, "stream_options": {**(body.get("stream_options") or {}),
                                                              "include_usage": True}}).encode()  # fmt: skip
             self.supervisor.request_started(launch.name)
             try:
-                response = await self._forward(request, conn, launch, raw, stream, exchange, injected)
+                return await self._forward(request, conn, launch, raw, stream, exchange, injected)
             finally:
                 self.supervisor.request_done(launch.name)
-            if key is not None:
-                self.limiter.charge_tokens(key, exchange.prompt_tokens + exchange.completion_tokens)
-            return response
         except Refusal as refusal:
             exchange.status = refusal.status
             return refusal.reply()
+        except asyncio.CancelledError:
+            exchange.aborted = exchange.aborted or "client: left"
+            raise
         finally:
             if arrived is not None:
                 self.supervisor.request_left(arrived)
+            if key is not None and reserved is not None:
+                self._release_key(key, reserved, exchange.tokens_used())
             self._record(exchange, body_text)
 
     async def _forward(
@@ -295,19 +391,14 @@ class Router:
         answer: Answer | None = None
         try:
             answer = await self.upstream.post(launch.base_url, request.path, raw, self.timeout_s)
+            exchange.reached = True
             if answer.status >= 500:
                 detail = (await answer.read())[:500].decode(errors="replace")
                 raise Refusal(502, f"engine {launch.name} failed (HTTP {answer.status}): {detail}", "engine_error")
             if stream and answer.status == 200:
                 await self._stream(conn, answer, exchange, launch, injected)
                 return None
-            data = await answer.read()
-            exchange.ttft_s = time.monotonic() - exchange.started
-            exchange.status = answer.status
-            if answer.status == 200:
-                self._count_usage(exchange, _usage_of(data))
-                self.supervisor.traffic_ok(launch.name)
-            return Reply(answer.status, data, answer.content_type or "application/json")
+            return await self._whole(conn, answer, exchange, launch)
         except ConnectFailed:
             raise Refusal(
                 503, f"engine {launch.name} is not answering; retry shortly", "model_not_ready", retry_after=5
@@ -321,6 +412,48 @@ class Router:
         finally:
             if answer is not None:
                 self.upstream.release(answer)
+
+    async def _whole(self, conn: Connection, answer: Answer, exchange: Exchange, launch: Launch) -> Reply | None:
+        """A non-streamed answer: held whole up to WHOLE_MAX, else passed through as it arrives (its
+        length, where the engine gave one, kept), so the router's memory never follows an answer's size."""
+        held: list[bytes] = []
+        size = 0
+        scan: UsageScan | None = None  # once passing through
+        content_type = answer.content_type or "application/json"
+        try:
+            async for data in answer.chunks():
+                if exchange.ttft_s is None:
+                    exchange.ttft_s = time.monotonic() - exchange.started
+                if scan is None:
+                    held.append(data)
+                    size += len(data)
+                    if size <= WHOLE_MAX:
+                        continue
+                    exchange.status = answer.status
+                    conn.start(answer.status, content_type, length=answer.length)
+                    scan, data, held = UsageScan(), b"".join(held), []
+                scan.feed(data)
+                await conn.send(data)
+        except (UpstreamError, TimeoutError) as exc:
+            if scan is None:
+                raise
+            exchange.aborted = f"engine: {type(exc).__name__}"  # its head has gone out: only a cut can tell
+            conn.abort()
+            raise ClientGone("the engine's answer broke off") from None
+        except ClientGone as gone:
+            exchange.aborted = f"client: {gone.why}"
+            raise
+        exchange.status = answer.status
+        if scan is not None:
+            conn.end()
+            parsed = scan.parsed()
+        else:
+            data = b"".join(held)
+            parsed = _json_or_none(data) if answer.status == 200 else None
+        if answer.status == 200:
+            exchange.usage_seen = self._count_usage(exchange, parsed)
+            self.supervisor.traffic_ok(launch.name)
+        return None if scan is not None else Reply(answer.status, data, content_type)
 
     async def _stream(
         self, conn: Connection, answer: Answer, exchange: Exchange, launch: Launch, injected: bool
@@ -348,19 +481,30 @@ class Router:
                     out = self._take_usage(exchange, out, strip=injected)
                 if out:
                     await conn.send(out)
+            if pending:
+                await conn.send(pending)
         except (UpstreamError, TimeoutError) as exc:
             exchange.aborted = f"engine: {type(exc).__name__}"
-            error = {"error": {"message": f"engine {launch.name} failed mid-stream: {exc or type(exc).__name__}",
-                               "type": "api_error", "code": "engine_error"}}  # fmt: skip
+            error = {"error": {"message": self._broke_off(launch, exc), "type": "api_error",
+                               "code": "engine_error"}}  # fmt: skip
             await conn.send(b"data: " + json.dumps(error).encode() + b"\n\n")
             conn.end()
             return
-        if pending:
-            await conn.send(pending)
-        if not exchange.completion_tokens:
-            exchange.completion_tokens = chunks  # one token a chunk, when the engine sent no usage
+        except ClientGone as gone:
+            exchange.aborted = f"client: {gone.why}"
+            raise
+        finally:
+            if not exchange.usage_seen:
+                exchange.completion_tokens = chunks  # one token a chunk, when the engine sent no usage
         conn.end()
         self.supervisor.traffic_ok(launch.name)
+
+    def _broke_off(self, launch: Launch, exc: Exception) -> str:
+        snapshot = self.supervisor.snapshot()
+        if launch.name not in snapshot.desired:
+            return (f"engine {launch.name} was stopped mid-answer: it left the active profile ({snapshot.profile}) "
+                    "and its drain deadline passed; retry")  # fmt: skip
+        return f"engine {launch.name} failed mid-stream: {exc or type(exc).__name__}"
 
     @staticmethod
     def _take_usage(exchange: Exchange, events: bytes, strip: bool) -> bytes:
@@ -369,8 +513,10 @@ class Router:
         for event in events.split(b"\n\n"):
             if b'"usage"' in event and event.startswith(b"data: {"):
                 parsed = _json_or_none(event[6:])
-                if Router._count_usage(exchange, parsed) and strip and not parsed.get("choices"):
-                    continue
+                if Router._count_usage(exchange, parsed):
+                    exchange.usage_seen = True
+                    if strip and not parsed.get("choices"):
+                        continue
             kept.append(event)
         return b"\n\n".join(kept)
 
@@ -390,8 +536,8 @@ class Router:
         latency = time.monotonic() - exchange.started
         # Labels only from what the spec configures: a client's made-up names must not add series.
         configured = exchange.model in self.supervisor.served  # fixed with the configuration
-        if exchange.status == 200 and exchange.engine != "-":
-            self.supervisor.count_tokens(exchange.engine, exchange.prompt_tokens + exchange.completion_tokens)
+        if exchange.reached:  # what the engine did is counted, answered or not
+            self.supervisor.count_tokens(exchange.engine, exchange.tokens_used())
         self.metrics.router.observe(
             exchange.model if configured else UNKNOWN_MODEL,
             exchange.status,
@@ -402,6 +548,8 @@ class Router:
         )
         line: dict[str, Any] = {
             "time": round(time.time(), 3),
+            "id": exchange.id,
+            "client": exchange.client,
             "key": exchange.key,
             "model": exchange.model,
             "engine": exchange.engine,

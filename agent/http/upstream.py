@@ -50,6 +50,7 @@ class Answer(asyncio.Protocol):
         self.status = 0
         self.content_type = ""
         self.sized = False  # the answer says where it ends (Content-Length or chunked)
+        self.length: int | None = None  # its Content-Length
         self.body: list[bytes] = []
         self.held = 0
         self.complete = False
@@ -115,6 +116,8 @@ class Answer(asyncio.Protocol):
             self.content_type = value.decode("latin-1").partition(";")[0].strip()
         elif name in (b"content-length", b"transfer-encoding"):
             self.sized = True
+            if name == b"content-length" and value.strip().isdigit():
+                self.length = int(value)
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()

@@ -26,7 +26,7 @@ HI = [{"role": "user", "content": "hi"}]
 def one(make_agent):
     """One ready engine behind the router, keys on; small limits so that a test can reach them."""
     agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p")
-    agent.config |= {"router_max_body_mb": 0.25, "router_read_timeout_s": 1}
+    agent.config |= {"router_max_body_mb": 0.25, "router_head_timeout_s": 1, "router_read_timeout_s": 1}
     agent.start().wait_phase("e", "ready")
     return agent
 

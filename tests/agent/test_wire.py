@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from aiinfra.agent.http import upstream as up
-from aiinfra.agent.http.serve import MAX_HEAD, MAX_PIPELINED, Connection, Reply, Request
+from aiinfra.agent.http.serve import MAX_HEAD, MAX_PIPELINED, Clients, Connection, Limits, Reply, Request
 
 
 async def echo(request: Request, conn: Connection) -> Reply | None:
@@ -25,11 +25,26 @@ async def echo(request: Request, conn: Connection) -> Reply | None:
     return Reply(200, json.dumps({"path": request.path, "body": request.body.decode()}).encode())
 
 
-async def serving(handler=echo, max_body: int = 1000, read_timeout_s: float = 5) -> tuple[asyncio.AbstractServer, int]:
-    connections: set = set()
-    server = await asyncio.get_running_loop().create_server(
-        lambda: Connection(handler, max_body, read_timeout_s, connections), "127.0.0.1", 0
-    )
+class Echo:
+    """A serve.App that admits every request and answers with HANDLER; what this layer refused, in `refused`."""
+
+    def __init__(self, handler=echo) -> None:
+        self.handle = handler
+        self.refusals: list[tuple[str, int, str]] = []
+
+    def admit(self, request: Request) -> Reply | None:
+        return None
+
+    def refused(self, client: str, status: int, code: str) -> None:
+        self.refusals.append((client, status, code))
+
+
+async def serving(
+    handler=echo, max_body: int = 1000, read_timeout_s: float = 5, **limits
+) -> tuple[asyncio.AbstractServer, int]:
+    clients = Clients(Echo(handler), Limits(max_body, head_timeout_s=read_timeout_s, read_timeout_s=read_timeout_s,
+                                            **limits))  # fmt: skip
+    server = await asyncio.get_running_loop().create_server(clients.protocol, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
 
