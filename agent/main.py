@@ -29,7 +29,7 @@ from aiinfra.agent.http.listen import BindError, inherited_sockets, listen, list
 from aiinfra.agent.http.router import Router
 from aiinfra.agent.http.serve import Clients, Limits
 from aiinfra.agent.metrics import Metrics
-from aiinfra.agent.notify import audit_health, notify, setup_logging, watchdog_enabled
+from aiinfra.agent.notify import audit_health, flush_audit, notify, setup_logging, watchdog_enabled
 from aiinfra.agent.supervisor import Supervisor
 
 
@@ -130,6 +130,7 @@ async def serve(config: AgentConfig) -> None:
         await supervisor.close(stop_engines=backend.name == "process")
         if router is not None:
             router.close()
+        flush_audit()
         for runner in runners:
             await runner.cleanup()
         sock.unlink(missing_ok=True)

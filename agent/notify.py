@@ -40,7 +40,7 @@ class BatchedAuditFile(logging.handlers.RotatingFileHandler):
     loop, each line at once."""
 
     def __init__(self, path: str, max_bytes: int, backups: int) -> None:
-        super().__init__(path, maxBytes=max_bytes, backupCount=backups, delay=True)
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups)
         self.pending: list[str] = []
         self.write_errors = 0  # writes that failed (a full disk): counted in the metrics, shown in /status
         self.lines_lost = 0
@@ -89,6 +89,12 @@ class BatchedAuditFile(logging.handlers.RotatingFileHandler):
             if stream is not None:
                 with contextlib.suppress(OSError, ValueError):
                     stream.close()
+
+
+def flush_audit() -> None:
+    """Write out the lines still batched (the agent stops: its loop takes no more turns)."""
+    if _audit_file is not None:
+        _audit_file.flush()
 
 
 def audit_health() -> dict | None:

@@ -29,6 +29,7 @@ log = logging.getLogger("aiinfra.router")
 MAX_HEAD = 64 * 1024  # bytes of request line and headers
 LINGER_S = 1.0  # after a refusal mid-request, what else the client sends is read and dropped this long
 MAX_PIPELINED = 16  # requests a client may send ahead of its answers on one connection
+RETIRE_IDLE_S = 1.0  # at stop, an idle connection may still bring one request this long
 KIND = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 
@@ -163,14 +164,14 @@ class Clients:
         return sum(1 for conn in self.open if conn.task is not None)
 
     async def drain(self, timeout_s: float) -> int:
-        """Stop serving: idle connections close now, each request in hand is answered (then its connection
-        closes), for at most TIMEOUT_S; what is left then is cut. Returns how many were cut."""
+        """Stop serving: each request in hand, or arriving within RETIRE_IDLE_S, is answered and its
+        connection closed, for at most TIMEOUT_S; what is left then is cut. Returns how many were cut."""
         self.retiring = True
         for conn in list(self.open):
             conn.retire()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self.busy() and loop.time() < deadline:
+        while self.open and loop.time() < deadline:
             await asyncio.sleep(0.05)
         cut = self.busy()
         for conn in list(self.open):
@@ -221,9 +222,6 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         self.client = client_of(transport.get_extra_info("peername"))
         clients, limits = self.clients, self.limits
-        if clients.retiring:  # accepted in the moment the listener closed: the next agent answers it
-            transport.abort()
-            return
         if limits.max_connections and len(clients.open) >= limits.max_connections:
             self._over("too many connections; retry shortly", "too_many_connections")
             return
@@ -234,6 +232,8 @@ class Connection(asyncio.Protocol):
         clients.per_client[self.client] += 1
         self.counted = True
         self._arm(limits.head_timeout_s)
+        if clients.retiring:  # accepted as the listener closed: served like the others still open
+            self.retire()
 
     def data_received(self, data: bytes) -> None:
         if self.over is not None:  # past a cap: once the request starts to arrive, its 503
@@ -413,11 +413,12 @@ class Connection(asyncio.Protocol):
         self.stream_head = None
 
     def retire(self) -> None:
-        """The server stops: close now if idle between requests, else after the request in hand."""
+        """The server stops: the request in hand, or one that arrives within RETIRE_IDLE_S, is answered,
+        then the connection closes. Closing an idle kept-alive connection at once would cut the request
+        its client may be sending that moment; one that sends nothing in the grace is closed."""
         self.retiring = True
-        idle = self.task is None and not self.head_bytes and not self.in_body
-        if idle and self.transport is not None:
-            self.transport.close()
+        if self.task is None and not self.in_body:
+            self._arm(min(RETIRE_IDLE_S, self.limits.head_timeout_s))
 
     def abort(self) -> None:
         """Cut the connection, dropping whatever it still had to send."""

@@ -67,6 +67,13 @@ def free_port() -> int:
     raise RuntimeError(f"no free loopback port in 10000-{low}")
 
 
+# Hands a listening socket to the program that follows as systemd does (fd 3, LISTEN_PID, LISTEN_FDS).
+HANDOVER = """import os, sys
+os.dup2(int(sys.argv[1]), 3)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="router")
+os.execv(sys.argv[2], sys.argv[2:])"""
+
+
 def stub(*flags: str, runtime: str = "vllm") -> list[str]:
     return [sys.executable, STUB, "--runtime", runtime, *flags]
 
@@ -121,6 +128,13 @@ class Agent:
         }
         self.proc: subprocess.Popen[str] | None = None
         self.env: dict[str, str] = {}
+        self.router_socket: socket.socket | None = None
+
+    def hold_router_socket(self) -> None:
+        """Listen on the router's address here and hand the socket to every agent started, as systemd's
+        aiinfra-router.socket does: connections wait in it while no agent runs."""
+        host, port = self.config["router_listen"].rsplit(":", 1)
+        self.router_socket = socket.create_server((host, int(port)), backlog=1024)
 
     def write_config(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config))
@@ -134,12 +148,17 @@ class Agent:
     def start(self) -> Agent:
         self.write_config()
         self.log = open(self.tmp / "agent.log", "a")  # noqa: SIM115
+        argv, kept = [AGENT, "run", "--config", str(self.config_path)], tuple[int, ...]()
+        if self.router_socket is not None:  # systemd's way: fd 3, named, for this very process
+            kept = (self.router_socket.fileno(),)
+            argv = [sys.executable, "-c", HANDOVER, str(kept[0]), *argv]
         self.proc = subprocess.Popen(
-            [AGENT, "run", "--config", str(self.config_path)],
+            argv,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, **self.env},
+            pass_fds=kept,
         )
         self.wait(lambda s: True, timeout=15, what="the agent to answer")
         return self

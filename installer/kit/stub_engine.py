@@ -37,6 +37,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
     own.add_argument("--chunks", type=int, default=6, help="chunks in a streamed answer")
     own.add_argument("--die-mid-stream", action="store_true", help="exit after the second chunk of a stream")
     own.add_argument(
+        "--decoys", action="store_true",
+        help="a chat answer carries vLLM's prompt_logprobs after its usage, holding a decoy 'usage' of zeros",
+    )  # fmt: skip
+    own.add_argument("--answer-mb", type=float, default=0,
+                     help="a chat answer carries logprobs until it is this many MiB, and the decoy")  # fmt: skip
+    own.add_argument(
         "--fork-grandchild", action="store_true",
         help="once listening, fork a child that keeps the listening socket and outlives this process, as "
         "vLLM's EngineCore and Worker do",
@@ -117,17 +123,42 @@ class Stub:
             usage = self._usage(_prompt(body), len(words)) if _wants_usage(body) else None
             return await self._stream(request, chunks, "chat.completion.chunk", usage)
         prompt = _prompt(body)
-        return web.json_response(
-            {
-                "id": "chatcmpl-stub",
-                "object": "chat.completion",
-                "model": body.get("model"),
-                "choices": [
-                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "".join(words)}}
-                ],
-                "usage": self._usage(prompt, len(words)),
-            }
-        )
+        answer = {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "model": body.get("model"),
+            "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "".join(words)}}
+            ],
+            "usage": self._usage(prompt, len(words)),
+        }
+        if self.opts.answer_mb:
+            return await self._large(request, answer)
+        if self.opts.decoys:  # as vLLM orders them: prompt_logprobs after usage, where "usage" can be a token
+            answer["prompt_logprobs"] = DECOYS
+        return web.json_response(answer)
+
+    async def _large(self, request: web.Request, answer: dict) -> web.StreamResponse:
+        """ANSWER with logprobs making it --answer-mb MiB (tokens that read "usage"), its usage, then a
+        decoy usage in prompt_logprobs; written in parts with its Content-Length, never held whole."""
+        choice = json.dumps(answer["choices"][0])[:-1].encode()  # open: logprobs follow
+        head = json.dumps({k: v for k, v in answer.items() if k not in ("choices", "usage")})[:-1].encode()
+        head += b', "choices": [' + choice + b', "logprobs": {"content": ['
+        piece = json.dumps({"token": "usage", "logprob": -0.5,
+                            "top_logprobs": [{"token": '"usage": {', "logprob": -1.0}]}).encode()  # fmt: skip
+        tail = b']}}], "usage": ' + json.dumps(answer["usage"]).encode()
+        tail += b', "prompt_logprobs": ' + json.dumps(DECOYS).encode() + b"}"
+        count = max(1, (int(self.opts.answer_mb * 2**20) - len(head) - len(tail)) // (len(piece) + 1))
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(head) + count * (len(piece) + 1) - 1 + len(tail)
+        await resp.prepare(request)
+        await resp.write(head)
+        block = b",".join([piece] * 1000)
+        for done in range(0, count, 1000):
+            n = min(1000, count - done)
+            await resp.write((block if n == 1000 else b",".join([piece] * n)) + (b"," if done + n < count else b""))
+        await resp.write(tail)
+        return resp
 
     async def _stream(
         self, request: web.Request, chunks: list[dict], kind: str, usage: dict | None = None
@@ -207,6 +238,12 @@ class Stub:
         app.router.add_post("/api/pull", self.ollama_pull)
         app.router.add_get("/stub/stats", self.stats)
         return app
+
+
+# vLLM's prompt_logprobs as they follow usage in its answer: a prompt token that reads "usage", and an
+# object keyed "usage" (a decoy of zeros a text search would take for the answer's own).
+DECOYS = [None, {"1": {"logprob": -1.0, "decoded_token": "usage"}},
+          {"usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}]  # fmt: skip
 
 
 def _wants_usage(body: dict) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aiinfra.agent.config import Policy
 from aiinfra.agent.reconcile import (
     EngineState,
@@ -188,7 +190,7 @@ def test_a_switch_lets_a_leaving_engine_forget_its_failure():
     }
     after = reconcile.switch(states, ["c"], 5.0)
     assert after["a"].phase == Phase.STOPPED  # leaves, holds nothing
-    assert after["b"] == states["b"]  # leaves, still running: decide() stops it
+    assert after["b"] == replace(states["b"], leaving_since=5.0)  # leaves, still running: decide() stops it
     assert after["c"] == states["c"]  # stays: its backoff goes on
     assert decide(["c"], after, 5.0) == [Stop("b", "not in the active profile")]
 
@@ -204,3 +206,16 @@ def test_the_operators_restart_and_a_driver_change_stop_what_runs():
     assert (state.phase, state.last_error, actions) == (Phase.STOPPED, None, [])
     assert decide(["b"], {"b": state}, 9.0) == [Start("b")]
     assert reconcile.driver_changed({"a": ready, "b": failed}, "driver changed") == [Stop("a", "driver changed")]
+
+
+def test_a_busy_leaving_engine_is_stopped_at_its_drain_deadline_not_before():
+    from aiinfra.agent import reconcile
+
+    states = reconcile.switch({"a": EngineState("a", Phase.READY, running=True)}, [], 10.0)
+    assert states["a"].leaving_since == 10.0
+    assert decide([], states, 39.9, busy={"a"}, drain_s=30) == []  # its requests are still answered
+    assert decide([], states, 40.0, busy={"a"}, drain_s=30) == [
+        Stop("a", "not in the active profile; requests still in hand after the drain deadline (30s) end with an error")
+    ]
+    back = reconcile.switch(states, ["a"], 20.0)  # taken back before it stopped: no longer leaving
+    assert back["a"].leaving_since is None and decide(["a"], back, 50.0, busy={"a"}, drain_s=30) == []

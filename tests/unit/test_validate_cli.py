@@ -139,7 +139,7 @@ def test_keys_add_list_revoke_keep_only_hashes(tmp_path, cli):
     assert token.startswith("aiinfra-") and token not in (tmp_path / "keys.json").read_text()
     assert "shown only now" in added.stderr
     listed = cli("keys", "list", "--file", path).stdout
-    assert listed.splitlines()[1].split() == ["webui", token[:12] + "…", "30", "-", "a,", "b"]
+    assert listed.splitlines()[1].split() == ["webui", token[:12] + "…", "30", "-", "-", "a,", "b"]
     assert token not in listed
     again = cli("keys", "add", "webui", "--file", path)
     assert again.exit_code == 2 and "a key named 'webui' exists" in again.stderr
