@@ -113,7 +113,8 @@ async def serve(config: AgentConfig) -> None:
     supervising = asyncio.create_task(supervisor.run(loop_stopped, on_tick))
     try:
         await asyncio.wait([supervising, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        notify("STOPPING=1")
+        # systemd waits out the drain deadline too, not only its TimeoutStopSec
+        notify("STOPPING=1", f"EXTEND_TIMEOUT_USEC={int((config.policy.drain_timeout_s + 15) * 1e6)}")
         if router_server is not None and clients is not None:
             # No new connection is taken (systemd's socket keeps them queued for the next agent); the
             # requests in hand are answered, within the drain deadline.

@@ -774,6 +774,14 @@ class Variables(Strict):
         "The read-only status surface (/healthz, /status, /metrics); loopback by default.",
         roles=("aiinfra_agent",),
     )
+    aiinfra_agent_memory_max: Annotated[str, Field(pattern=r"^[1-9][0-9]*[KMG]$")] = var(
+        "1G",
+        (
+            "The agent's memory ceiling (its unit's MemoryMax=, e.g. 1G). What a client sends cannot grow it; the "
+            "unit also tells the kernel to take an engine before the agent when memory runs out."
+        ),
+        roles=("aiinfra_agent",),
+    )
     aiinfra_agent_ready_timeout_s: Annotated[int, Field(ge=10)] = var(
         900,
         "How long the run waits for the default profile's engines to be ready (model loads take minutes).",

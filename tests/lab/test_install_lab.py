@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -175,6 +176,48 @@ def test_the_appliance_serves_through_the_router_with_a_key(lab_host):
     assert lab_host.box("systemctl", "is-enabled", "aiinfra-agent").stdout.strip() == "enabled"
     user = lab_host.box("systemctl", "show", "-p", "User", "--value", "aiinfra-engine@qwen7b").stdout.strip()
     assert user == "aiinfra"
+
+
+def test_three_agent_restarts_cut_no_request_of_two_clients_of_the_real_vllm(lab_host):
+    """The agent drains what is in hand before it exits, and systemd's socket holds new connections for
+    the next one; the engines' units live on. Also: the units' memory ceiling and OOM preference."""
+    agent = lab_host.box("systemctl", "show", "-p", "MemoryMax", "-p", "OOMScoreAdjust", "aiinfra-agent").stdout
+    assert sorted(agent.split()) == ["MemoryMax=1073741824", "OOMScoreAdjust=-900"], agent
+    engine = lab_host.box("systemctl", "show", "-p", "OOMScoreAdjust", "--value", "aiinfra-engine@qwen7b").stdout
+    assert engine.strip() == "500"
+    api = lab_host.client()
+    stop, outcomes = threading.Event(), {"answered": 0, "cut": []}
+
+    def send() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                ask = {"model": "Qwen/Qwen2.5-7B-Instruct", "messages": [{"role": "user", "content": "hello"}],
+                       "max_tokens": 8, "extra_body": {"ignore_eos": True}}  # fmt: skip
+                if n % 2:
+                    assert len(list(api.chat.completions.create(stream=True, **ask))) >= 8
+                else:
+                    assert api.chat.completions.create(**ask).usage.completion_tokens == 8
+                outcomes["answered"] += 1
+            except Exception as exc:  # a cut request: what the test counts
+                outcomes["cut"].append(repr(exc))
+
+    senders = [threading.Thread(target=send) for _ in range(2)]
+    for thread in senders:
+        thread.start()
+    try:
+        for _ in range(3):
+            time.sleep(3)
+            assert lab_host.box("systemctl", "restart", "aiinfra-agent").returncode == 0
+    finally:
+        time.sleep(3)
+        stop.set()
+        for thread in senders:
+            thread.join(120)
+    print(f"three agent restarts, two clients of the real vLLM: {outcomes['answered']} answered, "
+          f"{len(outcomes['cut'])} cut")  # fmt: skip
+    assert outcomes["cut"] == [] and outcomes["answered"] >= 6, outcomes
 
 
 def test_the_deep_profile_answers_from_its_two_way_tensor_parallel_vllm(lab_host):
