@@ -423,7 +423,7 @@ def keys(pattern: str | None, inventory: str | None, args: tuple[str, ...]) -> N
     """The router's API keys, on this machine or on inventory hosts: the agent's own commands,
 
     \b
-      aiinfra keys add NAME [--models m1,m2] [--rpm N] [--tpm N] [--file PATH]
+      aiinfra keys add NAME [--models m1,m2] [--rpm N] [--tpm N] [--max-inflight N] [--file PATH]
       aiinfra keys list [--json]
       aiinfra keys revoke NAME
     """
