@@ -237,7 +237,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.over is not None:  # past a cap: once the request starts to arrive, its 503
-            self._refuse(self.over)
+            self._refuse(self.over, counted=True)
             self.over = None
             return
         if self.refused:
@@ -438,6 +438,7 @@ class Connection(asyncio.Protocol):
     def _over(self, message: str, code: str) -> None:
         """Past a connection cap: a 503 once the request starts to arrive, and closed within LINGER_S."""
         self.over = error_reply(503, message, code, retry_after=1)
+        self.app.refused(self.client, 503, code)  # counted now: it may never send a byte
         assert self.transport is not None
         self.timer = self.loop.call_later(LINGER_S, self._close)
 
