@@ -20,7 +20,7 @@ OLLAMA_MODEL = re.compile(r"^([a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*(:[A-Za
 
 def model_id_problem(model: str, pattern: re.Pattern[str] = MODEL_ID) -> str | None:
     """Why MODEL cannot name a folder inside the model store; None when it can."""
-    if pattern.match(model) and ".." not in model:
+    if pattern.fullmatch(model) and ".." not in model:  # whole: a trailing newline is no part of an id
         return None
     example = "llama3.2:3b" if pattern is OLLAMA_MODEL else "Qwen/Qwen2.5-7B-Instruct"
     return f"{model!r} is not a model id like {example!r}: it must stay inside the model store"
@@ -76,7 +76,8 @@ class ModelFacts(Strict):
 class VllmEngine(EngineBase):
     runtime: Literal["vllm"]
     model: Annotated[str, Field(min_length=1), AfterValidator(_model_id)]
-    served_name: str | None = None  # the name clients ask for; default: the model id
+    # the name clients ask for; default: the model id. No control characters: it reaches argv and the logs.
+    served_name: Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]{1,256}$")] | None = None
     max_model_len: Annotated[int, Field(ge=256)] | None = None
     gpu_memory_utilization: Annotated[float, Field(gt=0.1, le=0.98)] = 0.9
     max_num_seqs: Annotated[int, Field(ge=1)] | None = None
@@ -136,14 +137,16 @@ def engine_problems(
     problems: list[str] = []
     ports: dict[int, str] = {}
     for name, engine in engines.items():
-        if not NAME.match(name):
-            problems.append(f"engines.{name}: engine names are lower-case letters, digits, '-' and '_'")
+        if not NAME.fullmatch(name):
+            problems.append(f"engines.{name!r}: engine names are lower-case letters, digits, '-' and '_'")
         if engine.port in ports:
             problems.append(f"engines.{name}.port: {engine.port} is already used by engine {ports[engine.port]!r}")
         ports.setdefault(engine.port, name)
         if len(set(engine.gpus)) != len(engine.gpus):
             problems.append(f"engines.{name}.gpus: lists a GPU twice")
     for profile, members in profiles.items():
+        if not NAME.fullmatch(profile):
+            problems.append(f"profiles.{profile!r}: profile names are lower-case letters, digits, '-' and '_'")
         taken: dict[int, str] = {}
         for member in members:
             found = engines.get(member)

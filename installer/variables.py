@@ -12,9 +12,10 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, create_model, field_validator, model_validator
 
 from aiinfra.agent import box
+from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.http.keys import KEY_NAME
 from aiinfra.agent.schema import Engine, Strict, SwitchPolicy
 
@@ -147,7 +148,61 @@ class ApiKey(Strict):
     max_inflight: Annotated[int, Field(ge=1)] | None = Field(None, description="Requests answered or waiting at once.")
 
 
-class Variables(Strict):
+# The agent's settings an operator may want, under their agent.yml names: type, limits and default come
+# from agent/config.py (one declaration), what each does is said here; agent.yml.j2 passes them on.
+AGENT_SETTINGS = {
+    "router_timeout_s": "Seconds an engine has for its whole answer before the router gives up (504).",
+    "router_max_body_mb": "Largest request body the router takes, in MiB (413 above).",
+    "router_head_timeout_s": (
+        "Seconds a client has to send a request's head; an idle kept-alive connection is closed after it too."
+    ),
+    "router_read_timeout_s": "Seconds a client has to send a request's body once its head is in (408).",
+    "router_write_timeout_s": "Seconds an answer may go unread before the router cuts the connection.",
+    "router_max_connections": "Connections open at once on the router, all clients together (503 above).",
+    "router_max_connections_per_client": (
+        "Connections open at once from one client address (an IPv6 client: its /64); 503 above."
+    ),
+    "router_reserve_tokens": (
+        "Completion tokens a request that names no max_tokens reserves against its key's tpm until it ends."
+    ),
+    "audit_include_text": "Put each request's body (the prompt) in the audit log; off, it holds none.",
+}
+# The agent's settings the spec reaches under another name, or does not reach, and why.
+AGENT_NOT_BY_NAME = {
+    "backend": "the box runs engines as systemd units (the role sets it); the process backend is for tests",
+    "control_socket": "a path of the box contract (agent/box.py) that the units name too",
+    "state_dir": "a path of the box contract (agent/box.py) that the units name too",
+    "data_dir": "a path of the box contract (agent/box.py) that the units name too",
+    "audit_log": "under the unit's LogsDirectory, the only log folder the agent may write",
+    "engine_user": "aiinfra_user (the role passes it)",
+    "control_group": "aiinfra_group (the role passes it)",
+    "router_auth": "aiinfra_agent_router_auth (the role passes it)",
+    "keys_file": "aiinfra_agent_keys_file (the role passes it)",
+    "status_listen": "aiinfra_agent_status_listen (the role passes it)",
+    "models_dir": "vllm_models_dir (the role passes it)",
+    "hf_home": "vllm_hf_home (the role passes it)",
+    "vllm_command": "aiinfra_agent_vllm_command (the role passes it)",
+    "ollama_command": "aiinfra_agent_ollama_command (the role passes it)",
+    "vllm_env": "aiinfra_agent_vllm_env (the role passes it)",
+    "vllm_extra_args": "aiinfra_agent_vllm_extra_args (the role passes it)",
+    "policy": "aiinfra_agent_policy (the role passes it)",
+    "cost": "gpu_card_cost, gpu_card_lifetime_years, gpu_expected_count (the role passes them)",
+    "gpu": "the gpu_tuning role's settings file, when it wrote one (the role passes it)",
+}
+
+
+def _agent_setting(name: str) -> tuple[Any, Any]:
+    field = AgentConfig.model_fields[name]
+    kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return kind, var(field.default, AGENT_SETTINGS[name], roles=("aiinfra_agent",))
+
+
+AgentSettings = create_model(  # type: ignore[call-overload]
+    "AgentSettings", __base__=Strict, **{n: _agent_setting(n) for n in AGENT_SETTINGS}
+)
+
+
+class Variables(AgentSettings):  # type: ignore[misc,valid-type]
     """The operator's variables: the inventory's host and group vars that aiinfra reads."""
 
     aiinfra_user: UnixName = var(
@@ -820,10 +875,19 @@ class Variables(Strict):
         roles=("aiinfra_agent",),
     )
 
+    @field_validator("aiinfra_agent_api_keys")
+    @classmethod
+    def _keys_once(cls, keys: list[ApiKey]) -> list[ApiKey]:
+        names = [key.name for key in keys]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:  # the last would win, and the other key stop working without a word
+            raise ValueError(f"key {twice[0]!r} is named twice; give each key a name of its own")
+        return keys
+
     @field_validator("nvidia_driver_version")
     @classmethod
     def _driver_version(cls, value: str | None) -> str | None:
-        if value and not DRIVER_VERSION.match(value):  # empty: the driver is not managed
+        if value and not DRIVER_VERSION.fullmatch(value):  # empty: the driver is not managed
             raise ValueError(f'{value!r} is not an exact driver version; write it quoted in full, e.g. "580.105.08"')
         return value
 

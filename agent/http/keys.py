@@ -64,6 +64,10 @@ def load(path: Path) -> dict[str, Key]:
         raise KeysFileError(
             f"{path}: not a keys file ({type(exc).__name__}: {exc}); `aiinfra-agent keys add` writes one"
         ) from None
+    names = [key.name for key in keys]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise KeysFileError(f"{path}: names key {twice!r} twice; revoke one (aiinfra-agent keys revoke)")
     return {key.name: key for key in keys}
 
 
@@ -72,7 +76,8 @@ def _key(entry: dict) -> Key:
     limits = all(v is None or (isinstance(v, int) and v > 0) for v in (key.rpm, key.tpm, key.max_inflight))
     limits = limits and isinstance(key.may_switch, bool)
     models = isinstance(key.models, list) and all(isinstance(m, str) for m in key.models)
-    if not (isinstance(key.name, str) and isinstance(key.sha256, str) and len(key.sha256) == 64 and models and limits):
+    named = isinstance(key.name, str) and KEY_NAME.fullmatch(key.name) is not None
+    if not (named and isinstance(key.sha256, str) and len(key.sha256) == 64 and models and limits):
         raise TypeError(f"key {entry.get('name')!r} has a field of the wrong type")
     return key
 

@@ -133,6 +133,20 @@ CASES: dict[str, tuple[Mutate, str, str]] = {
         "gpu_tuning_settings_file",
         "absolute",
     ),
+    "model id with a newline": (
+        engine("qwen7b", "model", "Qwen/Qwen2.5-7B-Instruct\n"), "engines.qwen7b.model", "is not a model id"),
+    "profile named with a newline": (
+        lambda spec: spec["profiles"].__setitem__("deep\n", spec["profiles"].pop("deep")),
+        "profiles.'deep\\n'", "profile names are lower-case letters"),
+    "served name with a control character": (
+        engine("qwen7b", "served_name", "qwen\x1b[2J"), "engines.qwen7b.served_name", "should match pattern"),
+    "driver version with a newline": (
+        setter("nvidia_driver_version", "580.105.08\n"), "nvidia_driver_version", "exact driver version"),
+    "one key name twice": (
+        setter("aiinfra_agent_api_keys", [{"name": "laptop", "sha256": "a" * 64}, {"name": "laptop", "sha256": "b" * 64}]),
+        "aiinfra_agent_api_keys", "key 'laptop' is named twice"),
+    "a router setting out of its range": (
+        setter("router_max_connections_per_client", 0), "router_max_connections_per_client", "greater than or equal"),
     "VLAN name used twice": (
         lambda spec: spec["vlans"].append({**spec["vlans"][0], "id": 999}),
         "vlans",

@@ -39,3 +39,33 @@ def test_the_validators_defaults_are_the_roles_defaults():
             if name in HostSpec.model_fields and "{{" not in str(value):
                 assert getattr(spec, name) == value, f"{role}: {name}"
 
+
+
+def test_every_agent_setting_is_reachable_from_the_spec_or_says_why_not():
+    """Each field of agent.yml: a variable of the same name that the role passes on, or an entry saying
+    which variable reaches it, or why none does."""
+    import re
+
+    from aiinfra.agent.config import AgentConfig
+    from aiinfra.installer.variables import AGENT_NOT_BY_NAME
+
+    template = (project_dir() / "roles" / "aiinfra_agent" / "templates" / "agent.yml.j2").read_text()
+    passed = dict(re.findall(r"^\s*'(\w+)': (\w+)", template, re.M))
+    for name in AgentConfig.model_fields:
+        if name in AGENT_NOT_BY_NAME:
+            assert AGENT_NOT_BY_NAME[name].strip(), name
+        else:
+            assert name in HostSpec.model_fields and passed.get(name) == name, f"{name}: not reachable from the spec"
+    assert not set(AGENT_NOT_BY_NAME) - set(AgentConfig.model_fields)
+
+
+def test_an_agent_setting_in_the_spec_is_validated_with_the_agents_own_limits():
+    import pydantic
+    import pytest
+
+    from aiinfra.agent.config import AgentConfig
+
+    assert HostSpec(router_timeout_s=120).router_timeout_s == 120
+    assert HostSpec().router_write_timeout_s == AgentConfig().router_write_timeout_s
+    with pytest.raises(pydantic.ValidationError, match="router_max_connections_per_client"):
+        HostSpec(router_max_connections_per_client=0)
