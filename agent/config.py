@@ -14,6 +14,7 @@ from aiinfra.agent.schema import (
     Engine,
     Strict,
     SwitchPolicy,
+    VllmArgs,
     engine_problems,
     engines_model_at,
     error_lines,
@@ -114,7 +115,7 @@ class AgentConfig(Strict):
     vllm_command: list[str] = box.VLLM_COMMAND  # role vllm: one venv per version
     ollama_command: list[str] = box.OLLAMA_COMMAND
     vllm_env: dict[str, str] = {}  # for every vLLM engine (a CPU-only box: VLLM_CPU_KVCACHE_SPACE)
-    vllm_extra_args: list[str] = []  # for every vLLM engine, before each engine's own extra_args
+    vllm_extra_args: VllmArgs = []  # for every vLLM engine, before each engine's own extra_args
     policy: Policy = Policy()
     # None: no GPU layer (a developer's machine), engines start regardless. A path names a file of GPU
     # settings (gpu.yml): the boot unit's `gpu apply` reads the same file, so the two cannot disagree.

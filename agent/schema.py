@@ -73,6 +73,37 @@ class ModelFacts(Strict):
     max_context: Annotated[int, Field(ge=256)]
 
 
+# vLLM flags that the agent sets from the spec: in extra_args one would win (vLLM takes the last), so
+# an engine could listen beyond loopback, without the router's key, on another port or name.
+OWNED_FLAGS = {
+    "--host": "engines listen on loopback, behind the router",
+    "--port": "the engine's port",
+    "--uds": "the engine's port",
+    "--served-model-name": "served_name",
+    "--api-key": "the agent's own key for the engine",
+    "--model": "model",
+    "--tensor-parallel-size": "gpus (one rank a GPU)",
+    "-tp": "gpus (one rank a GPU)",
+    "--gpu-memory-utilization": "gpu_memory_utilization",
+    "--max-model-len": "max_model_len",
+    "--max-num-seqs": "max_num_seqs",
+    "--quantization": "quantization",
+    "-q": "quantization",
+    "--dtype": "dtype",
+}
+
+
+def _own_flags_untouched(args: list[str]) -> list[str]:
+    for arg in args:
+        flag = arg.partition("=")[0]
+        if flag in OWNED_FLAGS:
+            raise ValueError(f"{flag} is set by aiinfra ({OWNED_FLAGS[flag]}); leave it out of the extra arguments")
+    return args
+
+
+VllmArgs = Annotated[list[str], AfterValidator(_own_flags_untouched)]
+
+
 class VllmEngine(EngineBase):
     runtime: Literal["vllm"]
     model: Annotated[str, Field(min_length=1), AfterValidator(_model_id)]
@@ -85,7 +116,7 @@ class VllmEngine(EngineBase):
     dtype: Literal["auto", "float16", "bfloat16"] = "auto"
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
-    extra_args: list[str] = []
+    extra_args: VllmArgs = []
     model_facts: ModelFacts | None = None  # for a model capacity planning does not know
     skip_fit_check: bool = False  # the operator knows better than the sizing model
 

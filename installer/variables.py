@@ -17,7 +17,7 @@ from pydantic import AfterValidator, Field, create_model, field_validator, model
 from aiinfra.agent import box
 from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.http.keys import KEY_NAME
-from aiinfra.agent.schema import Engine, Strict, SwitchPolicy
+from aiinfra.agent.schema import Engine, Strict, SwitchPolicy, VllmArgs
 
 # The roles, in the order site.yml runs them, with what each does (argument_specs' short_description).
 ROLES = {
@@ -816,7 +816,7 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
         "Environment of every vLLM engine of the box (a CPU-only box: VLLM_CPU_KVCACHE_SPACE).",
         roles=("aiinfra_agent",),
     )
-    aiinfra_agent_vllm_extra_args: list[str] = var(
+    aiinfra_agent_vllm_extra_args: VllmArgs = var(
         [],
         (
             "Arguments of every vLLM engine of the box, before each engine's own extra_args: what the box rather "

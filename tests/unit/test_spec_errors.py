@@ -133,6 +133,12 @@ CASES: dict[str, tuple[Mutate, str, str]] = {
         "gpu_tuning_settings_file",
         "absolute",
     ),
+    "an engine's extra_args take its address": (
+        engine("qwen7b", "extra_args", ["--host", "0.0.0.0"]), "engines.qwen7b.extra_args", "--host is set by aiinfra"),
+    "an engine's extra_args take its key": (
+        engine("qwen7b", "extra_args", ["--api-key=x"]), "engines.qwen7b.extra_args", "--api-key is set by aiinfra"),
+    "the box's vLLM arguments take the port": (
+        setter("aiinfra_agent_vllm_extra_args", ["--port", "9"]), "aiinfra_agent_vllm_extra_args", "--port is set"),
     "model id with a newline": (
         engine("qwen7b", "model", "Qwen/Qwen2.5-7B-Instruct\n"), "engines.qwen7b.model", "is not a model id"),
     "profile named with a newline": (
