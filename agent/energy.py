@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 from aiinfra.agent.gpu.nvml import Snapshot
 
+log = logging.getLogger("aiinfra.agent")
 IDLE = "(idle)"  # the share of GPUs no engine ran on
 HOUR = 3600
 KEEP_HOURS = 24 * 92  # a quarter of hourly buckets: bounded, whatever the uptime
@@ -44,7 +47,7 @@ class Ledger:
         self.path = path
         self.hours: dict[int, Bucket] = {}
         self.last_counter: dict[int, float] = {}  # GPU → mJ at the last read
-        self.last_read: float | None = None  # wall time
+        self.last_read: float | None = None  # on the monotonic clock: a jump of the wall clock makes no energy
         self._load()
 
     # -- inputs ----------------------------------------------------------------------------------
@@ -57,13 +60,14 @@ class Ledger:
                 del self.hours[old]
         return self.hours[hour]
 
-    def observe(self, snapshot: Snapshot, running: Mapping[int, list[str]], now: float) -> None:
-        """A GPU read at wall time NOW; RUNNING: GPU index → the engines running on it."""
+    def observe(self, snapshot: Snapshot, running: Mapping[int, list[str]], now: float, mono: float) -> None:
+        """A GPU read at wall time NOW (its hour's bucket) and MONO (a monotonic clock, for the time
+        between reads: a jump of the wall clock is no time); RUNNING: GPU index → the engines on it."""
         if snapshot.state != "ok":
             self.last_read = None  # no reading to count from: the gap is not guessed at
             return
         bucket = self._bucket(now)
-        elapsed = None if self.last_read is None else max(now - self.last_read, 0.0)
+        elapsed = None if self.last_read is None else max(mono - self.last_read, 0.0)
         for gpu in snapshot.gpus:
             joules = None
             if gpu.energy_mj is not None:
@@ -80,7 +84,7 @@ class Ledger:
                 bucket.joules[owner] = bucket.joules.get(owner, 0.0) + joules / len(owners)
         if elapsed is not None:
             bucket.seconds += elapsed
-        self.last_read = now
+        self.last_read = mono
 
     def tokens(self, engine: str, count: int, now: float) -> None:
         bucket = self._bucket(now)
@@ -120,10 +124,34 @@ class Ledger:
         if self.path is None:
             return
         try:
-            hours = json.loads(self.path.read_text())["hours"]
-            self.hours = {int(h): Bucket(**b) for h, b in hours.items()}
-        except (OSError, ValueError, KeyError, TypeError):
-            self.hours = {}  # none yet, or unreadable: start afresh rather than refuse to run
+            text = self.path.read_text()
+        except OSError:
+            return  # none yet (or unreadable, which the next save says): counted afresh
+        try:
+            self.hours = {int(h): _bucket_of(b) for h, b in json.loads(text)["hours"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A damaged ledger must not keep the agent (and the endpoint) from starting: set aside, counted afresh.
+            aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+            with contextlib.suppress(OSError):
+                self.path.replace(aside)
+            log.warning("energy ledger %s is damaged (%s: %s); set aside as %s, counting afresh", self.path,
+                        type(exc).__name__, exc, aside.name, extra={"EVENT": "ledger_damaged"})  # fmt: skip
+            self.hours = {}
+
+
+def _bucket_of(data: Any) -> Bucket:
+    """A bucket as saved, its types checked: a wrong one is a TypeError, not a crash later."""
+    if not isinstance(data, dict):
+        raise TypeError(f"a bucket is {type(data).__name__}, not an object")
+    bucket = Bucket(**data)
+    for sums in (bucket.joules, bucket.tokens, bucket.busy_s):
+        if not isinstance(sums, dict) or not all(
+            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in sums.items()
+        ):
+            raise TypeError("a bucket's sums are not engine → number")
+    if not isinstance(bucket.seconds, int | float) or isinstance(bucket.seconds, bool):
+        raise TypeError("a bucket's seconds are not a number")
+    return bucket
 
 
 def cost(window: Bucket, price_per_kwh: float | None, card_cost: float | None, cards: int, lifetime_years: float,

@@ -292,7 +292,7 @@ class Supervisor:
             for name, state in self.states.items():
                 for gpu in self.config.engines[name].gpus if state.running else ():
                     running.setdefault(gpu, []).append(name)
-            self.ledger.observe(self.gpu.snapshot, running, time.time())
+            self.ledger.observe(self.gpu.snapshot, running, time.time(), now)
             if self.tp_sets and not self.tensor_paths and self.gpu.snapshot.state == "ok":
                 await self._read_tensor_paths()
         return not self.gpu.verdict.hold

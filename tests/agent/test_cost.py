@@ -93,3 +93,14 @@ def test_the_counters_outlive_the_agents_restart(metered):
     assert after["joules"]["e"] >= before["joules"]["e"] == pytest.approx(1800)
     bad = agent.cli("cost", "--listen", agent.listen, "--since", "7 days")
     assert bad.returncode == 2 and "a number and a unit, e.g. 7d" in bad.stderr
+
+
+def test_a_damaged_ledger_does_not_keep_the_agent_from_starting(make_agent):
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
+    ledger = agent.tmp / "data" / "energy.json"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text('{"hours": []}')  # valid JSON, wrong types: the agent once crashed on it at start
+    agent.start().wait_phase("e", "ready")
+    assert agent.status()["energy"]["tokens"] == {}
+    assert "energy ledger" in agent.agent_log() and "set aside" in agent.agent_log()
+    assert [p.read_text() for p in ledger.parent.glob("energy.json.damaged-*")] == ['{"hours": []}']
