@@ -62,6 +62,7 @@ class GpuConfig(Strict):
     expected_count: Annotated[int, Field(ge=0)] | None = None
     interval_s: Seconds = 5
     reapply_min_interval_s: Seconds = 60  # a setting that will not stick is retried at most this often
+    read_timeout_s: Seconds = 10  # an NVML call out this long: the GPU layer is hung, engine starts held
 
 
 class CostConfig(Strict):

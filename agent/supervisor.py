@@ -361,7 +361,8 @@ class Supervisor:
             return Observation()
         code = await self.backend.poll(name)
         if code is not None:
-            tail = "" if state.phase == Phase.STOPPING else self.backend.log_tail(name)
+            # journalctl, for the systemd backend: not in the loop that serves the router
+            tail = "" if state.phase == Phase.STOPPING else await asyncio.to_thread(self.backend.log_tail, name)
             return Observation(exited=code, log_tail=tail)
         ready = latency = alive = None
         task = self.ready_probes.get(name)
@@ -393,7 +394,7 @@ class Supervisor:
     async def _start(self, name: str, now: float) -> None:
         try:
             pid = await self.backend.start(self._launch_of(name))
-        except StartError as exc:
+        except (StartError, OSError) as exc:  # OSError: its launch file or log could not be written
             failed = observe(self.states[name], Observation(start_error=str(exc)), now, self.policy)
             self._set(name, failed, "start_failed", str(exc))
             return

@@ -35,8 +35,7 @@ class ProcessBackend:
     name = "process"
 
     def __init__(self, state_dir: Path, user: str | None) -> None:
-        self.dir = state_dir / "engines"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = state_dir / "engines"  # made at an engine's start: one that cannot be is that start's failure
         self.user = user if user and os.geteuid() == 0 else None  # dropping privileges needs root
         self.procs: dict[str, asyncio.subprocess.Process] = {}
 
@@ -44,6 +43,7 @@ class ProcessBackend:
         check_port_free(launch.port)
         if shutil.which(launch.argv[0], path=launch.env.get("PATH", os.environ.get("PATH"))) is None:
             raise StartError(f"{launch.argv[0]}: no such program; install the {launch.runtime} engine")
+        self.dir.mkdir(parents=True, exist_ok=True)
         log = open(self.dir / f"{launch.name}.log", "ab")  # noqa: SIM115 - the child keeps it open
         try:
             proc = await self._spawn(launch, log)
@@ -54,7 +54,11 @@ class ProcessBackend:
             log.close()
         self.procs[launch.name] = proc
         record = {"pgid": proc.pid, "start": _start_time(proc.pid)}
-        (self.dir / f"{launch.name}.pgid").write_text(json.dumps(record))
+        try:
+            (self.dir / f"{launch.name}.pgid").write_text(json.dumps(record))
+        except OSError as exc:  # unrecorded, it could not be found again: it does not run
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise StartError(f"cannot record the engine's process group: {exc.strerror or exc}") from None
         return proc.pid
 
     async def _spawn(self, launch: Launch, log: IO[bytes] | int) -> asyncio.subprocess.Process:

@@ -24,6 +24,7 @@ from aiinfra.agent.gpu.policy import (
 
 log = logging.getLogger("aiinfra.agent")
 REBOOT_MARKER = Path("/run/reboot-required")
+READ_WAIT_S = 1.0  # a tick waits this long on NVML, then goes on (the watchdog, the engines, the router)
 
 
 class GpuMonitor:
@@ -40,6 +41,10 @@ class GpuMonitor:
         self.xids: Counter[int] = Counter()
         self.last_success: float | None = None
         self.last_read: float | None = None
+        # The NVML work in hand (a read, then the settings it calls for), in a thread: at most one, and
+        # the loop never waits on it long, since a GPU off the bus can hang an NVML call for good.
+        self.work: asyncio.Future[Snapshot] | None = None
+        self.work_since = 0.0
 
     @property
     def engines_driver(self) -> str | None:
@@ -70,15 +75,42 @@ class GpuMonitor:
         return self.last_read is None or now - self.last_read >= self.config.interval_s
 
     async def tick(self, now: float) -> Verdict:
+        """Read the GPUs and re-apply drifted settings, in a thread, waiting at most READ_WAIT_S: NVML work
+        not back by then goes on while the loop does; past the GPU settings' read_timeout_s the GPU layer
+        is `hung` and engine starts are held, until it returns."""
         self.last_read = now
-        self.snapshot = await asyncio.to_thread(self.nvml.read)
+        if self.work is None:
+            self.work = asyncio.ensure_future(asyncio.to_thread(self._read_and_apply, now))
+            self.work_since = now
+        done, _ = await asyncio.wait({self.work}, timeout=READ_WAIT_S)
+        if not done:
+            waited = now - self.work_since
+            if waited >= self.config.read_timeout_s and self.snapshot.state != "hung":
+                self.snapshot = Snapshot("hung", f"an NVML call has not returned for {waited:.0f}s (a GPU off the "
+                                                 "bus, Xid 79?); engine starts are held until it does")  # fmt: skip
+                self.verdict = driver_verdict(self.snapshot, None, None, None, False)
+            return self.verdict
+        work, self.work = self.work, None
+        self.snapshot = work.result()
         if self.snapshot.state == "ok":
             self.last_success = time.time()
         for gpu, xid in self.snapshot.xids:
             self.xids[gpu] += 1
             log.warning("GPU %s: XID %s", gpu, xid, extra={"EVENT": "xid"})
-        actions = settings_actions(
+        self.verdict = driver_verdict(
             self.snapshot,
+            self.engines_driver,
+            self.config.driver_version,
+            self.config.expected_count,
+            REBOOT_MARKER.exists(),
+        )
+        return self.verdict
+
+    def _read_and_apply(self, now: float) -> Snapshot:
+        """In a thread: one NVML read, then the settings it shows drifted."""
+        snapshot = self.nvml.read()
+        actions = settings_actions(
+            snapshot,
             self.config.power_limit_watts,
             self.config.persistence_mode,
             self.last_try,
@@ -88,15 +120,8 @@ class GpuMonitor:
         self.refused = [a.reason for a in actions if isinstance(a, Refused)]
         for action in actions:
             if not isinstance(action, Refused):
-                await asyncio.to_thread(self._apply, action, now)
-        self.verdict = driver_verdict(
-            self.snapshot,
-            self.engines_driver,
-            self.config.driver_version,
-            self.config.expected_count,
-            REBOOT_MARKER.exists(),
-        )
-        return self.verdict
+                self._apply(action, now)
+        return snapshot
 
     def _apply(self, action: SetPowerLimit | SetPersistence, now: float) -> None:
         kind = "power" if isinstance(action, SetPowerLimit) else "persistence"

@@ -345,3 +345,23 @@ def test_a_tensor_parallel_engine_gets_the_nccl_setting_its_gpus_links_call_for(
         assert order[:2] == ["no_p2p", "started"]
     else:
         assert warned == [] and found["nccl"] == {}
+
+
+def test_a_hung_nvml_call_holds_starts_but_not_the_loop_its_watchdog_or_the_endpoint(gpu_agent):
+    make, fake = gpu_agent
+    agent = make(read_timeout_s=1)
+    agent.wait_phase("e", "ready")
+    fake.change(lambda state: state["gpus"][1].update(hang=True))  # every NVML call about GPU 1 hangs
+    hung = agent.wait(lambda s: s["gpu"]["state"] == "hung", 10, "the GPU layer to say it hangs")
+    assert "has not returned for" in hung["gpu"]["message"]
+    ticked = agent.status()["agent"]["uptime_s"]
+    for _ in range(3):  # the loop goes on: /healthz says it ticked lately, again and again
+        time.sleep(1)
+        assert json.loads(urllib.request.urlopen(f"http://{agent.listen}/healthz", timeout=5).read())["status"] == "ok"
+    assert agent.status()["agent"]["uptime_s"] > ticked
+    done = agent.cli("restart", "e", "--socket", agent.socket)  # a start while hung: held
+    assert done.returncode == 0, done.stderr
+    time.sleep(1.5)
+    assert agent.engine("e")["phase"] != "ready" and agent.engine("e")["pid"] is None
+    fake.change(lambda state: state["gpus"][1].update(hang=False))  # the call returns
+    agent.wait(lambda s: s["gpu"]["state"] == "ok" and s["engines"]["e"]["phase"] == "ready", 15, "ready again")

@@ -330,3 +330,15 @@ def test_an_engine_that_cannot_be_executed_is_a_clear_failure(make_agent, tmp_pa
     status = agent.wait(lambda s: s["engines"]["e"]["last_error"], 10, "an error")
     assert status["engines"]["e"]["last_error"].startswith(f"cannot run {broken}: No such file or directory")
     assert agent.proc.poll() is None  # the agent itself carries on
+
+
+def test_a_launch_that_cannot_be_written_is_that_engines_failed_start_not_the_agents_end(make_agent):
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
+    (agent.tmp / "state").mkdir(parents=True)
+    (agent.tmp / "state" / "engines").write_text("a file where the engines' folder goes")  # as a full or broken /run
+    agent.start()
+    failed = agent.wait(lambda s: s["engines"]["e"]["last_error"] is not None, 10, "the failed start")
+    assert failed["engines"]["e"]["phase"] in ("backoff", "failed")
+    assert agent.proc.poll() is None  # the agent runs on, and says why
+    why = failed["engines"]["e"]["last_error"]
+    assert "File exists" in why or "Not a directory" in why, why

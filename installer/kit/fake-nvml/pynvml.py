@@ -14,7 +14,8 @@ a test changes the "hardware" by rewriting the file:
 
 `init_error` (an NVML_ERROR_* code) makes nvmlInit fail (9: driver not loaded, 18: library/kernel
 version mismatch); a GPU with "lost": true answers NVML_ERROR_GPU_IS_LOST; "xid" lists XID errors
-that the event set hands out once each. Set calls write back and are counted.
+that the event set hands out once each; one with "hang": true makes every call about it hang until the
+flag is cleared. Set calls write back and are counted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from types import SimpleNamespace
 
 NVML_SUCCESS = 0
@@ -133,6 +135,9 @@ def _gpu(handle: int, state: dict | None = None) -> dict:
     if handle >= len(state["gpus"]):
         raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
     gpu = state["gpus"][handle]
+    while gpu.get("hang"):  # a GPU off the bus can leave a call hanging: until the file says otherwise
+        time.sleep(0.1)
+        gpu = _state()["gpus"][handle]
     if gpu.get("lost"):
         raise NVMLError(NVML_ERROR_GPU_IS_LOST)
     return gpu
