@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -24,6 +26,12 @@ class Launch:
     served: list[str] = field(default_factory=list)  # model names this engine answers to
     queue_max: int = 0  # requests that may wait for it to be ready (engine.queue)
     queue_wait_s: float = 0.0
+    api_key: str | None = None  # what the engine asks of every request (vLLM): only the agent knows it
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The header the router and the probes send the engine."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def base_url(self) -> str:
@@ -41,10 +49,18 @@ def environment(env: Mapping[str, str], parent: Mapping[str, str], home: str | N
     return inherited | ({"HOME": home} if home else {}) | dict(env)
 
 
-def launch(name: str, config: AgentConfig) -> Launch:
+def engine_key(secret: bytes, name: str) -> str:
+    """Engine NAME's own API key, from the agent's secret: the same across the agent's restarts (an
+    adopted engine keeps its key), unknown to any other local process, so none bypasses the router."""
+    return hmac.new(secret, name.encode(), hashlib.sha256).hexdigest()
+
+
+def launch(name: str, config: AgentConfig, secret: bytes | None = None) -> Launch:
+    """SECRET (the agent's, engine_key): vLLM engines then answer only requests that carry their key."""
     engine = config.engines[name]
     gpus = ",".join(str(g) for g in engine.gpus)
     if isinstance(engine, VllmEngine):
+        key = engine_key(secret, name) if secret is not None else None
         return Launch(
             name,
             vllm_argv(engine, config.vllm_command, f"{config.models_dir}/{engine.model}", config.vllm_extra_args),
@@ -54,12 +70,14 @@ def launch(name: str, config: AgentConfig) -> Launch:
                 "VLLM_NO_USAGE_STATS": "1",
                 "HF_HUB_OFFLINE": "1",
                 **config.vllm_env,
+                **({"VLLM_API_KEY": key} if key else {}),  # in the environment, not argv: ps shows argv
             },
             engine.port,
             "vllm",
             [engine.served],
             engine.queue.max_waiting,
             engine.queue.max_wait_s,
+            key,
         )
     assert isinstance(engine, OllamaEngine)
     return Launch(

@@ -36,7 +36,7 @@ from aiinfra.agent.supervisor import Supervisor
 def choose_backend(config: AgentConfig) -> Backend:
     state = Path(config.state_dir)
     if config.backend == "systemd" or (config.backend == "auto" and available()):
-        return SystemdBackend(state)
+        return SystemdBackend(state, config.engine_user)
     return ProcessBackend(state, config.engine_user)
 
 

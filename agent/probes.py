@@ -21,7 +21,7 @@ async def readiness(session: aiohttp.ClientSession, launch: Launch, timeout_s: f
             async with session.get(f"{launch.base_url}/health", timeout=timeout) as resp:
                 ok = resp.status == 200
             if ok:
-                async with session.get(f"{launch.base_url}/v1/models", timeout=timeout) as resp:
+                async with session.get(f"{launch.base_url}/v1/models", timeout=timeout, headers=launch.auth) as resp:
                     served = {m.get("id") for m in (await resp.json()).get("data", [])} if resp.status == 200 else set()
                 ok = set(launch.served) <= served
     except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -41,7 +41,8 @@ async def liveness(session: aiohttp.ClientSession, launch: Launch, timeout_s: fl
             async with session.post(f"{launch.base_url}/api/generate", json=body, timeout=timeout) as resp:
                 return resp.status == 200
         body = {"model": launch.served[0], "prompt": "ping", "max_tokens": 1}
-        async with session.post(f"{launch.base_url}/v1/completions", json=body, timeout=timeout) as resp:
+        async with session.post(f"{launch.base_url}/v1/completions", json=body, timeout=timeout,
+                                headers=launch.auth) as resp:  # fmt: skip
             return resp.status == 200
     except (aiohttp.ClientError, TimeoutError):
         return False

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -44,6 +45,26 @@ from aiinfra.agent.reconcile import (
 
 log = logging.getLogger("aiinfra.agent")
 SWITCH_REASONS = ("operator", "request", "idle")  # why the profile changed: the metrics' label
+
+
+def engine_secret(state_dir: Path) -> bytes:
+    """The agent's secret for the engines' keys (engines.engine_key), kept in its state so that engines it
+    adopts after a restart keep theirs; readable by root alone."""
+    path = state_dir / "engine-keys.secret"
+    try:
+        secret = path.read_bytes()
+        if len(secret) == 32:
+            return secret
+    except OSError:
+        pass
+    secret = os.urandom(32)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(secret)
+    tmp.replace(path)
+    return secret
 
 
 def _read_counts(path: Path) -> dict[str, int]:
@@ -84,7 +105,8 @@ class Supervisor:
         self.policy = config.policy
         self.backend = backend
         self.clock = clock
-        self.launches: dict[str, Launch] = {name: launch(name, config) for name in config.engines}
+        secret = engine_secret(Path(config.state_dir))
+        self.launches: dict[str, Launch] = {name: launch(name, config, secret) for name in config.engines}
         # Restart counts outlive the agent (its state directory does, across its own restarts).
         self.counts_file = Path(config.state_dir) / "restarts.json"
         self.counts = _read_counts(self.counts_file)

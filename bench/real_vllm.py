@@ -39,15 +39,16 @@ def wait_ready(agent: Agent, timeout: float = 300) -> tuple[float, dict]:
     return time.monotonic() - started, status["engines"]["e"]
 
 
-async def overhead(direct: str, routed: str, requests: int) -> None:
+async def overhead(direct: str, routed: str, requests: int, engine_key: str) -> None:
+    keys = {direct: engine_key, routed: "-"}  # the engine asks for its own key; the router here for none
     for concurrency in (1, 8):
-        await run(direct, "tiny", "-", concurrency, 10)
-        await run(routed, "tiny", "-", concurrency, 10)
+        await run(direct, "tiny", keys[direct], concurrency, 10)
+        await run(routed, "tiny", keys[routed], concurrency, 10)
         lat: dict[str, list[float]] = {"direct": [], "routed": []}
         rps: dict[str, list[float]] = {"direct": [], "routed": []}
         for _ in range(2):
             for name, url in (("direct", direct), ("routed", routed)):
-                got, rate = await run(url, "tiny", "-", concurrency, requests // 2)
+                got, rate = await run(url, "tiny", keys[url], concurrency, requests // 2)
                 lat[name].extend(got)
                 rps[name].append(rate)
         d, r = lat["direct"], lat["routed"]
@@ -57,8 +58,8 @@ async def overhead(direct: str, routed: str, requests: int) -> None:
               f"ms; throughput routed {ratio:.0f}% of direct")  # fmt: skip
     d_first, r_first = [], []
     for _ in range(2):
-        d_first += await ttft(direct, "tiny", "-", 10)
-        r_first += await ttft(routed, "tiny", "-", 10)
+        d_first += await ttft(direct, "tiny", keys[direct], 10)
+        r_first += await ttft(routed, "tiny", keys[routed], 10)
     print(f"  stream first chunk: p50 direct {pct(d_first, 0.5):.1f} ms, routed {pct(r_first, 0.5):.1f} ms "
           f"(+{pct(r_first, 0.5) - pct(d_first, 0.5):.2f} ms)")  # fmt: skip
 
@@ -88,7 +89,7 @@ def main() -> None:
             print("router overhead on a real engine (4-token chat completions):")
             direct = f"http://127.0.0.1:{port}/v1/chat/completions"
             routed = f"http://{agent.config['router_listen']}/v1/chat/completions"
-            asyncio.run(overhead(direct, routed, args.requests))
+            asyncio.run(overhead(direct, routed, args.requests, agent.engine_key("e")))
             recoveries = []
             for _ in range(args.deaths):
                 pid = agent.engine("e")["pid"]

@@ -142,7 +142,7 @@ async def compare(
     direct: str,
     routed: str,
     model: str,
-    key: str,
+    keys: dict[str, str],  # url → the key it asks for (the engine's own, a router key)
     requests: int,
     pairs: int,
     router: psutil.Process,
@@ -151,8 +151,8 @@ async def compare(
     me = psutil.Process()
     for concurrency in (1, 32):
         count = requests // 4 if concurrency == 1 else requests
-        await run(direct, model, key, concurrency, 50)  # warm both paths
-        await run(routed, model, key, concurrency, 50)
+        await run(direct, model, keys[direct], concurrency, 50)  # warm both paths
+        await run(routed, model, keys[routed], concurrency, 50)
         latencies: dict[str, list[float]] = {"direct": [], "routed": []}
         ratios, rates = [], {"direct": 0.0, "routed": 0.0}
         spent = {"router": 0.0, "engine": 0.0, "client": 0.0}
@@ -161,7 +161,7 @@ async def compare(
             rps = {}
             for name, url in order if n % 2 == 0 else order[::-1]:
                 before = (cpu_s(router), cpu_s(engine), cpu_s(me))
-                lat, rps[name] = await run(url, model, key, concurrency, count // pairs)
+                lat, rps[name] = await run(url, model, keys[url], concurrency, count // pairs)
                 if name == "routed":
                     spent["router"] += cpu_s(router) - before[0]
                     spent["engine"] += cpu_s(engine) - before[1]
@@ -182,8 +182,8 @@ async def compare(
         )
     firsts: dict[str, list[float]] = {"direct": [], "routed": []}
     for _ in range(5):
-        firsts["direct"] += await ttft(direct, model, key, 20)
-        firsts["routed"] += await ttft(routed, model, key, 20)
+        firsts["direct"] += await ttft(direct, model, keys[direct], 20)
+        firsts["routed"] += await ttft(routed, model, keys[routed], 20)
     d_first, r_first = firsts["direct"], firsts["routed"]
     print(
         f"stream time to first chunk: direct p50 {pct(d_first, 0.5):.2f} ms, routed p50 {pct(r_first, 0.5):.2f} ms, "
@@ -222,7 +222,8 @@ def main() -> None:
             print(f"stub engine (test double) vs the same through the router (auth on, audit log on), {sys.platform}")
             router = psutil.Process(agent.proc.pid)
             engine = psutil.Process(agent.engine("e")["pid"])
-            uvloop.run(compare(direct, routed, model, key, args.requests, args.pairs, router, engine))
+            keys = {direct: agent.engine_key("e"), routed: key}
+            uvloop.run(compare(direct, routed, model, keys, args.requests, args.pairs, router, engine))
         finally:
             agent.stop()
 

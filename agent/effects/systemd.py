@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import pwd
 import shutil
 from pathlib import Path
 
@@ -26,14 +28,19 @@ def launch_file(state_dir: Path, name: str) -> Path:
     return state_dir / "engines" / f"{name}.json"
 
 
-def write_launch_file(state_dir: Path, launch: Launch) -> None:
-    """What the unit's `aiinfra-agent exec-engine NAME` runs: argv and environment, nothing else."""
+def write_launch_file(state_dir: Path, launch: Launch, group: int = -1) -> None:
+    """What the unit's `aiinfra-agent exec-engine NAME` runs: argv and environment (its own key, the
+    operator's vllm_env), nothing else. Root's, readable by the engines' GROUP only, not by others."""
     path = launch_file(state_dir, launch.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o755)  # the engine unit runs as the unprivileged user; the agent's umask is 027
+    os.chown(path.parent, -1, group)
+    os.chmod(path.parent, 0o750)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"argv": launch.argv, "env": launch.env}))
-    os.chmod(tmp, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchown(out.fileno(), -1, group)
+        os.fchmod(out.fileno(), 0o640)
+        out.write(json.dumps({"argv": launch.argv, "env": launch.env}))
     tmp.replace(path)
 
 
@@ -50,12 +57,15 @@ def available() -> bool:
 class SystemdBackend:
     name = "systemd"
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, engine_user: str | None = None) -> None:
         self.state_dir = state_dir
+        self.group = -1  # the engine units' Group=, which alone may read their launch files
+        with contextlib.suppress(KeyError):
+            self.group = pwd.getpwnam(engine_user).pw_gid if engine_user else -1
 
     async def start(self, launch: Launch) -> int | None:
         check_port_free(launch.port)
-        write_launch_file(self.state_dir, launch)
+        write_launch_file(self.state_dir, launch, self.group)
         unit = UNIT.format(launch.name)
         await _systemctl("reset-failed", unit)
         rc, out = await _systemctl("start", unit)

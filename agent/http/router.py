@@ -390,7 +390,7 @@ class Router:
         # answer closes its connection, and the engine aborts the request.
         answer: Answer | None = None
         try:
-            answer = await self.upstream.post(launch.base_url, request.path, raw, self.timeout_s)
+            answer = await self.upstream.post(launch.base_url, request.path, raw, self.timeout_s, launch.api_key)
             exchange.reached = True
             if answer.status >= 500:
                 detail = (await answer.read())[:500].decode(errors="replace")

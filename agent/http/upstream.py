@@ -175,16 +175,17 @@ class Upstream:
         self.connect_timeout_s = connect_timeout_s
         self.idle: dict[tuple[str, int], list[Answer]] = {}
 
-    async def post(self, base_url: str, path: str, body: bytes, timeout_s: float) -> Answer:
+    async def post(self, base_url: str, path: str, body: bytes, timeout_s: float, key: str | None = None) -> Answer:
         """POST BODY (JSON) to the engine at BASE_URL; the answer once its status and headers are in.
         The whole exchange, body included, fails with TimeoutError after TIMEOUT_S. The caller must
         `release` the answer: whole, its connection serves the next request; unfinished, it is closed
         (and the engine aborts the request)."""
         address = address_of(base_url)
         host, port = address
-        head = b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        head = b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
         named = f"[{host}]" if ":" in host else host  # an IPv6 literal, bracketed as in a URL
-        request = head % (path.encode(), named.encode(), port, len(body)) + body
+        auth = b"Authorization: Bearer %s\r\n" % key.encode() if key else b""
+        request = head % (path.encode(), named.encode(), port, len(body), auth) + body
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:

@@ -166,6 +166,12 @@ class Agent:
     def status(self) -> dict[str, Any]:
         return client.status(self.listen)
 
+    def engine_key(self, name: str) -> str:
+        """The key engine NAME asks of every request: what only the agent (and so a bench) can know."""
+        from aiinfra.agent.engines import engine_key
+
+        return engine_key((Path(self.config["state_dir"]) / "engine-keys.secret").read_bytes(), name)
+
     def engine(self, name: str) -> dict[str, Any]:
         return self.status()["engines"][name]
 

@@ -226,7 +226,15 @@ class Stub:
         return web.json_response({"status": "success"})
 
     def app(self) -> web.Application:
-        app = web.Application()
+        key = os.environ.get("VLLM_API_KEY") if self.opts.runtime == "vllm" else None
+
+        @web.middleware
+        async def authenticate(request: web.Request, handler):  # as vLLM: /v1 asks for the key, /health not
+            if key and request.path.startswith("/v1") and request.headers.get("Authorization") != f"Bearer {key}":
+                return web.json_response({"error": "Unauthorized"}, status=401)
+            return await handler(request)
+
+        app = web.Application(middlewares=[authenticate])
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/completions", self.completions)

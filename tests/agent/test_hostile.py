@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import openai
 import psutil
@@ -460,3 +461,17 @@ def test_three_agent_restarts_cut_no_request_of_two_clients_sending(make_agent):
             thread.join(60)
     print(f"three restarts, two clients: {outcomes['answered']} answered, {len(outcomes['cut'])} cut")
     assert outcomes["cut"] == [] and outcomes["answered"] > 10
+
+
+def test_an_engine_answers_only_the_router_not_a_local_process_calling_its_port(one):
+    engine = f"http://127.0.0.1:{one.config['engines']['e']['port']}"
+    body = json.dumps({"model": model_of(one), "messages": MSG}).encode()
+    for headers in ({}, {"Authorization": "Bearer aiinfra-guess"}):  # around the router: no key of the engine's
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"{engine}/v1/chat/completions", body, headers), timeout=5)
+        assert refused.value.code == 401
+    assert urllib.request.urlopen(f"{engine}/health", timeout=5).status == 200  # as vLLM: health needs no key
+    assert post(one, {"model": model_of(one), "messages": MSG}, add_key(one, "k"))[0] == 200  # the router has it
+    secret = Path(one.config["state_dir"]) / "engine-keys.secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert one.engine_key("e") not in " ".join(psutil.Process(one.engine("e")["pid"]).cmdline())
