@@ -85,6 +85,15 @@ def _copy_hashing(source: Path, dest: Path) -> str:
     return digest.hexdigest()
 
 
+def _fixed_modes(folder: Path) -> None:
+    """Files 0644 and folders 0755 whatever the mirror or download had: no setuid, setgid or
+    world-writable file reaches the model disk (copies keep their source's mode)."""
+    os.chmod(folder, 0o755)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
 def _files(folder: Path) -> list[Path]:
     return sorted(
         p.relative_to(folder)
@@ -214,6 +223,7 @@ def stage(model: str, root: Path, mirror: str | None, download: list[str]) -> St
         if problems:
             raise StagingError(f"{model} from {mirror if source == 'mirror' else 'download'}: " + "; ".join(problems))
         (work / VERIFIED).write_text(_manifest_digest(work) + "\n")
+        _fixed_modes(work)
         if final.exists():
             shutil.rmtree(final)  # an unverified or outdated copy
         final.parent.mkdir(parents=True, exist_ok=True)

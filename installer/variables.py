@@ -485,10 +485,11 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
         roles=("model_storage",),
     )
     model_storage_mount_options: Annotated[str, Field(pattern=r"^[a-z0-9_=,.-]+$")] = var(
-        "noatime,nofail",
+        "noatime,nodev,nosuid,nofail",
         (
             "Mounted by UUID with these options. nofail: a missing disk does not stop the boot (the agent then "
-            "reports engines whose model is missing, rather than the box not coming up)."
+            "reports engines whose model is missing, rather than the box not coming up); nodev,nosuid: a file on "
+            "it is never a device or a way to another user's rights."
         ),
         roles=("model_storage",),
     )

@@ -187,3 +187,16 @@ def test_a_mirror_manifest_with_a_bad_line_is_refused_naming_the_model_and_the_l
     with pytest.raises(models.StagingError, match=refused):
         models.stage(MODEL, tmp_path / "models", str(mirror), [])
     assert not (tmp_path / "models" / MODEL).exists()
+
+
+def test_staged_files_get_fixed_modes_whatever_the_mirror_had(tmp_path):
+    mirror = make_mirror(tmp_path / "nas")
+    (mirror / MODEL / "model.safetensors").chmod(0o4777)  # setuid and world-writable on the NAS
+    (mirror / MODEL / "sub").chmod(0o2777)
+    (mirror / MODEL / "config.json").chmod(0o600)
+    root = tmp_path / "models"
+    models.stage(MODEL, root, str(mirror), [])
+    staged = root / MODEL
+    modes = {p.relative_to(staged).as_posix(): p.stat().st_mode & 0o7777 for p in [staged, *staged.rglob("*")]}
+    assert modes == {".": 0o755, "sub": 0o755, "sub/tokenizer.json": 0o644, "config.json": 0o644,
+                     "model.safetensors": 0o644, "SHA256SUMS": 0o644, models.VERIFIED: 0o644}  # fmt: skip
