@@ -18,8 +18,9 @@ DATA_DIR = "/var/lib/aiinfra"  # aiinfra's home: what outlives a reboot (the ene
 LOG_DIR = "/var/log/aiinfra"  # the agent unit's LogsDirectory: the audit log
 AUDIT_LOG = f"{LOG_DIR}/audit.log"
 
-USER = "aiinfra"  # engines run as this user; its group may use the control socket
+USER = "aiinfra"  # engines run as this user
 GROUP = "aiinfra"
+OPERATORS_GROUP = "aiinfra-operators"  # may use the control socket; the engines' user is never in it
 
 MODEL_STORAGE_MOUNT = "/mnt/nvme"  # role model_storage
 # The folders under it (model_storage_dirs): a use, and its folder.

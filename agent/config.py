@@ -86,8 +86,8 @@ class AgentConfig(Strict):
     hf_home: str | None = None
     ollama_models_dir: str | None = None
     status_listen: str = box.STATUS_LISTEN  # read-only: /healthz, /status
-    control_socket: str = box.CONTROL_SOCKET  # profile switch, restarts: root and the group
-    control_group: str = box.GROUP
+    control_socket: str = box.CONTROL_SOCKET  # profile switch, restarts: root and the operators' group
+    control_group: str = box.OPERATORS_GROUP
     state_dir: str = box.STATE_DIR  # engine launch files, logs, the process backend's records
     data_dir: str = box.DATA_DIR  # what outlives a reboot: the energy ledger
     cost: CostConfig = CostConfig()

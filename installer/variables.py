@@ -175,7 +175,7 @@ AGENT_NOT_BY_NAME = {
     "data_dir": "a path of the box contract (agent/box.py) that the units name too",
     "audit_log": "under the unit's LogsDirectory, the only log folder the agent may write",
     "engine_user": "aiinfra_user (the role passes it)",
-    "control_group": "aiinfra_group (the role passes it)",
+    "control_group": "aiinfra_operators_group (the role passes it)",
     "router_auth": "aiinfra_agent_router_auth (the role passes it)",
     "keys_file": "aiinfra_agent_keys_file (the role passes it)",
     "status_listen": "aiinfra_agent_status_listen (the role passes it)",
@@ -215,8 +215,16 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
     )
     aiinfra_group: UnixName = var(
         box.GROUP,
-        "System group of that user; members may use the agent's control socket.",
+        "System group of that user: the engines' group, which may read the model disk.",
         roles=("host_base", "model_storage", "vllm", "ollama", "aiinfra_agent"),
+    )
+    aiinfra_operators_group: UnixName = var(
+        box.OPERATORS_GROUP,
+        (
+            "System group whose members may use the agent's control socket (switch profiles, restart engines); "
+            "the engines' user is never in it, so code inside an engine cannot drive the box."
+        ),
+        roles=("host_base", "aiinfra_agent"),
     )
     host_base_packages: list[str] = var(
         ["pciutils", "nvme-cli", "jq", "curl", "ca-certificates", "python3", "python3-venv", "python3-systemd"],

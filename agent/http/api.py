@@ -6,7 +6,13 @@ on the box is a local, privileged act.
 
 from __future__ import annotations
 
+import grp
+import json
+import logging
 import os
+import pwd
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,8 +21,10 @@ import aiohttp
 from aiohttp import web
 
 from aiinfra.agent.metrics import Metrics, engine_families, exposition_of
+from aiinfra.agent.notify import audit
 from aiinfra.agent.supervisor import Supervisor
 
+log = logging.getLogger("aiinfra.agent")
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 METRICS = web.AppKey("metrics", Metrics)
 # The router's settings and its keys file's health, read at each /status.
@@ -115,8 +123,59 @@ async def restart_engine(request: web.Request) -> web.Response:
     return web.json_response({"engine": name, "restarting": True}, status=202)
 
 
+def caller_of(request: web.Request) -> tuple[int, int, int] | None:
+    """The (pid, uid, gid) of the process at the other end of the control socket, as the kernel says."""
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if sock is None:
+        return None
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return pid, uid, gid
+
+
+def may_control(uid: int, group: str, engine_user: str | None) -> bool:
+    """Root, or a member of the operators' group; never the engines' user, whatever its groups."""
+    if uid == 0:
+        return True
+    try:
+        user = pwd.getpwuid(uid)
+        operators = grp.getgrnam(group).gr_gid
+    except KeyError:
+        return False
+    return user.pw_name != engine_user and operators in os.getgrouplist(user.pw_name, user.pw_gid)
+
+
+def operators_only(group: str, engine_user: str | None) -> Callable:
+    """Every control request: the caller checked by its peer credentials, named in the audit log and
+    the journal, refused (403) unless it may control the box."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Callable) -> web.StreamResponse:
+        caller = caller_of(request)
+        pid, uid, _ = caller or (0, -1, -1)
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = str(uid)
+        allowed = caller is not None and may_control(uid, group, engine_user)
+        if allowed:
+            response = await handler(request)
+        else:
+            response = web.json_response({"error": f"user {user} may not control this box: root or a member of "
+                                                   f"{group} may"}, status=403)  # fmt: skip
+        action = f"{request.method} {request.path}"
+        line = {"time": round(time.time(), 3), "event": "control", "action": action, "status": response.status,
+                "user": user, "uid": uid, "pid": pid}  # fmt: skip
+        audit(json.dumps(line))
+        log.log(logging.INFO if allowed else logging.WARNING, "control: %s by %s (uid %s, pid %s): %s", action, user,
+                uid, pid, response.status, extra={"EVENT": "control"})  # fmt: skip
+        return response
+
+    return check
+
+
 def control_app(supervisor: Supervisor) -> web.Application:
-    app = web.Application()
+    config = supervisor.config
+    app = web.Application(middlewares=[operators_only(config.control_group, config.engine_user)])
     app[SUPERVISOR] = supervisor
     app.router.add_post("/profile", switch_profile)
     app.router.add_post("/engines/{name}/restart", restart_engine)

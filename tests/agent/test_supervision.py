@@ -6,10 +6,12 @@ import itertools
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -342,3 +344,35 @@ def test_a_launch_that_cannot_be_written_is_that_engines_failed_start_not_the_ag
     assert agent.proc.poll() is None  # the agent runs on, and says why
     why = failed["engines"]["e"]["last_error"]
     assert "File exists" in why or "Not a directory" in why, why
+
+
+ASK_AS_ANOTHER_USER = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"POST /profile HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\nContent-Length: 15\\r\\n"
+          b"Connection: close\\r\\n\\r\\n" b'{"profile":"p"}')
+print(s.recv(65536).decode())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs a process as another user")
+def test_control_is_for_operators_by_peer_credentials_and_every_action_is_named(make_agent):
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
+    reachable = Path(tempfile.mkdtemp(prefix="aiinfra-control-"))  # pytest's own folders are root's alone
+    reachable.chmod(0o755)
+    agent.socket = agent.config["control_socket"] = str(reachable / "control.sock")
+    agent.start().wait_phase("e", "ready")
+    os.chmod(agent.socket, 0o666)  # even a socket anyone may open does not let anyone in
+    other = subprocess.run(["/usr/bin/python3", "-c", ASK_AS_ANOTHER_USER, agent.socket], user="nobody",
+                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert other.stdout.startswith("HTTP/1.1 403"), other.stdout + other.stderr
+    assert "user nobody may not control this box" in other.stdout
+    done = agent.cli("restart", "e", "--socket", agent.socket)  # root may
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(x) for x in Path(agent.config["audit_log"]).read_text().splitlines() if '"control"' in x]
+    assert [(x["action"], x["user"], x["status"]) for x in lines] == [
+        ("POST /profile", "nobody", 403), ("POST /engines/e/restart", "root", 202)]
+    assert lines[0]["uid"] == pwd.getpwnam("nobody").pw_uid and lines[1]["uid"] == 0 and lines[1]["pid"] > 0
+    assert "control: POST /profile by nobody" in agent.agent_log()
+    shutil.rmtree(reachable, ignore_errors=True)
