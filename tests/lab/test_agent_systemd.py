@@ -132,8 +132,24 @@ def test_start_returns_at_ready_and_the_engine_runs_unprivileged_in_its_unit(box
     assert sh("systemctl is-active aiinfra-engine@alpha").strip() == "active"
     assert sh("systemctl show -p MainPID --value aiinfra-engine@alpha").strip() == str(pid)
     assert sh(f"stat -c %U /proc/{pid}").strip() == "aiinfra"
-    fetch = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8101/v1/models').read().decode())"
-    assert json.loads(sh(f'/opt/aiinfra/bin/python -c "{fetch}"'))["data"][0]["id"] == "alpha"
+    # The engine answers the agent (ready: its probe listed the served name with the engine's key), and
+    # no other local process: without its key, 401.
+    sh(f"cat > /tmp/around.py <<'EOF'\n{AROUND}EOF")
+    assert sh("/opt/aiinfra/bin/python /tmp/around.py").split() == ["401", "200"]
+    # The engines' user may not drive the box: the control socket is root's and the operators'.
+    refused = podman("exec", "--user", "aiinfra", CONTAINER, AGENT_BIN, "profile", "two", "--no-wait")
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr, refused.stdout + refused.stderr
+    assert status()["profile"] == "one"
+
+
+AROUND = """
+import urllib.error, urllib.request
+try:
+    urllib.request.urlopen("http://127.0.0.1:8101/v1/models")
+except urllib.error.HTTPError as error:
+    print(error.code)
+print(urllib.request.urlopen("http://127.0.0.1:8101/health").status)
+"""
 
 
 def test_engines_are_adopted_across_an_agent_restart(box):
