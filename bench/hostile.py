@@ -18,15 +18,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
-
 from aiinfra.installer.kit.local_agent import AGENT, Agent, free_port, vllm
+from tests.agent.conftest import PeakMemory
 
 MiB = 2**20
 MSG = [{"role": "user", "content": "hi"}]
@@ -58,24 +56,6 @@ def served(agent: Agent, engine: str) -> str:
     return agent.status()["engines"][engine]["served"][0]
 
 
-class Peak:
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
-        self.base = self.peak = self.proc.memory_info().rss
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.sample)
-        self.thread.start()
-
-    def sample(self) -> None:
-        while not self.stop.wait(0.02):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    def growth(self) -> float:
-        self.stop.set()
-        self.thread.join()
-        return (self.peak - self.base) / MiB
-
-
 def keyless_uploads(tmp: Path) -> None:
     agent = started(tmp, "uploads", {"e": vllm(free_port())}, {"p": ["e"]}, "p")
     try:
@@ -92,14 +72,14 @@ def keyless_uploads(tmp: Path) -> None:
             except OSError:
                 pass
 
-        peak = Peak(agent.proc.pid)
+        peak = PeakMemory(agent.proc.pid)
         with ThreadPoolExecutor(24) as pool:
             for _ in range(24):
                 pool.submit(upload)
             t0 = time.monotonic()
             request(agent, token, json.dumps({"model": model, "messages": MSG}).encode())
             answered = time.monotonic() - t0
-        print(f"24 keyless 15 MiB uploads at once: agent memory +{peak.growth():.1f} MiB; "
+        print(f"24 keyless 15 MiB uploads at once: agent memory +{peak.growth_mib():.1f} MiB; "
               f"a keyed request answered in {answered * 1000:.0f} ms meanwhile")  # fmt: skip
     finally:
         agent.stop()
@@ -156,7 +136,7 @@ def large_answer(tmp: Path, mib: float) -> None:
                     router_timeout_s=600)  # fmt: skip
     try:
         token, model = key(agent, "big"), served(agent, "e")
-        peak = Peak(agent.proc.pid)
+        peak = PeakMemory(agent.proc.pid)
         t0 = time.monotonic()
         req = urllib.request.Request(f"http://{agent.config['router_listen']}/v1/chat/completions",
                                      data=json.dumps({"model": model, "messages": MSG}).encode(),
@@ -166,7 +146,8 @@ def large_answer(tmp: Path, mib: float) -> None:
             while part := answer.read(MiB):
                 got += len(part)
         took = time.monotonic() - t0
-        print(f"a {got / MiB:.0f} MiB answer through the router in {took:.1f} s: agent memory +{peak.growth():.1f} MiB")
+        growth = peak.growth_mib()
+        print(f"a {got / MiB:.0f} MiB answer through the router in {took:.1f} s: agent memory +{growth:.1f} MiB")
     finally:
         agent.stop()
 

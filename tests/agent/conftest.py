@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,3 +49,53 @@ def make_agent(tmp_path) -> Iterator[Callable[..., Agent]]:
     yield make
     for agent in agents:
         agent.stop()
+
+
+class Senders:
+    """Clients sending one request after another, each in its own thread, until stopped: every
+    request a stream or a whole answer in turn (ASK(stream) returns whether the answer was whole);
+    what raised is counted as cut."""
+
+    def __init__(self, ask: Callable[[bool], bool], clients: int = 2) -> None:
+        self.ask, self.stopping = ask, threading.Event()
+        self.answered, self.cut = 0, list[str]()
+        self.threads = [threading.Thread(target=self._send) for _ in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def _send(self) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            n += 1
+            try:
+                assert self.ask(n % 2 == 1)
+                self.answered += 1
+            except Exception as exc:  # a cut request: what the caller counts
+                self.cut.append(f"{exc!r} <- {exc.__cause__!r}")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(120)
+
+
+class PeakMemory:
+    """A process's resident memory, sampled every 20 ms from a thread: its peak over the baseline."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.baseline = self.peak = self.process.memory_info().rss
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.02):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def growth_mib(self) -> float:
+        self.done.set()
+        self.thread.join()
+        return (self.peak - self.baseline) / 2**20

@@ -15,7 +15,7 @@ import openai
 import psutil
 import pytest
 
-from tests.agent.conftest import audit_lines, free_port, vllm
+from tests.agent.conftest import PeakMemory, Senders, audit_lines, free_port, vllm
 from tests.agent.test_queue import MSG, in_thread, samples
 from tests.agent.test_router import add_key, client
 
@@ -74,26 +74,6 @@ def post(agent, body: dict | list, key: str | None) -> tuple[int, dict, dict]:
         return error.code, dict(error.headers), json.loads(error.read())
 
 
-class PeakMemory:
-    """The agent's resident memory, sampled every 20 ms from a thread: its peak over the baseline."""
-
-    def __init__(self, agent) -> None:
-        self.process = psutil.Process(agent.proc.pid)
-        self.baseline = self.peak = self.process.memory_info().rss
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._sample)
-        self.thread.start()
-
-    def _sample(self) -> None:
-        while not self.done.wait(0.02):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def growth_mib(self) -> float:
-        self.done.set()
-        self.thread.join()
-        return (self.peak - self.baseline) / MiB
-
-
 @pytest.fixture
 def one(make_agent):
     """One ready stub vLLM behind the router, keys on."""
@@ -122,7 +102,7 @@ def test_24_keyless_15_mib_uploads_do_not_grow_the_agent_and_a_keyed_request_is_
     key = add_key(one, "good")
     model = model_of(one)
     body = b"x" * (15 * MiB)
-    memory = PeakMemory(one)
+    memory = PeakMemory(one.proc.pid)
 
     def upload() -> None:
         try:
@@ -315,7 +295,7 @@ def test_a_very_large_answer_passes_through_without_the_agent_holding_it(make_ag
     agent.config["router_timeout_s"] = 120
     agent.start().wait_phase("e", "ready")
     key = add_key(agent, "big")
-    memory = PeakMemory(agent)
+    memory = PeakMemory(agent.proc.pid)
     body = json.dumps({"model": model_of(agent), "messages": MSG}).encode()
     with connect(agent) as sock:
         sock.sendall(head("/v1/chat/completions", len(body), key) + body)
@@ -431,24 +411,13 @@ def test_three_agent_restarts_cut_no_request_of_two_clients_sending(make_agent):
     agent.start().wait_phase("e", "ready")
     api = client(agent, add_key(agent, "busy"), timeout=60.0)
     model = model_of(agent)
-    stop, outcomes = threading.Event(), {"answered": 0, "cut": []}
 
-    def send() -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                if n % 2:
-                    assert len(list(api.chat.completions.create(model=model, messages=MSG, stream=True))) == 10
-                else:
-                    assert api.chat.completions.create(model=model, messages=MSG).choices
-                outcomes["answered"] += 1
-            except Exception as exc:  # a cut request: what the test counts
-                outcomes["cut"].append(f"{exc!r} <- {exc.__cause__!r}")
+    def ask(stream: bool) -> bool:
+        if stream:
+            return len(list(api.chat.completions.create(model=model, messages=MSG, stream=True))) == 10
+        return bool(api.chat.completions.create(model=model, messages=MSG).choices)
 
-    senders = [threading.Thread(target=send) for _ in range(2)]
-    for thread in senders:
-        thread.start()
+    senders = Senders(ask)
     try:
         for _ in range(3):
             time.sleep(1.5)
@@ -456,9 +425,8 @@ def test_three_agent_restarts_cut_no_request_of_two_clients_sending(make_agent):
             agent.start().wait_phase("e", "ready")
         time.sleep(1)
     finally:
-        stop.set()
-        for thread in senders:
-            thread.join(60)
+        senders.stop()
+    outcomes = {"answered": senders.answered, "cut": senders.cut}
     print(f"three restarts, two clients: {outcomes['answered']} answered, {len(outcomes['cut'])} cut")
     assert outcomes["cut"] == [] and outcomes["answered"] > 10
 

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import openai
 import pytest
 import yaml
 
+from tests.agent.conftest import Senders
 from tests.lab.conftest import podman, require_lab
 
 pytestmark = pytest.mark.lab
@@ -196,35 +196,23 @@ def test_three_agent_restarts_cut_no_request_of_two_clients_of_the_real_vllm(lab
               "except urllib.error.HTTPError as e: print(e.code)")
     assert lab_host.box("python3", "-c", around).stdout.strip() == "401"
     api = lab_host.client()
-    stop, outcomes = threading.Event(), {"answered": 0, "cut": []}
+    ask = {"model": "Qwen/Qwen2.5-7B-Instruct", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8,
+           "extra_body": {"ignore_eos": True}}  # fmt: skip
 
-    def send() -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                ask = {"model": "Qwen/Qwen2.5-7B-Instruct", "messages": [{"role": "user", "content": "hello"}],
-                       "max_tokens": 8, "extra_body": {"ignore_eos": True}}  # fmt: skip
-                if n % 2:
-                    assert len(list(api.chat.completions.create(stream=True, **ask))) >= 8
-                else:
-                    assert api.chat.completions.create(**ask).usage.completion_tokens == 8
-                outcomes["answered"] += 1
-            except Exception as exc:  # a cut request: what the test counts
-                outcomes["cut"].append(repr(exc))
+    def one(stream: bool) -> bool:
+        if stream:
+            return len(list(api.chat.completions.create(stream=True, **ask))) >= 8
+        return api.chat.completions.create(**ask).usage.completion_tokens == 8
 
-    senders = [threading.Thread(target=send) for _ in range(2)]
-    for thread in senders:
-        thread.start()
+    senders = Senders(one)
     try:
         for _ in range(3):
             time.sleep(3)
             assert lab_host.box("systemctl", "restart", "aiinfra-agent").returncode == 0
-    finally:
         time.sleep(3)
-        stop.set()
-        for thread in senders:
-            thread.join(120)
+    finally:
+        senders.stop()
+    outcomes = {"answered": senders.answered, "cut": senders.cut}
     print(f"three agent restarts, two clients of the real vLLM: {outcomes['answered']} answered, "
           f"{len(outcomes['cut'])} cut")  # fmt: skip
     assert outcomes["cut"] == [] and outcomes["answered"] >= 6, outcomes
