@@ -222,11 +222,12 @@ def test_journald_gets_structured_engine_events(box):
     assert "started" in events
 
 
-def test_security_exposure_of_the_agent_unit(box):
-    out = sh("systemd-analyze security aiinfra-agent.service --no-pager")
-    score = float(re.search(r"Overall exposure level for aiinfra-agent.service: ([\d.]+)", out).group(1))
-    print(f"systemd-analyze security aiinfra-agent.service: {score}")
-    assert score <= 5.0
+def test_security_exposure_of_the_agent_and_engine_units(box):
+    for unit in ("aiinfra-agent.service", "aiinfra-engine@beta.service"):
+        out = sh(f"systemd-analyze security {unit} --no-pager")
+        score = float(re.search(rf"Overall exposure level for {re.escape(unit)}: ([\d.]+)", out).group(1))
+        print(f"systemd-analyze security {unit}: {score}")
+        assert score <= 2.5, out
 
 
 def test_aiinfra_status_reads_the_agent_through_the_inventory(box):
