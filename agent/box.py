@@ -14,7 +14,9 @@ GPU_SETTINGS_FILE = "/etc/aiinfra/gpu.yml"  # role gpu_tuning; the boot unit and
 KEYS_FILE = "/etc/aiinfra/keys.json"  # the router's keys, hashes only
 STATE_DIR = "/run/aiinfra"  # the agent unit's RuntimeDirectory: engine launch files, the control socket
 CONTROL_SOCKET = f"{STATE_DIR}/control.sock"
-DATA_DIR = "/var/lib/aiinfra"  # aiinfra's home: what outlives a reboot (the energy ledger)
+# The agent unit's StateDirectory, root's alone: what outlives a reboot (the energy ledger). Not the
+# engines' home (/var/lib/aiinfra, the aiinfra user's), which root without CAP_DAC_OVERRIDE cannot write.
+DATA_DIR = "/var/lib/aiinfra-agent"
 LOG_DIR = "/var/log/aiinfra"  # the agent unit's LogsDirectory: the audit log
 AUDIT_LOG = f"{LOG_DIR}/audit.log"
 

@@ -77,25 +77,3 @@ class Senders:
         self.stopping.set()
         for thread in self.threads:
             thread.join(120)
-
-
-class PeakMemory:
-    """A process's resident memory, sampled every 20 ms from a thread: its peak over the baseline."""
-
-    def __init__(self, pid: int) -> None:
-        import psutil
-
-        self.process = psutil.Process(pid)
-        self.baseline = self.peak = self.process.memory_info().rss
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._sample)
-        self.thread.start()
-
-    def _sample(self) -> None:
-        while not self.done.wait(0.02):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def growth_mib(self) -> float:
-        self.done.set()
-        self.thread.join()
-        return (self.peak - self.baseline) / 2**20

@@ -15,7 +15,8 @@ import openai
 import psutil
 import pytest
 
-from tests.agent.conftest import PeakMemory, Senders, audit_lines, free_port, vllm
+from aiinfra.installer.kit.local_agent import PeakMemory
+from tests.agent.conftest import Senders, audit_lines, free_port, vllm
 from tests.agent.test_queue import MSG, in_thread, samples
 from tests.agent.test_router import add_key, client
 

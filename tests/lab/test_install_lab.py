@@ -204,6 +204,7 @@ def test_three_agent_restarts_cut_no_request_of_two_clients_of_the_real_vllm(lab
             return len(list(api.chat.completions.create(stream=True, **ask))) >= 8
         return api.chat.completions.create(**ask).usage.completion_tokens == 8
 
+    counted_before = lab_host.status()["energy"]["tokens"].get("qwen7b", 0)
     senders = Senders(one)
     try:
         for _ in range(3):
@@ -213,6 +214,11 @@ def test_three_agent_restarts_cut_no_request_of_two_clients_of_the_real_vllm(lab
     finally:
         senders.stop()
     outcomes = {"answered": senders.answered, "cut": senders.cut}
+    # The cost ledger lives where the agent may write it (its StateDirectory): the tokens of every
+    # answer are still counted after three restarts (8 completion tokens each, prompts besides).
+    counted = lab_host.status()["energy"]["tokens"].get("qwen7b", 0)
+    assert counted >= counted_before + 8 * senders.answered, (counted_before, counted, senders.answered)
+    assert lab_host.box("stat", "-c", "%U %a", "/var/lib/aiinfra-agent/energy.json").stdout.split() == ["root", "600"]
     print(f"three agent restarts, two clients of the real vLLM: {outcomes['answered']} answered, "
           f"{len(outcomes['cut'])} cut")  # fmt: skip
     assert outcomes["cut"] == [] and outcomes["answered"] >= 6, outcomes
