@@ -170,6 +170,17 @@ def advice(host: str, spec: HostSpec) -> list[SpecError]:
                 f"listen on {' or '.join(a + ':' + port for a in addresses)}",
             )
         )
+    status_host = spec.aiinfra_agent_status_listen.rpartition(":")[0].strip("[]")
+    if not ipaddress.ip_address(status_host).is_loopback:
+        notes.append(
+            SpecError(
+                host,
+                "aiinfra_agent_status_listen",
+                f"{spec.aiinfra_agent_status_listen!r} is not loopback: /status names keys, engines, pids and GPUs "
+                "to whoever asks, and each /metrics scrape makes the agent scrape every engine; keep it on "
+                "127.0.0.1 or let only the scraper reach it (a firewall)",
+            )
+        )
     for name, engine in spec.engines.items():
         if isinstance(engine, VllmEngine) and (said := plan.quantization_advice(engine, spec.gpu_model)):
             notes.append(SpecError(host, f"engines.{name}.quantization", said))

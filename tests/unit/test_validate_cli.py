@@ -204,3 +204,14 @@ def test_a_damaged_kept_lab_address_is_one_line_and_nothing_is_started(tmp_path,
         f"aiinfra: {kept} holds '10.88.0.999', not an address: fix or remove it"
     ]
     assert called == []
+
+
+def test_a_status_surface_beyond_loopback_is_a_warning(tmp_path, cli):
+    spec = thor_spec()
+    ok = cli("validate", "--host", "thor", "-i", str(write_inventory(tmp_path / "inv", spec)))
+    assert ok.exit_code == 0 and "aiinfra_agent_status_listen" not in ok.stderr
+    spec["aiinfra_agent_status_listen"] = "0.0.0.0:8079"  # for Prometheus on the LAN
+    result = cli("validate", "--host", "thor", "-i", str(write_inventory(tmp_path / "inv2", spec)))
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith("warning: thor: aiinfra_agent_status_listen: '0.0.0.0:8079' is not loopback")
+               for line in result.stderr.splitlines()), result.stderr  # fmt: skip
