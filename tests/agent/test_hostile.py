@@ -75,12 +75,18 @@ def post(agent, body: dict | list, key: str | None) -> tuple[int, dict, dict]:
         return error.code, dict(error.headers), json.loads(error.read())
 
 
-@pytest.fixture
-def one(make_agent):
-    """One ready stub vLLM behind the router, keys on."""
-    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
+def one_engine(make_agent, *flags: str, **config):
+    """One ready stub vLLM engine `e` (misbehaving as FLAGS say) behind the router, keys on, with the
+    agent settings CONFIG."""
+    agent = make_agent({"e": vllm(free_port(), *flags)}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
+    agent.config |= config
     agent.start().wait_phase("e", "ready")
     return agent
+
+
+@pytest.fixture
+def one(make_agent):
+    return one_engine(make_agent)
 
 
 def model_of(agent, engine: str = "e") -> str:
@@ -128,9 +134,7 @@ def test_24_keyless_15_mib_uploads_do_not_grow_the_agent_and_a_keyed_request_is_
 
 
 def test_connections_are_capped_per_client_address_and_others_are_still_served(make_agent):
-    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
-    agent.config["router_max_connections_per_client"] = 4
-    agent.start().wait_phase("e", "ready")
+    agent = one_engine(make_agent, router_max_connections_per_client=4)
     key = add_key(agent, "k")
     idle = [connect(agent, "127.0.0.2") for _ in range(4)]  # held open by one address, sending nothing
     try:
@@ -160,10 +164,7 @@ def stalled_stream(agent, key: str, model: str) -> socket.socket:
 
 
 def test_a_stream_left_unread_is_cut_at_the_write_deadline_and_its_engine_freed(make_agent):
-    engine = vllm(free_port(), "--chunks", "200000", "--chunk-delay", "0")
-    agent = make_agent({"e": engine}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
-    agent.config["router_write_timeout_s"] = 2
-    agent.start().wait_phase("e", "ready")
+    agent = one_engine(make_agent, "--chunks", "200000", "--chunk-delay", "0", router_write_timeout_s=2)
     key = add_key(agent, "lid")
     started = time.monotonic()
     with stalled_stream(agent, key, model_of(agent)):
@@ -211,9 +212,7 @@ def test_a_switch_goes_on_past_the_drain_deadline_while_a_client_has_stopped_rea
 
 
 def test_concurrent_streams_cannot_all_pass_a_nearly_spent_token_limit(make_agent):
-    engine = vllm(free_port(), "--chunks", "50", "--chunk-delay", "0.02")
-    agent = make_agent({"e": engine}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
-    agent.start().wait_phase("e", "ready")
+    agent = one_engine(make_agent, "--chunks", "50", "--chunk-delay", "0.02")
     api = client(agent, add_key(agent, "small", "--tpm", "100"), timeout=30.0)
     model = model_of(agent)
 
@@ -243,9 +242,7 @@ def test_limits_are_checked_before_a_request_may_switch_profiles(make_agent):
 
 
 def test_a_key_may_hold_at_most_its_max_inflight_requests(make_agent):
-    engine = vllm(free_port(), "--chunks", "10", "--chunk-delay", "0.2")
-    agent = make_agent({"e": engine}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
-    agent.start().wait_phase("e", "ready")
+    agent = one_engine(make_agent, "--chunks", "10", "--chunk-delay", "0.2")
     api = client(agent, add_key(agent, "one", "--max-inflight", "1"), timeout=30.0)
     model = model_of(agent)
     first = in_thread(lambda: list(api.chat.completions.create(model=model, messages=MSG, stream=True)))
@@ -258,9 +255,7 @@ def test_a_key_may_hold_at_most_its_max_inflight_requests(make_agent):
 
 
 def test_the_tokens_of_a_stream_whose_client_left_are_charged(make_agent):
-    engine = vllm(free_port(), "--chunks", "50", "--chunk-delay", "0.05")
-    agent = make_agent({"e": engine}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
-    agent.start().wait_phase("e", "ready")
+    agent = one_engine(make_agent, "--chunks", "50", "--chunk-delay", "0.05")
     api = client(agent, add_key(agent, "leaver", "--tpm", "100000"), timeout=30.0)
     stream = api.chat.completions.create(model=model_of(agent), messages=MSG, stream=True)
     for n, _ in enumerate(stream):
@@ -278,8 +273,7 @@ def test_the_tokens_of_a_stream_whose_client_left_are_charged(make_agent):
 
 @pytest.mark.parametrize("flags", [("--decoys",), ("--answer-mb", "3")], ids=["small", "passed-through"])
 def test_usage_is_the_answers_own_top_level_object_not_a_decoy(make_agent, flags):
-    agent = make_agent({"e": vllm(free_port(), *flags)}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
-    agent.start().wait_phase("e", "ready")
+    agent = one_engine(make_agent, *flags)
     api = client(agent, add_key(agent, "k"), timeout=30.0)
     reply = api.chat.completions.create(model=model_of(agent), messages=MSG)
     assert reply.usage.completion_tokens == 6 and reply.model_extra["prompt_logprobs"][2]["usage"]["prompt_tokens"] == 0
@@ -291,10 +285,7 @@ def test_usage_is_the_answers_own_top_level_object_not_a_decoy(make_agent, flags
 
 
 def test_a_very_large_answer_passes_through_without_the_agent_holding_it(make_agent):
-    agent = make_agent({"e": vllm(free_port(), "--answer-mb", "96")}, {"p": ["e"]}, "p",
-                       policy={"liveness_interval_s": 60})  # fmt: skip
-    agent.config["router_timeout_s"] = 120
-    agent.start().wait_phase("e", "ready")
+    agent = one_engine(make_agent, "--answer-mb", "96", router_timeout_s=120)
     key = add_key(agent, "big")
     memory = PeakMemory(agent.proc.pid)
     body = json.dumps({"model": model_of(agent), "messages": MSG}).encode()
@@ -372,9 +363,7 @@ def test_a_keyless_flood_is_tallied_per_address_and_cannot_rotate_the_history_ou
 
 
 def test_a_failed_audit_write_is_counted_and_shown(make_agent):
-    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
-    agent.config["audit_log"] = "/dev/full"  # every write fails as on a full disk
-    agent.start().wait_phase("e", "ready")
+    agent = one_engine(make_agent, audit_log="/dev/full")  # every write fails as on a full disk
     api = client(agent, add_key(agent, "k"))
     api.chat.completions.create(model=model_of(agent), messages=MSG)  # the request is still served
     audit = agent.wait(lambda s: s["router"]["audit"]["write_errors"] >= 1, 5, "the failed write")["router"]["audit"]
