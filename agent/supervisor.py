@@ -27,6 +27,7 @@ from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.effects import Backend, StartError, process_tree
 from aiinfra.agent.energy import Ledger
 from aiinfra.agent.engines import Launch, launch, vllm_build
+from aiinfra.agent.files import write_private
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.gpu.policy import TensorPath, placement_problem
 from aiinfra.agent.notify import audit
@@ -58,12 +59,7 @@ def engine_secret(state_dir: Path) -> bytes:
     except OSError:
         pass
     secret = os.urandom(32)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(secret)
-    tmp.replace(path)
+    write_private(path, secret)
     return secret
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiinfra.agent.effects import StartError, check_port_free
 from aiinfra.agent.engines import Launch
+from aiinfra.agent.files import write_private
 
 UNIT = "aiinfra-engine@{}.service"
 
@@ -35,13 +36,7 @@ def write_launch_file(state_dir: Path, launch: Launch, group: int = -1) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chown(path.parent, -1, group)
     os.chmod(path.parent, 0o750)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        os.fchown(out.fileno(), -1, group)
-        os.fchmod(out.fileno(), 0o640)
-        out.write(json.dumps({"argv": launch.argv, "env": launch.env}))
-    tmp.replace(path)
+    write_private(path, json.dumps({"argv": launch.argv, "env": launch.env}).encode(), 0o640, group)
 
 
 def available() -> bool:

@@ -17,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from aiinfra.agent.files import write_private
+
 PREFIX = "aiinfra-"
 # A key's name: the inventory's aiinfra_agent_api_keys and `keys add` both hold to it.
 KEY_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -83,12 +85,7 @@ def _key(entry: dict) -> Key:
 
 
 def save(path: Path, keys: dict[str, Key]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump({"keys": [asdict(k) for k in keys.values()]}, out, indent=2)
-    tmp.replace(path)
+    write_private(path, json.dumps({"keys": [asdict(k) for k in keys.values()]}, indent=2).encode())
 
 
 def new_token() -> str:

@@ -177,7 +177,7 @@ class Router:
                 "missing or invalid API key: send 'Authorization: Bearer <key>' (aiinfra keys add NAME makes one)",
                 "invalid_api_key",
             )
-        self.refused(request.client, refusal.status, json.loads(refusal.body)["error"]["code"])
+        self.refused(request.client, refusal.status, refusal.code or "-")
         return refusal
 
     def refused(self, client: str, status: int, code: str) -> None:
@@ -342,8 +342,9 @@ class Router:
             if key is not None:
                 if not key.allows(exchange.model):  # the key's world: the model is not in it, nor any hint of it
                     raise self._unknown(exchange.model, key)
-                self._admit_key(key, exchange.prompt_estimate + completion)
-                reserved = exchange.prompt_estimate + completion
+                estimate = exchange.prompt_estimate + completion
+                self._admit_key(key, estimate)
+                reserved = estimate  # held from here: released however the request ends
             launch, ready, switch_to = self._find(exchange.model, key, may_switch=True)
             exchange.engine = launch.name
             if switch_to is not None:

@@ -72,12 +72,14 @@ class Request:
 class Reply:
     """A whole answer."""
 
-    __slots__ = ("body", "content_type", "headers", "status")
+    __slots__ = ("body", "code", "content_type", "headers", "status")
 
     def __init__(
-        self, status: int, body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None
-    ) -> None:
+        self, status: int, body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None,
+        code: str | None = None,
+    ) -> None:  # fmt: skip
         self.status, self.body, self.content_type, self.headers = status, body, content_type, headers
+        self.code = code  # an error's code (error_reply), for counting refusals
 
     def encode(self, close: bool, request_id: str | None = None) -> bytes:
         """Head and body, as they go on the wire."""
@@ -91,7 +93,7 @@ def error_reply(status: int, message: str, code: str, retry_after: float | None 
     kind = KIND.get(status, "api_error" if status >= 500 else "invalid_request_error")
     body = json.dumps({"error": {"message": message, "type": kind, "code": code}}).encode()
     headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
-    return Reply(status, body, headers=headers)
+    return Reply(status, body, headers=headers, code=code)
 
 
 _PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -451,7 +453,7 @@ class Connection(asyncio.Protocol):
         self.refused = True
         self._disarm()
         if not counted:
-            self.app.refused(self.client, reply.status, json.loads(reply.body)["error"]["code"])
+            self.app.refused(self.client, reply.status, reply.code or "-")
         if self.transport is None or self.task is not None:  # requests in hand: close after them
             return
         self.write_reply(reply, close=True, request_id=request_id)
