@@ -14,11 +14,6 @@ GPU_SETTINGS_FILE = "/etc/aiinfra/gpu.yml"  # role gpu_tuning; the boot unit and
 KEYS_FILE = "/etc/aiinfra/keys.json"  # the router's keys, hashes only
 STATE_DIR = "/run/aiinfra"  # the agent unit's RuntimeDirectory: engine launch files, the control socket
 CONTROL_SOCKET = f"{STATE_DIR}/control.sock"
-# The agent unit's StateDirectory, root's alone: what outlives a reboot (the energy ledger). Not the
-# engines' home (/var/lib/aiinfra, the aiinfra user's), which root without CAP_DAC_OVERRIDE cannot write.
-DATA_DIR = "/var/lib/aiinfra-agent"
-LOG_DIR = "/var/log/aiinfra"  # the agent unit's LogsDirectory: the audit log
-AUDIT_LOG = f"{LOG_DIR}/audit.log"
 
 USER = "aiinfra"  # engines run as this user
 GROUP = "aiinfra"
@@ -34,6 +29,14 @@ OLLAMA_COMMAND = ["/usr/local/bin/ollama"]  # role ollama links its release ther
 
 ROUTER_LISTEN = "0.0.0.0:8000"  # the OpenAI-compatible endpoint
 STATUS_LISTEN = "127.0.0.1:8079"  # read-only status: /healthz, /status, /metrics
+
+
+# The agent's records, root's alone (0700): the energy ledger, the audit log, the engines' restart counts.
+# On the model disk, which a rebuild (fresh OS, same inventory) finds again by its label, as it does the
+# models; not the engines' home, which root without CAP_DAC_OVERRIDE cannot write.
+DATA_DIR_NAME = "aiinfra-agent"
+DATA_DIR = f"{MODEL_STORAGE_MOUNT}/{DATA_DIR_NAME}"
+AUDIT_LOG = "audit.log"  # under DATA_DIR
 
 
 def model_dir(mount: str, use: str) -> str:

@@ -1,4 +1,5 @@
-"""Talk to a running agent: status over its read-only HTTP port, changes over the control socket.
+"""Talk to a running agent: changes, and on the box its status, over the control socket; status also over
+its read-only HTTP port (which may require a bearer token).
 
 Standard library only, so the installer and the box's shell tools can use it without aiohttp.
 """
@@ -48,17 +49,24 @@ def _request(conn: http.client.HTTPConnection, method: str, path: str, body: Any
         conn.close()
 
 
-def get_json(listen: str, path: str, timeout: float = 5) -> Any:
-    """GET PATH of the agent's status surface at LISTEN."""
-    host, _, port = listen.rpartition(":")
-    code, body = _request(http.client.HTTPConnection(host, int(port), timeout=timeout), "GET", path)
+def get_json(listen: str | None, path: str, timeout: float = 5, socket_path: str = DEFAULT_CONTROL_SOCKET) -> Any:
+    """GET PATH of the agent's status surface at LISTEN; None: through the control socket, as the box's
+    tools do (an operator's, so no status token is needed)."""
+    if listen is None:
+        conn: http.client.HTTPConnection = _UnixConnection(socket_path, timeout)
+    else:
+        host, _, port = listen.rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    code, body = _request(conn, "GET", path)
     if code != 200:
-        raise AgentUnavailable(f"{path} answered HTTP {code}")
+        detail = body.get("error") if isinstance(body, dict) else None
+        raise AgentUnavailable(f"{path} answered HTTP {code}" + (f": {detail}" if detail else ""))
     return body
 
 
-def status(listen: str = DEFAULT_STATUS_URL, timeout: float = 5) -> dict[str, Any]:
-    return get_json(listen, "/status", timeout)
+def status(listen: str | None = DEFAULT_STATUS_URL, timeout: float = 5,
+           socket_path: str = DEFAULT_CONTROL_SOCKET) -> dict[str, Any]:  # fmt: skip
+    return get_json(listen, "/status", timeout, socket_path)
 
 
 def control(
@@ -108,7 +116,7 @@ def format_status(report: dict) -> str:
 def switch_profile(
     name: str,
     socket_path: str = DEFAULT_CONTROL_SOCKET,
-    listen: str = DEFAULT_STATUS_URL,
+    listen: str | None = None,
     timeout: float = 900,
     wait: bool = True,
 ) -> tuple[bool, str]:
@@ -121,7 +129,7 @@ def switch_profile(
         return True, f"switching to {name}: {', '.join(body['engines'])}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        report = status(listen)
+        report = status(listen, socket_path=socket_path)
         desired = {n: e for n, e in report["engines"].items() if e["desired"]}
         others = [n for n, e in report["engines"].items() if not e["desired"] and e["phase"] != "stopped"]
         if any(e["phase"] == "failed" for e in desired.values()):

@@ -85,11 +85,13 @@ class AgentConfig(Strict):
     models_dir: str | None = None
     hf_home: str | None = None
     ollama_models_dir: str | None = None
-    status_listen: str = box.STATUS_LISTEN  # read-only: /healthz, /status
+    status_listen: str = box.STATUS_LISTEN  # read-only: /healthz, /status, /metrics, /cost
+    # Set: the status surface wants `Authorization: Bearer <token>` (but /healthz), the token's SHA-256 here.
+    status_token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     control_socket: str = box.CONTROL_SOCKET  # profile switch, restarts: root and the operators' group
     control_group: str = box.OPERATORS_GROUP
     state_dir: str = box.STATE_DIR  # engine launch files, logs, the process backend's records
-    data_dir: str = box.DATA_DIR  # what outlives a reboot: the energy ledger
+    data_dir: str = box.DATA_DIR  # what outlives a reboot and a rebuild: ledger, audit log, restart counts
     cost: CostConfig = CostConfig()
     engine_user: str | None = box.USER  # engines run unprivileged; None: as the agent's user
     router_listen: str | None = box.ROUTER_LISTEN  # the OpenAI-compatible endpoint; None: no router
@@ -111,7 +113,7 @@ class AgentConfig(Strict):
     # Completion tokens a request that names no max_tokens reserves against its key's tpm until its
     # answer ends (its whole context would refuse most such clients).
     router_reserve_tokens: Annotated[int, Field(ge=1)] = 256
-    audit_log: str | None = box.AUDIT_LOG  # one JSON line per request; None: none
+    audit_log: str | None = box.AUDIT_LOG  # one JSON line per request, a path under data_dir; None: none
     audit_include_text: bool = False  # prompts stay out of the audit log unless this says otherwise
     vllm_command: list[str] = box.VLLM_COMMAND  # role vllm: one venv per version
     ollama_command: list[str] = box.OLLAMA_COMMAND
@@ -132,6 +134,9 @@ class AgentConfig(Strict):
         self.hf_home = self.hf_home or box.model_dir(self.model_storage_mount, "hf_cache")
         self.ollama_models_dir = self.ollama_models_dir or box.model_dir(self.model_storage_mount, "ollama")
         return self
+
+    def audit_path(self) -> str | None:
+        return None if self.audit_log is None else str(Path(self.data_dir) / self.audit_log)
 
     def profile_engines(self, profile: str | None) -> list[str]:
         if profile is None:

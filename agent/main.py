@@ -50,11 +50,22 @@ def status_line(supervisor: Supervisor) -> str:
     return text + (f"; failed: {', '.join(failed)}" if failed else "")
 
 
+def check_records(folder: Path) -> None:
+    """Say once, at start, when the records cannot be kept (the model disk missing): the agent serves anyway."""
+    with contextlib.suppress(OSError):
+        folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        logging.getLogger("aiinfra.agent").error(
+            "records folder %s cannot be written (is the model disk mounted?): the cost ledger, the audit log "
+            "and the engines' restart counts are not kept", folder, extra={"EVENT": "records_unwritable"})
+
+
 async def serve(config: AgentConfig) -> None:
     from aiohttp import web
 
     from aiinfra.agent.http.api import control_app, status_app
 
+    check_records(Path(config.data_dir))
     backend = choose_backend(config)
     gpu = GpuMonitor(config.gpu, Path(config.state_dir)) if config.gpu is not None else None
     supervisor = Supervisor(config, backend, gpu=gpu)
@@ -85,7 +96,7 @@ async def serve(config: AgentConfig) -> None:
 
     runners = [
         web.AppRunner(status_app(supervisor, metrics, router_status), access_log=None),
-        web.AppRunner(control_app(supervisor), access_log=None),
+        web.AppRunner(control_app(supervisor, metrics, router_status), access_log=None),
     ]
     for runner in runners:
         await runner.setup()
@@ -141,7 +152,7 @@ def router_info(config: AgentConfig) -> dict:
     return {
         "listen": config.router_listen,
         "auth": config.router_auth,
-        "audit_log": config.audit_log,
+        "audit_log": config.audit_path(),
         "audit_include_text": config.audit_include_text,
     }
 
@@ -214,7 +225,7 @@ CONFIG = click.option(
 def run(config_path: Path) -> None:
     """Run the agent (what the systemd unit starts)."""
     config = _load(config_path)
-    setup_logging(audit_log=config.audit_log)
+    setup_logging(audit_log=config.audit_path())
     try:
         import uvloop  # about twice the proxy throughput of the default loop (bench/router.py)
     except ImportError:

@@ -40,7 +40,8 @@ class BatchedAuditFile(logging.handlers.RotatingFileHandler):
     loop, each line at once."""
 
     def __init__(self, path: str, max_bytes: int, backups: int) -> None:
-        super().__init__(path, maxBytes=max_bytes, backupCount=backups)
+        # Opened at the first write: a folder that cannot be written is that write's counted error.
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, delay=True)
         self.pending: list[str] = []
         self.write_errors = 0  # writes that failed (a full disk): counted in the metrics, shown in /status
         self.lines_lost = 0
@@ -76,6 +77,7 @@ class BatchedAuditFile(logging.handlers.RotatingFileHandler):
             self.stream.seek(0, 2)  # another writer (logrotate's copytruncate) may have moved the end
             if self.maxBytes and self.stream.tell() + len(text) >= self.maxBytes:
                 self.doRollover()
+                self.stream = self.stream or self._open()  # a delayed handler's rollover leaves none open
             self.stream.write(text)
             self.stream.flush()
         except (OSError, ValueError) as exc:  # ValueError: a stream a failed rollover left closed
@@ -123,7 +125,8 @@ def setup_logging(level: int = logging.INFO, audit_log: str | None = None) -> No
         _audit_file.close()
     _audit_file = None
     if audit_log:
-        Path(audit_log).parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            Path(audit_log).parent.mkdir(parents=True, exist_ok=True)
         _audit_file = BatchedAuditFile(audit_log, max_bytes=50 * 2**20, backups=5)
     logger = logging.getLogger("aiinfra.agent")
     logger.setLevel(level)

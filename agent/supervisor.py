@@ -103,8 +103,8 @@ class Supervisor:
         self.clock = clock
         secret = engine_secret(Path(config.state_dir))
         self.launches: dict[str, Launch] = {name: launch(name, config, secret) for name in config.engines}
-        # Restart counts outlive the agent (its state directory does, across its own restarts).
-        self.counts_file = Path(config.state_dir) / "restarts.json"
+        # Restart counts outlive the agent, a reboot and a rebuild (the records on the model disk).
+        self.counts_file = Path(config.data_dir) / "restarts.json"
         self.counts = _read_counts(self.counts_file)
         self.states: dict[str, EngineState] = {
             name: EngineState(name, restarts=self.counts.get(name, 0)) for name in config.engines

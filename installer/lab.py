@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from aiinfra.agent import box
 from aiinfra.agent.http import keys as keyfile
 from aiinfra.installer import kit as hardware_kit
 from aiinfra.installer.run import CONTAINERS_CONF, EnvironmentProblem, project_dir, state_dir
@@ -122,6 +123,10 @@ def kept_address(host: str) -> str:
     return text
 
 
+def disk_volume(host: str) -> str:
+    return container_name(host) + "-disk"
+
+
 def address(host: str) -> str:
     return podman("inspect", "-f", "{{.NetworkSettings.IPAddress}}", container_name(host)).stdout.strip()
 
@@ -160,6 +165,9 @@ def up(host: str, release: str, spec: Path | None, say: Callable[[str], None]) -
             "aiinfra.lab=1",
             "--volume",
             f"{mirror_dir(host)}:{LAB_MIRROR}:ro",  # the NAS a real box would mount
+            # The model disk: a volume that outlives the container, as a real one outlives a fresh OS.
+            "--volume",
+            f"{disk_volume(host)}:{spec_vars.get('model_storage_mount', box.MODEL_STORAGE_MOUNT)}",
             # vLLM's processes talk through shared memory (160 MiB an engine); podman's default /dev/shm
             # is 64 MiB, a real box's is half its memory.
             "--shm-size",
@@ -530,10 +538,11 @@ def wait_for_systemd(name: str, timeout_s: float = 60) -> None:
 
 
 def down(host: str) -> bool:
-    """Remove HOST's lab container and its inventory entry. False when there was none."""
+    """Remove HOST's lab container, its model disk and its inventory entry. False when there was none."""
     existed = podman("container", "exists", container_name(host), check=False).returncode == 0
     if existed:
         podman("rm", "-f", "-t", "5", container_name(host))
+    podman("volume", "rm", "-f", disk_volume(host), check=False)
     inventory = lab_inventory_dir()
     hosts_file = inventory / "hosts.yml"
     if hosts_file.exists():

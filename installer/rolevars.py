@@ -169,11 +169,12 @@ def problems() -> list[str]:
     return found
 
 
-def role_values(role: str) -> dict[str, Any]:
-    """A role's defaults as Ansible resolves them, where they derive from one another (not from facts)."""
+def role_values(role: str, host: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A role's defaults under a HOST's variables, as Ansible resolves them where they derive from one
+    another (not from facts)."""
     import jinja2
 
-    values = yaml.safe_load(defaults(role)) or {}
+    values = (yaml.safe_load(defaults(role)) or {}) | (host or {})
     for _ in range(len(values)):
         pending = {k: v for k, v in values.items() if isinstance(v, str) and "{{" in v}
         for name, text in pending.items():

@@ -171,14 +171,14 @@ def advice(host: str, spec: HostSpec) -> list[SpecError]:
             )
         )
     status_host = spec.aiinfra_agent_status_listen.rpartition(":")[0].strip("[]")
-    if not ipaddress.ip_address(status_host).is_loopback:
+    if not ipaddress.ip_address(status_host).is_loopback and spec.status_token_sha256 is None:
         notes.append(
             SpecError(
                 host,
                 "aiinfra_agent_status_listen",
                 f"{spec.aiinfra_agent_status_listen!r} is not loopback: /status names keys, engines, pids and GPUs "
                 "to whoever asks, and each /metrics scrape makes the agent scrape every engine; keep it on "
-                "127.0.0.1 or let only the scraper reach it (a firewall)",
+                "127.0.0.1, or ask for a bearer token (status_token_sha256) and let only the scraper reach it",
             )
         )
     for name, engine in spec.engines.items():

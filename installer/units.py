@@ -23,5 +23,5 @@ UNITS = {
 def render(unit: str, **values: Any) -> str:
     """The unit with its role's defaults, overridden by VALUES (a host's variables)."""
     template = (project_dir() / "systemd" / f"{unit}.j2").read_text()
-    context = role_values(UNITS[unit]) | values | {"ansible_managed": "Written by aiinfra"}
+    context = role_values(UNITS[unit], values) | {"ansible_managed": "Written by aiinfra"}
     return jinja2.Template(template, undefined=jinja2.StrictUndefined, keep_trailing_newline=True).render(context)

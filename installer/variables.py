@@ -166,14 +166,18 @@ AGENT_SETTINGS = {
         "Completion tokens a request that names no max_tokens reserves against its key's tpm until it ends."
     ),
     "audit_include_text": "Put each request's body (the prompt) in the audit log; off, it holds none.",
+    "status_token_sha256": (
+        "The SHA-256 (hex) of a bearer token the status surface then requires on /status, /metrics and /cost "
+        "(not /healthz): Prometheus' `authorization` setting sends it. Unset: no token asked."
+    ),
 }
 # The agent's settings the spec reaches under another name, or does not reach, and why.
 AGENT_NOT_BY_NAME = {
     "backend": "the box runs engines as systemd units (the role sets it); the process backend is for tests",
     "control_socket": "a path of the box contract (agent/box.py) that the units name too",
     "state_dir": "a path of the box contract (agent/box.py) that the units name too",
-    "data_dir": "a path of the box contract (agent/box.py) that the units name too",
-    "audit_log": "under the unit's LogsDirectory, the only log folder the agent may write",
+    "data_dir": "aiinfra_agent_data_dir (the role passes it)",
+    "audit_log": "a file in data_dir, the one folder of the agent's own that a rebuild keeps",
     "engine_user": "aiinfra_user (the role passes it)",
     "control_group": "aiinfra_operators_group (the role passes it)",
     "router_auth": "aiinfra_agent_router_auth (the role passes it)",
@@ -832,6 +836,16 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
             "than the model needs (a CPU-only box: --enforce-eager)."
         ),
         roles=("aiinfra_agent",),
+    )
+    aiinfra_agent_data_dir: AbsPath | None = var(
+        None,
+        (
+            "The agent's records (the energy ledger, the audit log, the engines' restart counts), root's alone. "
+            "On the model disk, so that a rebuild finds them again with the models."
+        ),
+        roles=("aiinfra_agent",),
+        ansible=f"{{{{ model_storage_mount }}}}/{box.DATA_DIR_NAME}",
+        shown=f"`<model_storage_mount>/{box.DATA_DIR_NAME}`",
     )
     aiinfra_agent_status_listen: str = var(
         box.STATUS_LISTEN,

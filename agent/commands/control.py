@@ -11,7 +11,7 @@ from aiinfra.agent import client
 from aiinfra.agent.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 
 STATUS_OPT = click.option(
-    "--listen", default=client.DEFAULT_STATUS_URL, show_default=True, help="The agent's status address."
+    "--listen", help="Read status from this HTTP address (default: through the control socket)."
 )
 SOCKET_OPT = click.option(
     "--socket",
@@ -24,13 +24,14 @@ SOCKET_OPT = click.option(
 
 @click.command()
 @STATUS_OPT
+@SOCKET_OPT
 @click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
-def status(listen: str, as_json: bool) -> None:
+def status(listen: str | None, socket_path: str, as_json: bool) -> None:
     """Show the engines and their states."""
     try:
-        report = client.status(listen)
+        report = client.status(listen, socket_path=socket_path)
     except client.AgentUnavailable as exc:
-        click.echo(f"aiinfra-agent: no agent at {listen}: {exc}", err=True)
+        click.echo(f"aiinfra-agent: no agent at {listen or socket_path}: {exc}", err=True)
         sys.exit(EXIT_UNREACHABLE)
     click.echo(json.dumps(report, indent=2) if as_json else client.format_status(report))
 
@@ -41,7 +42,7 @@ def status(listen: str, as_json: bool) -> None:
 @STATUS_OPT
 @click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for ready.")
 @click.option("--no-wait", is_flag=True, help="Return once the switch is under way.")
-def profile(name: str, socket_path: str, listen: str, timeout: float, no_wait: bool) -> None:
+def profile(name: str, socket_path: str, listen: str | None, timeout: float, no_wait: bool) -> None:
     """Switch to profile NAME: stop the engines that leave, start the new ones, wait for ready."""
     try:
         ok, message = client.switch_profile(name, socket_path, listen, timeout, wait=not no_wait)

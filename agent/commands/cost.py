@@ -9,6 +9,7 @@ import sys
 import click
 
 from aiinfra.agent import client
+from aiinfra.agent.commands.control import SOCKET_OPT, STATUS_OPT
 from aiinfra.agent.energy import Bucket
 from aiinfra.agent.energy import cost as cost_of
 from aiinfra.agent.exits import EXIT_BAD_INPUT, EXIT_UNREACHABLE
@@ -27,10 +28,11 @@ def seconds(text: str) -> float:
 @click.option("--since", help="The last this long, e.g. 7d, 12h (default: all the agent keeps, 92 days).")
 @click.option("--price-per-kwh", type=click.FloatRange(min=0), help="The electricity tariff, per kWh.")
 @click.option("--cloud-price-per-mtok", type=click.FloatRange(min=0), help="A cloud's price per million tokens.")
-@click.option("--listen", default=client.DEFAULT_STATUS_URL, show_default=True, help="The agent's status address.")
+@STATUS_OPT
+@SOCKET_OPT
 @click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
-def cost(since: str | None, price_per_kwh: float | None, cloud_price_per_mtok: float | None, listen: str,
-         as_json: bool) -> None:  # fmt: skip
+def cost(since: str | None, price_per_kwh: float | None, cloud_price_per_mtok: float | None, listen: str | None,
+         socket_path: str, as_json: bool) -> None:  # fmt: skip
     """Energy, tokens, joules per token, duty cycle and the cost per million tokens of this box."""
     try:
         window_s = None if since is None else seconds(since)
@@ -38,9 +40,10 @@ def cost(since: str | None, price_per_kwh: float | None, cloud_price_per_mtok: f
         click.echo(f"aiinfra-agent: --since {exc.message}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     try:
-        found = client.get_json(listen, "/cost" + ("" if window_s is None else f"?since={window_s:g}"))
+        found = client.get_json(listen, "/cost" + ("" if window_s is None else f"?since={window_s:g}"),
+                                socket_path=socket_path)  # fmt: skip
     except client.AgentUnavailable as exc:
-        click.echo(f"aiinfra-agent: no agent at {listen}: {exc}", err=True)
+        click.echo(f"aiinfra-agent: no agent at {listen or socket_path}: {exc}", err=True)
         sys.exit(EXIT_UNREACHABLE)
     cards = found["cost"]
     report = cost_of(Bucket(**found["window"]), price_per_kwh, cards["card_cost"], cards["cards"],

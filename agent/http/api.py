@@ -1,12 +1,16 @@
-"""Read-only status (`/healthz`, `/status`) and the control surface (profile switch, restart).
+"""Read-only status (`/healthz`, `/status`, `/metrics`, `/cost`) and the control surface (profile switch,
+restart).
 
-Control is served only on a unix socket (mode 0660, root and the aiinfra group): changing what runs
-on the box is a local, privileged act.
+Control is served only on a unix socket (root and the operators' group): changing what runs on the box
+is a local, privileged act. The socket also answers `/status` and `/cost`, so the box's own tools need
+no status token.
 """
 
 from __future__ import annotations
 
 import grp
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -88,16 +92,38 @@ async def cost(request: web.Request) -> web.Response:
     return web.json_response({"window": vars(window), "cost": supervisor.config.cost.model_dump() | {"cards": cards}})
 
 
-def status_app(supervisor: Supervisor, metrics_of: Metrics, router: Callable[[], dict]) -> web.Application:
-    app = web.Application()
+def bearer_required(token_sha256: str) -> Callable:
+    """Every path but /healthz (ok or stalled, nothing more) wants `Authorization: Bearer <token>`, the
+    token whose SHA-256 the config holds (Prometheus: its scrape config's `authorization`)."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Callable) -> web.StreamResponse:
+        if request.path != "/healthz":
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            digest = hashlib.sha256(token.strip().encode()).hexdigest()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(digest, token_sha256):
+                return web.json_response({"error": "a bearer token is required (status_token_sha256)"}, status=401,
+                                         headers={"WWW-Authenticate": 'Bearer realm="aiinfra status"'})  # fmt: skip
+        return await handler(request)
+
+    return check
+
+
+def _readable(app: web.Application, supervisor: Supervisor, metrics_of: Metrics, router: Callable[[], dict]) -> None:
     app[SUPERVISOR] = supervisor
     app[METRICS] = metrics_of
     app[ROUTER] = router
     app[STARTED] = time.time()
-    app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
-    app.router.add_get("/metrics", metrics)
     app.router.add_get("/cost", cost)
+
+
+def status_app(supervisor: Supervisor, metrics_of: Metrics, router: Callable[[], dict]) -> web.Application:
+    token = supervisor.config.status_token_sha256
+    app = web.Application(middlewares=[bearer_required(token)] if token else [])
+    _readable(app, supervisor, metrics_of, router)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
@@ -145,8 +171,8 @@ def may_control(uid: int, group: str, engine_user: str | None) -> bool:
 
 
 def operators_only(group: str, engine_user: str | None) -> Callable:
-    """Every control request: the caller checked by its peer credentials, named in the audit log and
-    the journal, refused (403) unless it may control the box."""
+    """Every request on the control socket: the caller checked by its peer credentials, refused (403)
+    unless it may control the box; each control action (not a read) named in the audit log and the journal."""
 
     @web.middleware
     async def check(request: web.Request, handler: Callable) -> web.StreamResponse:
@@ -162,6 +188,8 @@ def operators_only(group: str, engine_user: str | None) -> Callable:
         else:
             response = web.json_response({"error": f"user {user} may not control this box: root or a member of "
                                                    f"{group} may"}, status=403)  # fmt: skip
+        if request.method == "GET" and allowed:
+            return response
         action = f"{request.method} {request.path}"
         line = {"time": round(time.time(), 3), "event": "control", "action": action, "status": response.status,
                 "user": user, "uid": uid, "pid": pid}  # fmt: skip
@@ -173,10 +201,10 @@ def operators_only(group: str, engine_user: str | None) -> Callable:
     return check
 
 
-def control_app(supervisor: Supervisor) -> web.Application:
+def control_app(supervisor: Supervisor, metrics_of: Metrics, router: Callable[[], dict]) -> web.Application:
     config = supervisor.config
     app = web.Application(middlewares=[operators_only(config.control_group, config.engine_user)])
-    app[SUPERVISOR] = supervisor
+    _readable(app, supervisor, metrics_of, router)
     app.router.add_post("/profile", switch_profile)
     app.router.add_post("/engines/{name}/restart", restart_engine)
     return app

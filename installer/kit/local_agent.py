@@ -106,6 +106,7 @@ class Agent:
         self.tmp = tmp
         self.listen = f"127.0.0.1:{free_port()}"
         self.socket = str(tmp / "control.sock")
+        self.read_from: str | None = self.listen  # where status() reads; None: the control socket
         self.config_path = tmp / "agent.yml"
         self.config: dict[str, Any] = {
             "engines": engines,
@@ -165,7 +166,7 @@ class Agent:
         return self
 
     def status(self) -> dict[str, Any]:
-        return client.status(self.listen)
+        return client.status(self.read_from, socket_path=self.socket)
 
     def engine_key(self, name: str) -> str:
         """The key engine NAME asks of every request: what only the agent (and so a bench) can know."""

@@ -104,3 +104,18 @@ def test_a_damaged_ledger_does_not_keep_the_agent_from_starting(make_agent):
     assert agent.status()["energy"]["tokens"] == {}
     assert "energy ledger" in agent.agent_log() and "set aside" in agent.agent_log()
     assert [p.read_text() for p in ledger.parent.glob("energy.json.damaged-*")] == ['{"hours": []}']
+
+
+def test_records_that_cannot_be_kept_are_said_once_and_the_agent_serves(make_agent):
+    """The model disk (the records' home) missing at boot: the agent still starts and answers, says what
+    it cannot keep, and counts the audit lines it loses."""
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
+    agent.config |= {"data_dir": "/proc/aiinfra-no-disk", "audit_log": "audit.log"}  # nothing can be made there
+    agent.start().wait_phase("e", "ready")
+    answer = client(agent, add_key(agent, "k")).chat.completions.create(model=agent.engine("e")["served"][0],
+                                                                        messages=MSG)  # fmt: skip
+    assert answer.choices[0].message.content
+    log = agent.agent_log()
+    assert log.count("records folder /proc/aiinfra-no-disk cannot be written") == 1, log
+    audit = agent.wait(lambda s: s["router"]["audit"]["write_errors"] >= 1, 5, "the lost line")["router"]["audit"]
+    assert audit["file"] == "/proc/aiinfra-no-disk/audit.log"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -376,3 +378,34 @@ def test_control_is_for_operators_by_peer_credentials_and_every_action_is_named(
     assert lines[0]["uid"] == pwd.getpwnam("nobody").pw_uid and lines[1]["uid"] == 0 and lines[1]["pid"] > 0
     assert "control: POST /profile by nobody" in agent.agent_log()
     shutil.rmtree(reachable, ignore_errors=True)
+
+
+def test_the_status_surface_can_require_a_bearer_token_and_the_box_tools_read_through_the_socket(make_agent):
+    agent = make_agent({"e": vllm(free_port())}, {"p": ["e"]}, "p", policy={"liveness_interval_s": 60})
+    agent.config["status_token_sha256"] = hashlib.sha256(b"scrape-me").hexdigest()
+    agent.read_from = None  # the harness reads as the box's tools do: through the control socket
+    agent.start().wait_phase("e", "ready")
+
+    def get(path: str, token: str | None = None) -> tuple[int, str]:
+        ask = urllib.request.Request(f"http://{agent.listen}{path}")
+        if token is not None:
+            ask.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(ask, timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read().decode()
+
+    for path in ("/status", "/metrics", "/cost"):
+        assert get(path)[0] == 401 and get(path, "guess")[0] == 401, path
+        assert get(path, "scrape-me")[0] == 200, path
+    assert get("/healthz") == (200, '{"status": "ok"}')  # a liveness check needs no token and learns nothing
+    assert "a bearer token is required" in get("/status")[1]
+    shown = agent.cli("status", "--socket", agent.socket, "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["engines"]["e"]["phase"] == "ready", shown.stderr
+    assert agent.cli("cost", "--socket", agent.socket, "--json").returncode == 0
+    over_http = agent.cli("status", "--listen", agent.listen)
+    assert over_http.returncode == 3 and "HTTP 401" in over_http.stderr
+    # Reads on the control socket are not control actions: the audit log names none.
+    audit = Path(agent.config["audit_log"])
+    assert not audit.exists() or '"control"' not in audit.read_text()

@@ -21,6 +21,7 @@ from tests.lab.conftest import podman, require_lab
 pytestmark = pytest.mark.lab
 HOST = "labtest"
 AIINFRA = str(Path(sys.executable).with_name("aiinfra"))
+RECORDS = "/mnt/nvme/aiinfra-agent"  # the agent's records on the model disk
 
 
 class Lab:
@@ -214,11 +215,13 @@ def test_three_agent_restarts_cut_no_request_of_two_clients_of_the_real_vllm(lab
     finally:
         senders.stop()
     outcomes = {"answered": senders.answered, "cut": senders.cut}
-    # The cost ledger lives where the agent may write it (its StateDirectory): the tokens of every
-    # answer are still counted after three restarts (8 completion tokens each, prompts besides).
+    # The cost ledger lives where the agent may write it (its records on the model disk): the tokens of
+    # every answer are still counted after three restarts (8 completion tokens each, prompts besides).
     counted = lab_host.status()["energy"]["tokens"].get("qwen7b", 0)
     assert counted >= counted_before + 8 * senders.answered, (counted_before, counted, senders.answered)
-    assert lab_host.box("stat", "-c", "%U %a", "/var/lib/aiinfra-agent/energy.json").stdout.split() == ["root", "600"]
+    records = lab_host.box("stat", "-c", "%n %U %a", RECORDS, f"{RECORDS}/energy.json", f"{RECORDS}/audit.log")
+    assert records.stdout.splitlines() == [f"{RECORDS} root 700", f"{RECORDS}/energy.json root 600",
+                                           f"{RECORDS}/audit.log root 600"]  # fmt: skip
     print(f"three agent restarts, two clients of the real vLLM: {outcomes['answered']} answered, "
           f"{len(outcomes['cut'])} cut")  # fmt: skip
     assert outcomes["cut"] == [] and outcomes["answered"] >= 6, outcomes
@@ -247,26 +250,6 @@ def test_the_deep_profile_answers_from_its_two_way_tensor_parallel_vllm(lab_host
     assert lab_host.aiinfra("profile", "fast", *profile).returncode == 0
     for engine in ("qwen7b", "qwen14b"):
         wait_engine(lab_host, engine, lambda e: e["phase"] == "ready", 300)
-
-
-def test_a_rebuilt_host_is_the_same_appliance_with_its_models_from_the_mirror(lab_host):
-    before = appliance_state(lab_host)
-    assert podman("rm", "-f", "-t", "2", f"aiinfra-lab-{HOST}").returncode == 0  # the box dies
-    up = lab_host.aiinfra("lab", "up", HOST)  # fresh OS; the inventory, mirror and key are the operator's
-    assert up.returncode == 0, up.stderr
-    assert lab_host.box("test", "-e", "/opt/aiinfra").returncode == 1
-    again = lab_host.aiinfra("install", "--host", HOST, "-i", lab_host.inventory)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert appliance_state(lab_host) == before
-    # The summary, as the operator reads it: every model came from the mirror (3 vLLM, 1 Ollama).
-    assert f"models: {HOST} 4 from the mirror\n" in again.stdout
-    assert f"agent: {HOST} profile fast: qwen14b, qwen7b ready\n" in again.stdout
-    assert f"network change staged, not applied: {HOST} (re-run with --allow-network-change)" in again.stdout
-    assert f"model storage: {HOST} /mnt/nvme on " in again.stdout
-    # Not downloaded: the lab's download command is /bin/false, so the weights can only have come from
-    # the mirror, and they pass their manifest.
-    checked = lab_host.box("sh", "-c", "cd /mnt/nvme/models/Qwen/Qwen2.5-14B-Instruct-AWQ && sha256sum -c SHA256SUMS")
-    assert checked.returncode == 0 and checked.stdout.count(": OK") == 6, checked.stdout
 
 
 def test_a_flag_the_pinned_vllm_lacks_is_refused_by_the_check_the_install_runs(lab_host):
@@ -317,6 +300,39 @@ def test_real_vllm_under_systemd_is_adopted_and_a_killed_leader_leaves_nothing_i
         time.sleep(0.5)
     assert not set(engine_unit_pids(lab_host, "qwen7b")) & set(pids), "EngineCore/Worker outlived vllm serve"
     wait_engine(lab_host, "qwen7b", lambda e: e["phase"] == "ready" and e["restarts"] == before["restarts"] + 1, 300)
+
+
+def test_a_rebuilt_host_is_the_same_appliance_with_its_models_and_records_from_its_disk(lab_host):
+    """The box dies; a fresh OS with the same model disk, the same inventory, one command. The models and
+    the agent's records (the cost ledger, the audit log, the restart counts) come back from the disk."""
+    before = appliance_state(lab_host)
+    report = lab_host.status()
+    # What the ledger holds on the disk (saved each minute and at a stop; the box dies with no stop).
+    hours = json.loads(lab_host.read(f"{RECORDS}/energy.json"))["hours"].values()
+    tokens = sum(hour["tokens"].get("qwen7b", 0) for hour in hours)
+    assert tokens > 0
+    restarts = {name: e["restarts"] for name, e in report["engines"].items()}
+    assert restarts["qwen7b"] >= 1  # the test above killed its vllm serve
+    audit = lab_host.box("head", "-n", "1", f"{RECORDS}/audit.log").stdout
+    assert podman("rm", "-f", "-t", "2", f"aiinfra-lab-{HOST}").returncode == 0  # the box dies
+    up = lab_host.aiinfra("lab", "up", HOST)  # fresh OS; the inventory, mirror, disk and key are the operator's
+    assert up.returncode == 0, up.stderr
+    assert lab_host.box("test", "-e", "/opt/aiinfra").returncode == 1
+    again = lab_host.aiinfra("install", "--host", HOST, "-i", lab_host.inventory)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert appliance_state(lab_host) == before
+    after = lab_host.status()
+    assert after["energy"]["tokens"]["qwen7b"] >= tokens + 4  # appliance_state asked for 4 more since
+    assert {name: e["restarts"] for name, e in after["engines"].items()} == restarts
+    assert lab_host.box("head", "-n", "1", f"{RECORDS}/audit.log").stdout == audit
+    # The summary, as the operator reads it: every model was found on the disk (3 vLLM, 1 Ollama),
+    # each file checked against its manifest.
+    assert f"models: {HOST} 4 already in place\n" in again.stdout
+    assert f"agent: {HOST} profile fast: qwen14b, qwen7b ready\n" in again.stdout
+    assert f"network change staged, not applied: {HOST} (re-run with --allow-network-change)" in again.stdout
+    assert f"model storage: {HOST} /mnt/nvme on " in again.stdout
+    checked = lab_host.box("sh", "-c", "cd /mnt/nvme/models/Qwen/Qwen2.5-14B-Instruct-AWQ && sha256sum -c SHA256SUMS")
+    assert checked.returncode == 0 and checked.stdout.count(": OK") == 6, checked.stdout
 
 
 def test_check_mode_reports_a_change_and_makes_none(lab_host):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -215,3 +216,10 @@ def test_a_status_surface_beyond_loopback_is_a_warning(tmp_path, cli):
     assert result.exit_code == 0, result.output
     assert any(line.startswith("warning: thor: aiinfra_agent_status_listen: '0.0.0.0:8079' is not loopback")
                for line in result.stderr.splitlines()), result.stderr  # fmt: skip
+    # With a bearer token asked for, it is the operator's considered choice: no warning.
+    spec["status_token_sha256"] = hashlib.sha256(b"scraper-token").hexdigest()
+    tokened = cli("validate", "--host", "thor", "-i", str(write_inventory(tmp_path / "inv3", spec)))
+    assert tokened.exit_code == 0 and "aiinfra_agent_status_listen" not in tokened.stderr, tokened.stderr
+    spec["status_token_sha256"] = "scraper-token"  # the token itself, not its hash: refused, nothing written
+    refused = cli("validate", "--host", "thor", "-i", str(write_inventory(tmp_path / "inv4", spec)))
+    assert refused.exit_code == 2 and "status_token_sha256" in refused.stderr, refused.output
