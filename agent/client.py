@@ -88,6 +88,9 @@ def format_status(report: dict) -> str:
             f"{name:<12} {e['phase']:<9} {e['pid'] or '-':>7} {e['port']:>5} {e['restarts']:>8} {age:>7}  "
             f"{'degraded: ' + e['degraded'] if e.get('degraded') else e['last_error'] or ''}"
         )
+    cloud = sorted(n for n, e in report["engines"].items() if e.get("cloud"))
+    lines.append(f"prompts: sent off the box by {', '.join(cloud)} (Ollama cloud models on)" if cloud
+                 else "prompts: stay on this box (no engine may use a cloud)")  # fmt: skip
     gpu = report.get("gpu")
     if gpu is not None:
         lines.append(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiinfra.agent.config import AgentConfig
-from aiinfra.agent.schema import OllamaEngine, VllmEngine
+from aiinfra.agent.schema import OLLAMA_KNOBS, OllamaEngine, VllmEngine
 
 LOOPBACK = "127.0.0.1"  # engines listen on loopback only; the router is the way in
 
@@ -67,7 +67,8 @@ def launch(name: str, config: AgentConfig, secret: bytes | None = None) -> Launc
             {
                 "CUDA_VISIBLE_DEVICES": gpus,
                 "HF_HOME": str(config.hf_home),
-                "VLLM_NO_USAGE_STATS": "1",
+                "VLLM_NO_USAGE_STATS": "1",  # vLLM's usage statistics stay off (and so DO_NOT_TRACK)
+                "DO_NOT_TRACK": "1",
                 "HF_HUB_OFFLINE": "1",
                 **config.vllm_env,
                 **({"VLLM_API_KEY": key} if key else {}),  # in the environment, not argv: ps shows argv
@@ -88,6 +89,8 @@ def launch(name: str, config: AgentConfig, secret: bytes | None = None) -> Launc
             "OLLAMA_HOST": f"{LOOPBACK}:{engine.port}",
             "OLLAMA_MODELS": str(config.ollama_models_dir),
             "OLLAMA_KEEP_ALIVE": engine.keep_alive,
+            **({} if engine.cloud else {"OLLAMA_NO_CLOUD": "1"}),  # prompts stay on the box
+            **{f"OLLAMA_{k.upper()}": str(v) for k in OLLAMA_KNOBS if (v := getattr(engine, k)) is not None},
         },
         engine.port,
         "ollama",

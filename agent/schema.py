@@ -129,6 +129,24 @@ class OllamaEngine(EngineBase):
     runtime: Literal["ollama"]
     keep_alive: Annotated[str, Field(pattern=r"^(-1|\d+[smh]?)$")] = "30m"
     models: Annotated[list[str], AfterValidator(_ollama_models)] = []  # the first serves the liveness probe
+    # Ollama's cloud models send the prompt to ollama.com: off (OLLAMA_NO_CLOUD=1) unless said here.
+    cloud: bool = False
+    # Ollama's scheduler, under its own names (OLLAMA_<NAME>); unset: Ollama's default (OLLAMA_KNOBS).
+    num_parallel: Annotated[int, Field(ge=1)] | None = None
+    max_loaded_models: Annotated[int, Field(ge=1)] | None = None
+    context_length: Annotated[int, Field(ge=256)] | None = None
+    max_queue: Annotated[int, Field(ge=1)] | None = None
+
+
+# Ollama's scheduler settings an engine may set, and Ollama's defaults (its FAQ and docs/context-length,
+# checked December 2026 against 0.34.2).
+OLLAMA_KNOBS = {
+    "num_parallel": "requests each loaded model answers at once (default 1)",
+    "max_loaded_models": "models loaded at once (default 3 per GPU, 3 on a CPU)",
+    "context_length": "the context of each request, in tokens (default by VRAM: 4k under 24 GiB, 32k to 48 GiB, "
+    "256k above)",
+    "max_queue": "requests queued while busy before Ollama refuses more (default 512)",
+}
 
 
 Engine = Annotated[VllmEngine | OllamaEngine, Field(discriminator="runtime")]

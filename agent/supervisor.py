@@ -503,6 +503,8 @@ class Supervisor:
             target = self.launches[name]
             engines[name] = {
                 "runtime": target.runtime,
+                # Whether the engine may send a prompt off the box (Ollama's cloud models).
+                "cloud": getattr(self.config.engines[name], "cloud", False),
                 "phase": state.phase.value,
                 "desired": name in desired,
                 "pid": state.pid,

@@ -13,7 +13,7 @@ import yaml
 
 from aiinfra.agent import client
 from aiinfra.agent.exits import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_UNREACHABLE
-from aiinfra.installer import lab, plan, remote
+from aiinfra.installer import lab, plan, remote, secure_boot
 from aiinfra.installer.inventory import Inventory, InventoryError, load, resolve_path
 from aiinfra.installer.run import (
     EnvironmentProblem,
@@ -91,8 +91,21 @@ def validate_cmd(pattern: str, inventory: str | None, as_json: bool) -> None:
         for host in hosts:
             if not any(e.host == host for e in errors):
                 click.echo(f"{host}: spec ok")
+        for line in secure_boot_here(inv, hosts):
+            click.echo(line)
     if errors:
         sys.exit(EXIT_BAD_INPUT)
+
+
+def secure_boot_here(inv: Inventory, hosts: list[str]) -> list[str]:
+    """Run on the box: what its Secure Boot state means for the driver install."""
+    lines = []
+    for host in hosts:
+        if secure_boot.is_here(host, inv.hostvars[host]):
+            spec, _ = validate(host, inv.hostvars[host])
+            if spec is not None and (said := secure_boot.note(host, spec)):
+                lines.append(said)
+    return lines
 
 
 @main.command()
@@ -182,6 +195,8 @@ def print_summary(summary: RunSummary) -> None:
         )
     sources = {"mirror": "from the mirror", "download": "downloaded", "present": "already in place"}
     for host, t in summary.hosts.items():
+        if t.secure_boot:
+            click.echo(f"secure boot: {host} {t.secure_boot}")
         if t.model_storage:
             click.echo(f"model storage: {host} {t.model_storage}")
         if t.models:
@@ -227,7 +242,7 @@ def plan_cmd(pattern: str, inventory: str | None, only: str | None, as_json: boo
         for name, rows in profiles.items():
             click.echo(f"{host} profile {name}")
             click.echo(plan_table(rows))
-    for line in gpu_links_here(engine_gpus):
+    for line in gpu_links_here(engine_gpus) + secure_boot_here(inv, hosts):
         click.echo(line)
 
 

@@ -209,6 +209,7 @@ def lab_driver_vars(spec_vars: dict) -> dict:
             "layout": layout,
         },
         "nvidia_driver_kernel_headers_package": "",  # the container runs this machine's kernel
+        "nvidia_driver_secure_boot_efivar": hardware_kit.SECURE_BOOT,
     }
 
 
@@ -430,6 +431,8 @@ def install_hardware_kit(
         podman("exec", name, "mkdir", "-p", "/srv/fake-nvidia", "/opt/fake-nvml", "/var/lib/fake-nvidia")
         podman("cp", f"{repo}/.", f"{name}:/srv/fake-nvidia")
     podman("cp", str(hardware_kit.FAKE_NVML / "pynvml.py"), f"{name}:/opt/fake-nvml/pynvml.py")
+    # Secure Boot off, as efivarfs shows it (attributes NV|BS|RT, then 0), until a test says otherwise.
+    podman("exec", name, "sh", "-c", f"printf '\\007\\000\\000\\000\\000' > {hardware_kit.SECURE_BOOT}")
     # In front of the real pynvml for every Python on the host that sees the system's site-packages,
     # as aiinfra's environment does: its units and the gpu_tuning role's checks alike.
     podman(

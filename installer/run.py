@@ -61,6 +61,7 @@ class HostTally:
     reboot_required: bool = False
     network_change_staged: bool = False  # role network_vlans: a VLAN change waits for --allow-network-change
     model_storage: str = ""  # role model_storage: the mount and its free space
+    secure_boot: str = ""  # role nvidia_driver: the firmware's Secure Boot state, where the modules come from
     models: dict[str, int] = field(default_factory=dict)  # roles vllm, ollama: models by source (mirror, …)
     agent: str = ""  # role aiinfra_agent: the profile and its ready engines
 
@@ -132,6 +133,8 @@ class Progress:
                     tally.reboot_required = str(stats["aiinfra_reboot_required"]).lower() == "true"
                 if "aiinfra_network_change_staged" in stats:
                     tally.network_change_staged = str(stats["aiinfra_network_change_staged"]).lower() == "true"
+                if "aiinfra_secure_boot" in stats:
+                    tally.secure_boot = str(stats["aiinfra_secure_boot"]).strip()
                 if "aiinfra_model_storage" in stats:
                     tally.model_storage = str(stats["aiinfra_model_storage"]).strip()
                 for key in ("aiinfra_models_vllm", "aiinfra_models_ollama"):

@@ -348,15 +348,48 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
     nvidia_driver_kernel_headers_package: str | None = var(
         None,
         (
-            "The kernel modules come from DKMS (nvidia-dkms-*, at the pinned version), never from Ubuntu's "
-            "prebuilt linux-modules-nvidia-* packages: those are versioned by kernel, so no pin holds them to the "
-            "driver, and the module and the library could drift apart. The role removes them and pins them out. "
+            "With Secure Boot off, the kernel modules come from DKMS (nvidia-dkms-*, at the pinned version), never "
+            "from Ubuntu's prebuilt linux-modules-nvidia-* packages: those are versioned by kernel, so no pin holds "
+            "them to the driver, and the module and the library could drift apart. The role removes them and pins "
+            "them out (with Secure Boot on, see nvidia_driver_secure_boot_modules). "
             "DKMS needs the running kernel's headers; Ubuntu's linux-generic brings them for each new kernel. \"\": "
             "the headers are not installed (a container, or headers managed elsewhere)."
         ),
         roles=("nvidia_driver",),
         ansible="linux-headers-{{ ansible_facts['kernel'] }}",
         shown="`linux-headers-<running kernel>`",
+    )
+    nvidia_driver_secure_boot_modules: Literal["signed", "dkms"] = var(
+        "signed",
+        (
+            "Where the kernel modules come from when Secure Boot is on (the role reads the firmware's state "
+            "before it changes anything; with it off, DKMS builds them). signed: Canonical's signed prebuilt "
+            "modules for the running kernel and its flavour (Ubuntu's archive only), installed only when they were "
+            "built for the pinned driver version. dkms: DKMS's, signed with the machine owner key the operator "
+            "enrolled (nvidia_driver_mok_certificate). Anything else is refused before the driver is touched, "
+            "saying both ways forward."
+        ),
+        roles=("nvidia_driver",),
+    )
+    nvidia_driver_mok_certificate: AbsPath = var(
+        "/var/lib/shim-signed/mok/MOK.der",
+        "The machine owner key DKMS signs with (Ubuntu's shim-signed makes it); enroll it with mokutil --import.",
+        roles=("nvidia_driver",),
+    )
+    nvidia_driver_secure_boot_efivar: AbsPath = var(
+        "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c",
+        (
+            "The firmware's SecureBoot variable (its last byte: 1 on); none: no EFI firmware, off. The lab points "
+            "it at the hardware kit's double."
+        ),
+        roles=("nvidia_driver",),
+    )
+    nvidia_driver_kernel: str | None = var(
+        None,
+        "The kernel the modules are for: the running one (Molecule names the one its fake signed modules are for).",
+        roles=("nvidia_driver",),
+        ansible="{{ ansible_facts['kernel'] }}",
+        shown="the running kernel",
     )
     nvidia_driver_blacklist_nouveau: bool = var(
         True,
@@ -697,11 +730,11 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
         shown="every vLLM engine's model",
     )
     ollama_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+(-rc\d+)?$")] = var(
-        "0.32.15",
+        "0.34.2",
         (
             "Ollama, pinned: the release archive unpacked into ollama_prefix/<version>, /usr/local/bin/ollama "
             "linking to it. The agent supervises `ollama serve` (engines of runtime ollama); no ollama.service. "
-            "Releases: https://github.com/ollama/ollama/releases (0.32.15, December 2026). From v0.14.0 the Linux "
+            "Releases: https://github.com/ollama/ollama/releases (0.34.2, December 2026). From v0.14.0 the Linux "
             "asset is ollama-linux-ARCH.tar.zst (zstd, installed on the box), before it .tgz; both hold "
             "bin/ollama and lib/ollama/."
         ),
@@ -732,13 +765,26 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
         ),
         roles=("ollama",),
     )
-    ollama_archive_sha256: Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")] = var(
-        "",
+    ollama_release_sha256: dict[str, dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]] = var(
+        {
+            # The 0.34.2 release's ollama-linux-<arch>.tar.zst, as published (December 2026).
+            "0.34.2": {
+                "amd64": "e155b83589986d2c581fdbf1381ea3ebdb16549883679cd5a0627f7cdc05b12b",
+                "arm64": "8edcfe99eb7546d9422cfa8297d341dcd50e090e192ce1a8092a6ab6d182867b",
+            },
+        },
+        "The published sha256 of each pinned release's archive, by version and architecture.",
+        roles=("ollama",),
+    )
+    ollama_archive_sha256: Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")] | None = var(
+        None,
         (
             "sha256 of the archive: pins exactly these bytes, checked before anything is unpacked. Required with "
             "ollama_archive_file; when empty for a download, the release's own sha256sum.txt is the check."
         ),
         roles=("ollama",),
+        ansible="{{ ollama_release_sha256.get(ollama_version, {}).get(ollama_arch, '') }}",
+        shown="ollama_release_sha256's entry for the version and architecture, else empty",
     )
     ollama_archive_checksum_url: str | None = var(
         None,
@@ -846,6 +892,20 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
         roles=("aiinfra_agent",),
         ansible=f"{{{{ model_storage_mount }}}}/{box.DATA_DIR_NAME}",
         shown=f"`<model_storage_mount>/{box.DATA_DIR_NAME}`",
+    )
+    aiinfra_agent_engines_internet: bool | None = var(
+        None,
+        (
+            "Whether engines may reach addresses beyond loopback and private networks (10/8, 172.16/12, "
+            "192.168/16, 100.64/10, fc00::/7, link-local). Models are staged at install, so by default they may "
+            "not, unless an Ollama engine allows its cloud (cloud: true). A box whose own address is public "
+            "needs true for tensor parallelism (NCCL bootstraps over it)."
+        ),
+        roles=("aiinfra_agent",),
+        ansible=(
+            "{{ engines.values() | selectattr('cloud', 'defined') | selectattr('cloud') | list | length > 0 }}"
+        ),
+        shown="true where an engine has `cloud: true`, else false",
     )
     aiinfra_agent_status_listen: str = var(
         box.STATUS_LISTEN,

@@ -5,7 +5,9 @@ them on lab hosts; the tests run the agent against them on this machine (local_a
 - fake_models.py: tiny real models (random weights) for vLLM, and Ollama's store layout;
 - stub_engine.py: vLLM's and Ollama's HTTP surfaces, for faults a real engine cannot produce on cue;
 - fake-nvml/pynvml.py: NVML, its state in a file that the fake nvidia-smi shares;
-- fake_nvidia_driver.py: driver .debs named and versioned as a real source's, in a flat repository.
+- fake_nvidia_driver.py: driver .debs named and versioned as a real source's, in a flat repository;
+- SECURE_BOOT: the firmware's SecureBoot variable, shaped as efivarfs gives it (4 bytes of attributes,
+  then 1 for on, 0 for off), which the driver role reads (nvidia_driver_secure_boot_efivar).
 """
 
 from pathlib import Path
@@ -15,3 +17,4 @@ STUB_ENGINE = DIR / "stub_engine.py"
 FAKE_MODELS = DIR / "fake_models.py"
 FAKE_NVML = DIR / "fake-nvml"
 FAKE_DRIVER = DIR / "fake_nvidia_driver.py"
+SECURE_BOOT = "/var/lib/fake-nvidia/SecureBoot-efivar"  # on a lab host; off until a test turns it on

@@ -9,8 +9,11 @@ builds, per version, the metapackage (nvidia-driver-580-server-open on Ubuntu's 
 nvidia-driver-580-open on the CUDA repository's), nvidia-utils (a fake `nvidia-smi`),
 libnvidia-compute, nvidia-compute-utils (a fake `nvidia-persistenced` and a unit shaped like
 Ubuntu's) and nvidia-dkms (empty), at each source's revision (-0ubuntu0.24.04.1; -0ubuntu1 or
--1ubuntu1). Ubuntu's layout also gets a prebuilt-modules package versioned by kernel. Then it writes
-the repository's Packages index. Use it with `deb [trusted=yes] file:REPO_DIR ./`.
+-1ubuntu1). Ubuntu's layout also gets nvidia-kernel-common per version and Canonical's signed
+prebuilt modules (linux-restricted-modules) for one kernel, versioned by the kernel and built for the
+first version given: they depend on that version's nvidia-kernel-common and provide its nvidia-dkms
+(as the linux-restricted-modules packaging does), with their kernel flavour's metapackage. Then it
+writes the repository's Packages index. Use it with `deb [trusted=yes] file:REPO_DIR ./`.
 
 The fake nvidia-smi keeps GPU state in /var/lib/fake-nvidia/state.json, in the same format as the
 fake pynvml (kit/fake-nvml), so the agent's NVML code and the roles' nvidia-smi calls see one
@@ -193,17 +196,20 @@ def package_names(layout: str, branch: int, flavour: str, modules: str) -> dict[
         tag = f"-{branch}" + ("-server" if flavour == "server" else "")
     else:
         tag = f"-{branch}" if branch < 590 else ""
-    return {
+    names = {
         "nvidia-driver": f"nvidia-driver{tag}{kernel}",
         "nvidia-dkms": f"nvidia-dkms{tag}{kernel}",
         "nvidia-utils": f"nvidia-utils{tag}",
         "libnvidia-compute": f"libnvidia-compute{tag}",
         "nvidia-compute-utils": f"nvidia-compute-utils{tag}",
     }
+    if layout == "ubuntu":
+        names["nvidia-kernel-common"] = f"nvidia-kernel-common{tag}"
+    return names
 
 
 def build_deb(repo: Path, name: str, version: str, files: dict, depends: str = "", section: str = "restricted/libs",
-              postinst: str = ""):  # fmt: skip
+              postinst: str = "", provides: str = ""):  # fmt: skip
     with tempfile.TemporaryDirectory() as root:
         base = Path(root)
         (base / "DEBIAN").mkdir()
@@ -212,6 +218,7 @@ def build_deb(repo: Path, name: str, version: str, files: dict, depends: str = "
             f"Version: {version}",
             "Architecture: all",
             *([f"Depends: {depends}"] if depends else []),
+            *([f"Provides: {provides}"] if provides else []),
             "Maintainer: aiinfra tests <tests@aiinfra.invalid>",
             f"Section: {section}",
             "Priority: optional",
@@ -254,6 +261,7 @@ def build_version(repo: Path, version: str, layout: str, flavour: str, modules: 
         },
         "nvidia-dkms": {},
         "nvidia-driver": {},
+        "nvidia-kernel-common": {},
     }
     needs = ("nvidia-utils", "libnvidia-compute", "nvidia-compute-utils", "nvidia-dkms")
     depends = {"nvidia-driver": ", ".join(f"{names[k]} (= {full})" for k in needs)}
@@ -263,14 +271,22 @@ def build_version(repo: Path, version: str, layout: str, flavour: str, modules: 
             for kind in names]  # fmt: skip
 
 
-def build_prebuilt_modules(repo: Path, branch: int, flavour: str, modules: str) -> Path:
-    """Ubuntu's prebuilt modules (source linux-restricted-modules): versioned by the kernel, not by
-    the driver (linux-modules-nvidia-580-server-open-6.8.0-149-generic 6.8.0-149.149)."""
-    kernel, version = PREBUILT_KERNEL
-    tag = f"-{branch}" + ("-server" if flavour == "server" else "") + ("-open" if modules == "open" else "")
+def build_prebuilt_modules(repo: Path, version: str, flavour: str, modules: str) -> list[Path]:
+    """Canonical's signed prebuilt modules (source linux-restricted-modules): versioned by the kernel,
+    not by the driver (linux-modules-nvidia-580-server-open-6.8.0-149-generic 6.8.0-149.149), built
+    from VERSION: they depend on its nvidia-kernel-common exactly and provide its nvidia-dkms; and the
+    kernel flavour's metapackage (linux-modules-nvidia-580-server-open-generic), which follows it."""
+    kernel, kernel_version = PREBUILT_KERNEL
+    full = f"{version}-{revision('ubuntu', version)}"
+    names = package_names("ubuntu", int(version.split(".")[0]), flavour, modules)
+    tag = names["nvidia-dkms"].removeprefix("nvidia-dkms")
     name = f"linux-modules-nvidia{tag}-{kernel}"
     files = {f"lib/modules/{kernel}/kernel/nvidia{tag}/README.test-double": ("Test double: no module here.\n", 0o644)}
-    return build_deb(repo, name, version, files, section="restricted/kernel")
+    exact = build_deb(repo, name, kernel_version, files, f"{names['nvidia-kernel-common']} (= {full})",
+                      section="restricted/kernel", provides=f"{names['nvidia-dkms']} (= {full})")  # fmt: skip
+    meta = build_deb(repo, f"linux-modules-nvidia{tag}-{kernel.rsplit('-', 1)[1]}", kernel_version, {},
+                     f"{name} (= {kernel_version})", section="restricted/kernel")  # fmt: skip
+    return [exact, meta]
 
 
 def write_index(repo: Path) -> None:
@@ -294,8 +310,11 @@ def build(
     for version in versions:
         build_version(repo, version, layout, flavour, modules)
     if layout == "ubuntu":
-        for branch in sorted({int(v.split(".")[0]) for v in versions}):
-            build_prebuilt_modules(repo, branch, flavour, modules)
+        built_for: dict[int, str] = {}  # per branch, the first version given
+        for version in versions:
+            built_for.setdefault(int(version.split(".")[0]), version)
+        for version in built_for.values():
+            build_prebuilt_modules(repo, version, flavour, modules)
     write_index(repo)
 
 

@@ -5,6 +5,10 @@ It stands where `vllm serve MODEL --port P ...` or `ollama serve` (OLLAMA_HOST) 
 their command lines, and answers /health, /v1/models, /v1/completions, /v1/chat/completions
 (streaming too), /v1/embeddings, and Ollama's /api/version, /api/tags, /api/generate. Its own flags,
 anywhere on its command line, make it misbehave on purpose: slow start, crash, hang, ignore SIGTERM.
+
+As Ollama (0.30 and later), the first request for a model starts a `llama-server` child that would
+hold the model's GPU memory, with a port of its own, in `ollama serve`'s process group: Ollama starts
+its runner with no session or group of its own on Linux (llm/llm_linux.go, LlamaServerSysProcAttr).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +30,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
     own = argparse.ArgumentParser(prog="stub_engine")
     # Installed as `ollama` (the lab's Ollama archive) it is Ollama; otherwise vLLM.
     default_runtime = "ollama" if Path(sys.argv[0]).name == "ollama" else "vllm"
-    own.add_argument("--runtime", choices=["vllm", "ollama"], default=default_runtime)
+    own.add_argument("--runtime", choices=["vllm", "ollama", "llama-server"], default=default_runtime)
     own.add_argument("--startup-delay", type=float, default=0.0, help="seconds of 'model loading' before listening")
     own.add_argument("--crash-after", type=float, help="exit this many seconds after listening")
     own.add_argument("--crash-after-requests", type=int, help="exit after answering this many inference requests")
@@ -50,7 +55,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
     # Its own flags may stand anywhere (before `serve`, or among vLLM's as an engine's extra_args).
     opts, rest = own.parse_known_args(argv)
     engine = argparse.ArgumentParser(prog="serve")
-    engine.add_argument("command", choices=["serve", "pull"])
+    engine.add_argument("command", choices=["serve", "pull", "runner"])
     engine.add_argument("model", nargs="?")
     engine.add_argument("--served-model-name", nargs="+")
     engine.add_argument("--host", default="127.0.0.1")
@@ -69,6 +74,16 @@ class Stub:
         self.listening_at: float | None = None
         self.requests = 0
         self.aborted = 0  # streams whose client went away before the end
+        self.runners: dict[str, subprocess.Popen[bytes]] = {}  # Ollama: a llama-server per loaded model
+
+    def load(self, model: str) -> None:
+        """As Ollama: the first request for MODEL starts its llama-server child, which stays."""
+        if self.opts.runtime != "ollama" or model in self.runners:
+            return
+        self.runners[model] = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--runtime", "llama-server", "runner", model]
+        )
+        print(f"llama-server pid {self.runners[model].pid} loaded {model}", flush=True)
 
     def hung(self) -> bool:
         after = self.opts.hang_after
@@ -116,6 +131,7 @@ class Stub:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         await self._infer_gate()
         body = await request.json()
+        self.load(str(body.get("model")))
         words = _reply_words(body.get("max_tokens") or body.get("max_completion_tokens"))
         if body.get("stream"):
             words = (words * self.opts.chunks)[: self.opts.chunks]
@@ -182,6 +198,14 @@ class Stub:
             raise
         return resp
 
+    def stop_runners(self, then_exit: bool = False) -> None:
+        for child in self.runners.values():
+            child.terminate()
+        for child in self.runners.values():
+            child.wait(5)
+        if then_exit:
+            os._exit(0)
+
     async def stats(self, _: web.Request) -> web.Response:
         return web.json_response({"requests": self.requests, "aborted": self.aborted})
 
@@ -209,6 +233,7 @@ class Stub:
     async def ollama_generate(self, request: web.Request) -> web.Response:
         await self._infer_gate()
         body = await request.json()
+        self.load(str(body.get("model")))
         return web.json_response({"model": body.get("model"), "response": "pong", "done": True})
 
     async def ollama_pull(self, request: web.Request) -> web.Response:
@@ -279,10 +304,23 @@ def pull(name: str) -> int:
     return 0
 
 
+async def llama_server(model: str) -> int:
+    """llama-server for one model: its own port on loopback, held until it is stopped."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(15, b"llama-server")  # PR_SET_NAME: `ps` and /proc/PID/comm show llama-server
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    print(f"llama-server for {model} on 127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    await asyncio.Event().wait()
+    return 0
+
+
 async def main(argv: list[str]) -> int:
     opts, served = parse(argv)
     if served.command == "pull":
         return pull(served.model)
+    if served.command == "runner":
+        return await llama_server(served.model)
     local = opts.runtime == "vllm" and served.model and served.model.startswith("/")
     if local and not (Path(served.model) / "config.json").is_file():  # as vLLM: a local model has config.json
         print(f"ERROR: {served.model}: no config.json; is the model staged?", flush=True)
@@ -293,6 +331,8 @@ async def main(argv: list[str]) -> int:
     )
     if opts.ignore_sigterm:
         signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM ignored", flush=True))
+    elif opts.runtime == "ollama":  # as Ollama: a stop stops the runners first
+        signal.signal(signal.SIGTERM, lambda *_: stub.stop_runners(then_exit=True))
     await asyncio.sleep(opts.startup_delay)
     runner = web.AppRunner(stub.app(), access_log=None)
     await runner.setup()

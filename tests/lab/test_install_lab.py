@@ -128,6 +128,7 @@ def test_install_converges_then_a_second_run_changes_nothing(lab_host):
     # The driver (the kit's fake packages) is installed at the spec's version and held; a reboot is
     # asked for, not done; the GPU settings are applied by the boot unit.
     assert first["reboot_required"] == [HOST]
+    assert first["hosts"][HOST]["secure_boot"] == "off (DKMS builds the modules)"  # the kit's firmware double
     assert f"reboot required: {HOST}" in second.stdout
     held = podman(
         "exec",

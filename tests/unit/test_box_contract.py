@@ -78,3 +78,23 @@ def test_nothing_outside_the_tests_reads_the_tests():
                     if not line.strip().startswith("#") and reads_tests.search(line):  # comments may name them
                         found.append(f"{path.relative_to(project_dir())}: {line.strip()}")
     assert found == []
+
+
+def test_engines_have_no_route_beyond_private_networks_unless_an_engine_needs_its_cloud():
+    home = {"o": {"runtime": "ollama", "gpus": [0], "port": 11434}}
+    locked = units.render("aiinfra-engine@.service", engines=home)
+    assert "IPAddressDeny=any\n" in locked and "IPAddressAllow=localhost " in locked
+    cloud = units.render("aiinfra-engine@.service", engines={"o": home["o"] | {"cloud": True}})
+    assert "IPAddressDeny" not in cloud
+    assert "IPAddressDeny" not in units.render("aiinfra-engine@.service", engines=home,
+                                               aiinfra_agent_engines_internet=True)  # fmt: skip
+
+
+def test_the_pinned_ollama_release_is_checked_against_its_published_sha256():
+    from aiinfra.installer.rolevars import role_values
+
+    pinned = role_values("ollama", {"ollama_arch": "amd64"})
+    assert pinned["ollama_version"] == "0.34.2"
+    assert pinned["ollama_archive_sha256"] == "e155b83589986d2c581fdbf1381ea3ebdb16549883679cd5a0627f7cdc05b12b"
+    other = role_values("ollama", {"ollama_arch": "amd64", "ollama_version": "0.35.0"})
+    assert other["ollama_archive_sha256"] == ""  # unknown here: the release's own sha256sum.txt is the check

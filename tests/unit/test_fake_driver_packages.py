@@ -29,7 +29,7 @@ def test_two_versions_of_the_server_driver_in_ubuntus_layout(tmp_path):
     repo = tmp_path / "repo"
     build(repo, ["580.105.08", "580.126.09"])
     index = stanzas(repo)
-    assert len(index) == 11  # five packages per version, and one prebuilt-modules package
+    assert len(index) == 14  # six packages per version, and the signed modules with their flavour's metapackage
     meta = index["nvidia-driver-580-server-open=580.105.08-0ubuntu0.24.04.1"]
     # Only the kernel-side packages say -open in Ubuntu's names.
     assert meta["Depends"] == (
@@ -39,8 +39,12 @@ def test_two_versions_of_the_server_driver_in_ubuntus_layout(tmp_path):
         "nvidia-dkms-580-server-open (= 580.105.08-0ubuntu0.24.04.1)"
     )
     assert meta["Description"].startswith("TEST DOUBLE")
-    # Prebuilt modules carry the kernel's version, not the driver's.
-    assert "linux-modules-nvidia-580-server-open-6.8.0-149-generic=6.8.0-149.149" in index
+    # Prebuilt modules carry the kernel's version, not the driver's, and were built for the first version.
+    signed = index["linux-modules-nvidia-580-server-open-6.8.0-149-generic=6.8.0-149.149"]
+    assert signed["Depends"] == "nvidia-kernel-common-580-server (= 580.105.08-0ubuntu0.24.04.1)"
+    assert signed["Provides"] == "nvidia-dkms-580-server-open (= 580.105.08-0ubuntu0.24.04.1)"
+    assert index["linux-modules-nvidia-580-server-open-generic=6.8.0-149.149"]["Depends"] == (
+        "linux-modules-nvidia-580-server-open-6.8.0-149-generic (= 6.8.0-149.149)")
     for fields in index.values():
         assert (repo / fields["Filename"]).stat().st_size == int(fields["Size"])
 

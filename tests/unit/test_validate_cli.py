@@ -223,3 +223,28 @@ def test_a_status_surface_beyond_loopback_is_a_warning(tmp_path, cli):
     spec["status_token_sha256"] = "scraper-token"  # the token itself, not its hash: refused, nothing written
     refused = cli("validate", "--host", "thor", "-i", str(write_inventory(tmp_path / "inv4", spec)))
     assert refused.exit_code == 2 and "status_token_sha256" in refused.stderr, refused.output
+
+
+def test_on_the_box_validate_and_plan_say_what_secure_boot_means_for_the_driver(tmp_path, cli):
+    efivar = tmp_path / "SecureBoot-efivar"  # as efivarfs gives it: attributes, then 1 for on
+    efivar.write_bytes(b"\x07\x00\x00\x00\x01")
+    spec = thor_spec() | {"ansible_connection": "local", "nvidia_driver_secure_boot_efivar": str(efivar)}
+    said = cli("validate", "--host", "thor", "-i", str(write_inventory(tmp_path / "inv", spec)))
+    assert said.exit_code == 0, said.output
+    assert said.stdout.splitlines()[1] == (
+        "thor: Secure Boot is on here: the driver install means a refusal before the driver is touched: NVIDIA's "
+        "CUDA repository has no modules signed for Ubuntu's kernel (use nvidia_driver_source: ubuntu, or enroll "
+        "a key and set nvidia_driver_secure_boot_modules: dkms)")
+    ubuntu = spec | {"nvidia_driver_source": "ubuntu", "nvidia_driver_version": "580.159.03",
+                     "nvidia_driver_flavour": "server"}  # fmt: skip
+    planned = cli("plan", "--host", "thor", "-i", str(write_inventory(tmp_path / "inv2", ubuntu)))
+    assert planned.exit_code == 0, planned.output
+    assert planned.stdout.splitlines()[-1] == ("thor: Secure Boot is on here: the driver install means Canonical's "
+                                               "signed modules for the running kernel, if they were built for the "
+                                               "pinned driver")  # fmt: skip
+    efivar.write_bytes(b"\x07\x00\x00\x00\x00")
+    off = cli("validate", "--host", "thor", "-i", str(tmp_path / "inv"))
+    assert off.stdout.splitlines()[1] == "thor: Secure Boot is off here: DKMS builds the driver's modules"
+    remote = thor_spec() | {"nvidia_driver_secure_boot_efivar": str(efivar)}  # thor is another machine
+    elsewhere = write_inventory(tmp_path / "inv3", remote)
+    assert "Secure Boot" not in cli("validate", "--host", "thor", "-i", str(elsewhere)).stdout

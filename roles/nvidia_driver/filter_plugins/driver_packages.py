@@ -44,6 +44,39 @@ def driver_packages(version: str, layout: str, flavour: str, modules: str) -> di
     }
 
 
+def signed_modules(version: str, layout: str, flavour: str, modules: str, kernel: str) -> dict:
+    """Canonical's signed prebuilt modules (source linux-restricted-modules) for KERNEL: {package, meta,
+    problem}. package is the running kernel's (linux-modules-nvidia-580-server-open-6.8.0-149-generic),
+    meta follows that kernel flavour's updates (linux-modules-nvidia-580-server-open-generic). Only
+    Ubuntu's archive has them; NVIDIA's CUDA repository does not sign for Ubuntu's kernels."""
+    if layout != "ubuntu":
+        return {"package": "", "meta": "", "problem": "NVIDIA's CUDA repository has no modules signed for Ubuntu's kernel"}
+    branch = int(version.split(".")[0])
+    tag = f"-{branch}" + ("-server" if flavour == "server" else "") + ("-open" if modules == "open" else "")
+    kernel_flavour = re.sub(r"^[0-9.]+-[0-9]+-", "", kernel)  # 6.8.0-149-generic: generic
+    return {
+        "package": f"linux-modules-nvidia{tag}-{kernel}",
+        "meta": f"linux-modules-nvidia{tag}-{kernel_flavour}",
+        "problem": "",
+    }
+
+
+def signed_modules_fit(depends: str, full_version: str) -> str:
+    """Why the signed modules cannot go with the pinned driver ("" when they can). Ubuntu made them depend
+    on the driver's nvidia-kernel-common at the exact version they were built from (DEPENDS: the
+    package's Depends field, `apt-cache show`)."""
+    built = re.findall(r"nvidia-kernel-common-[\w-]+ \(= ([^)\s]+)\)", depends)
+    if not built:
+        return "they name no driver version they were built for"
+    if full_version not in built:
+        return f"they were built for driver {built[0]}, not the pinned {full_version}"
+    return ""
+
+
 class FilterModule:
     def filters(self):
-        return {"driver_packages": driver_packages}
+        return {
+            "driver_packages": driver_packages,
+            "signed_modules": signed_modules,
+            "signed_modules_fit": signed_modules_fit,
+        }
