@@ -27,6 +27,8 @@ CONFIG = {
     "backend": "systemd",
     "model_storage_mount": "/var/lib/aiinfra/models",
     "vllm_command": ["/opt/aiinfra/bin/python", "/opt/aiinfra/stub_engine.py"],
+    # As Ollama 0.30 and later: a llama-server child per loaded model (the stub's double of it).
+    "ollama_command": ["/opt/aiinfra/bin/python", "/opt/aiinfra/stub_engine.py", "--runtime", "ollama"],
     "engines": {
         "alpha": {
             "runtime": "vllm",
@@ -42,8 +44,9 @@ CONFIG = {
             "gpus": [0],
             "port": 8102,
         },
+        "gamma": {"runtime": "ollama", "gpus": [1], "port": 8103, "models": ["llama3.2:3b"]},
     },
-    "profiles": {"one": ["alpha"], "two": ["beta"]},
+    "profiles": {"one": ["alpha", "gamma"], "two": ["beta"]},
     "default_profile": "one",
     "gpu": None,  # a container has no GPU; tests/agent/test_gpu.py covers the GPU layer
     "policy": {
@@ -116,6 +119,7 @@ def box(tmp_path_factory):
         " && mkdir -p /etc/aiinfra && for m in Qwen2.5-7B-Instruct Qwen2.5-14B-Instruct-AWQ;"
         " do d=/var/lib/aiinfra/models/models/Qwen/$m; mkdir -p $d && echo {} > $d/config.json; done"
         " && chown -R aiinfra: /var/lib/aiinfra"
+        " && mkdir -m 0700 -p /mnt/nvme/aiinfra-agent"  # the agent's records, as the aiinfra_agent role makes them
     )
     sh(f"cat > /etc/aiinfra/agent.yml <<'EOF'\n{yaml.safe_dump(CONFIG)}EOF")
     sh("systemctl daemon-reload && systemctl start aiinfra-agent")  # Type=notify: returns at READY=1
@@ -125,7 +129,7 @@ def box(tmp_path_factory):
 
 def test_start_returns_at_ready_and_the_engine_runs_unprivileged_in_its_unit(box):
     assert sh("systemctl is-active aiinfra-agent").strip() == "active"
-    assert re.search(r"StatusText=profile one: \d/1 engines ready", sh("systemctl show -p StatusText aiinfra-agent"))
+    assert re.search(r"StatusText=profile one: \d/2 engines ready", sh("systemctl show -p StatusText aiinfra-agent"))
     report = wait(lambda s: s["engines"]["alpha"]["phase"] == "ready", 30, "alpha ready")
     assert report["backend"] == "systemd"
     pid = report["engines"]["alpha"]["pid"]
@@ -208,6 +212,31 @@ def test_an_agent_restart_refuses_no_connection_and_keeps_the_restart_counts(box
     assert after["restarts"] == before["restarts"] and after["pid"] == before["pid"]
 
 
+def unit_processes(engine: str) -> dict[int, str]:
+    """Every process in the engine's unit (its cgroup), by pid: its name."""
+    found = sh(f"grep -l 'aiinfra-engine@{engine}.service' /proc/[0-9]*/cgroup", check=False).split()
+    pids = sorted(int(path.split("/")[2]) for path in found)
+    return {pid: sh(f"cat /proc/{pid}/comm", check=False).strip() for pid in pids}
+
+
+def test_ollamas_llama_server_is_adopted_with_it_and_goes_with_a_killed_ollama_serve(box):
+    def runner() -> int:
+        return next((p for p, name in unit_processes("gamma").items() if name == "llama-server"), 0)
+
+    leader = wait(lambda s: s["engines"]["gamma"]["phase"] == "ready", 30, "gamma ready")["engines"]["gamma"]["pid"]
+    wait(lambda s: runner() != 0, 30, "the liveness probe to load the model in a llama-server")
+    child = runner()
+    sh("systemctl restart aiinfra-agent")
+    adopted = wait(lambda s: s["engines"]["gamma"]["phase"] == "ready", 30, "gamma adopted")["engines"]["gamma"]
+    assert (adopted["pid"], runner()) == (leader, child)  # adopted: neither restarted
+
+    sh(f"kill -9 {leader}")  # as Ollama's runner, the llama-server would outlive it and keep its VRAM
+    back = wait(lambda s: s["engines"]["gamma"]["restarts"] == 1 and s["engines"]["gamma"]["phase"] == "ready", 30,
+                "gamma restarted")  # fmt: skip
+    assert back["engines"]["gamma"]["pid"] != leader
+    assert child not in unit_processes("gamma") and sh(f"test -e /proc/{child} || echo gone").strip() == "gone"
+
+
 def test_a_profile_switch_stops_the_unit_of_the_leaving_engine(box):
     wait(lambda s: s["engines"]["alpha"]["phase"] == "ready", 30, "alpha ready")
     out = sh(f"{AGENT_BIN} profile two --timeout 60")
@@ -241,7 +270,7 @@ def test_aiinfra_status_reads_the_agent_through_the_inventory(box):
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)[HOST]
-    assert report["backend"] == "systemd" and set(report["engines"]) == {"alpha", "beta"}
+    assert report["backend"] == "systemd" and set(report["engines"]) == {"alpha", "beta", "gamma"}
     table = subprocess.run(
         [AIINFRA, "status", "--host", HOST, "-i", box["inventory"]],
         capture_output=True,

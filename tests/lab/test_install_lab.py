@@ -187,6 +187,9 @@ def test_three_agent_restarts_cut_no_request_of_two_clients_of_the_real_vllm(lab
     assert sorted(agent.split()) == ["MemoryMax=1073741824", "OOMScoreAdjust=-900"], agent
     engine = lab_host.box("systemctl", "show", "-p", "OOMScoreAdjust", "--value", "aiinfra-engine@qwen7b").stdout
     assert engine.strip() == "500"
+    # No route beyond loopback and private networks for the engines (no engine needs a cloud here).
+    denied = lab_host.box("systemctl", "show", "-p", "IPAddressDeny", "--value", "aiinfra-engine@qwen7b").stdout
+    assert "0.0.0.0/0" in denied and "::/0" in denied, denied
     # What may hold secrets is root's (the launch file: the engines' group may read it), and the real vLLM
     # answers only the router, which alone knows its key.
     modes = lab_host.box("stat", "-c", "%n %U:%G %a", "/etc/aiinfra/agent.yml", "/run/aiinfra/engines",

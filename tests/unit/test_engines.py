@@ -64,6 +64,7 @@ def test_vllm_single_gpu():
         "CUDA_VISIBLE_DEVICES": "0",
         "HF_HOME": "/mnt/nvme/hf-cache",
         "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
         "HF_HUB_OFFLINE": "1",
     }
     assert run.served == ["Qwen/Qwen2.5-7B-Instruct"]
@@ -105,6 +106,7 @@ def test_ollama():
         "OLLAMA_HOST": "127.0.0.1:11434",
         "OLLAMA_MODELS": "/mnt/nvme/ollama",
         "OLLAMA_KEEP_ALIVE": "30m",
+        "OLLAMA_NO_CLOUD": "1",  # prompts stay on the box unless the engine says cloud: true
     }
     assert run.served == ["llama3.1:8b"]
 
