@@ -81,7 +81,10 @@ class SystemdBackend:
 
     async def poll(self, name: str) -> int | None:
         props = await self._show(name)
-        if props.get("ActiveState") in ("active", "activating", "deactivating", "reloading"):
+        state = props.get("ActiveState")
+        # Deactivating with no main process: the leader died by itself and systemd is ending what it left
+        # (KillMode=mixed); the engine has exited, whatever systemd still waits for.
+        if state in ("active", "activating", "reloading") or (state == "deactivating" and props.get("MainPID")):
             return None
         status = int(props.get("ExecMainStatus") or 0)
         # ExecMainCode: 1 exited (status is the exit code), 2 killed / 3 dumped (status is the signal)

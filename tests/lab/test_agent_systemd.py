@@ -231,10 +231,17 @@ def test_ollamas_llama_server_is_adopted_with_it_and_goes_with_a_killed_ollama_s
     assert (adopted["pid"], runner()) == (leader, child)  # adopted: neither restarted
 
     sh(f"kill -9 {leader}")  # as Ollama's runner, the llama-server would outlive it and keep its VRAM
-    back = wait(lambda s: s["engines"]["gamma"]["restarts"] == 1 and s["engines"]["gamma"]["phase"] == "ready", 30,
+    deadline = time.monotonic() + 5  # the unit's KillMode=mixed: SIGKILL at once to what the leader left
+    while time.monotonic() < deadline and sh(f"test -e /proc/{child} || echo gone").strip() != "gone":
+        time.sleep(0.2)
+    assert sh(f"test -e /proc/{child} || echo gone").strip() == "gone", unit_processes("gamma")
+    # Under podman's cgroup v1 systemd may miss the emptied cgroup and hold the unit "deactivating" until
+    # TimeoutStopSec (30 s); the agent reports the exit at once and starts the engine as soon as it can.
+    back = wait(lambda s: s["engines"]["gamma"]["restarts"] == 1 and s["engines"]["gamma"]["phase"] == "ready", 60,
                 "gamma restarted")  # fmt: skip
     assert back["engines"]["gamma"]["pid"] != leader
-    assert child not in unit_processes("gamma") and sh(f"test -e /proc/{child} || echo gone").strip() == "gone"
+    assert "exited with signal 9" in back["engines"]["gamma"]["last_error"] or any(
+        e["event"] == "backoff" and e["message"].startswith("exited with signal 9") for e in back["events"])
 
 
 def test_a_profile_switch_stops_the_unit_of_the_leaving_engine(box):

@@ -64,7 +64,7 @@ def signed_modules(version: str, layout: str, flavour: str, modules: str, kernel
 def signed_modules_fit(depends: str, full_version: str) -> str:
     """Why the signed modules cannot go with the pinned driver ("" when they can). Ubuntu made them depend
     on the driver's nvidia-kernel-common at the exact version they were built from (DEPENDS: the
-    package's Depends field, `apt-cache show`)."""
+    package's Depends fields, `apt-cache show`, every version apt knows)."""
     built = re.findall(r"nvidia-kernel-common-[\w-]+ \(= ([^)\s]+)\)", depends)
     if not built:
         return "they name no driver version they were built for"
