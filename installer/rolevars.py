@@ -1,8 +1,8 @@
-"""Writes what Ansible and the README need from installer/variables.py, or checks that it is up to date.
+"""Writes what Ansible and the docs need from installer/variables.py, or checks that it is up to date.
 
 From the one declaration of each variable: every role's `meta/argument_specs.yml` (types, choices,
-defaults, descriptions), its `defaults/main.yml` (each default under its description) and the README's
-variable tables. `python -m aiinfra.installer.rolevars` writes them; `--check` (CI) exits 1 naming each
+defaults, descriptions), its `defaults/main.yml` (each default under its description) and the tables in docs/
+of the role variables. `python -m aiinfra.installer.rolevars` writes them; `--check` (CI) exits 1 naming each
 file that differs, so a change made in one of them alone cannot pass.
 """
 
@@ -24,7 +24,7 @@ from aiinfra.installer.run import project_dir
 from aiinfra.installer.variables import ROLES, RunFlags, Variables, _Path
 
 HEADER = "# Written by `python -m aiinfra.installer.rolevars` from installer/variables.py: change it there.\n"
-README_TABLE = re.compile(r"(<!-- variables: (\w+) -->\n).*?(<!-- /variables -->)", re.S)
+VARIABLE_TABLE = re.compile(r"(<!-- variables: (\w+) -->\n).*?(<!-- /variables -->)", re.S)
 
 
 def declared() -> dict[str, FieldInfo]:
@@ -137,8 +137,8 @@ def table(role: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-def readme(text: str) -> str:
-    return README_TABLE.sub(lambda m: m.group(1) + table(m.group(2)) + m.group(3), text)
+def tables(text: str) -> str:
+    return VARIABLE_TABLE.sub(lambda m: m.group(1) + table(m.group(2)) + m.group(3), text)
 
 
 def expected(root: Path) -> dict[Path, str]:
@@ -146,7 +146,9 @@ def expected(root: Path) -> dict[Path, str]:
     for role in ROLES:
         files[root / "roles" / role / "meta" / "argument_specs.yml"] = argument_specs(role)
         files[root / "roles" / role / "defaults" / "main.yml"] = defaults(role)
-    files[root / "README.md"] = readme((root / "README.md").read_text())
+    for doc in sorted((root / "docs").glob("*.md")):  # the pages that hold a role's table
+        if VARIABLE_TABLE.search(doc.read_text()):
+            files[doc] = tables(doc.read_text())
     return files
 
 
@@ -165,7 +167,7 @@ def problems() -> list[str]:
         if m["ansible"] is not None and (field.default is not None or "{{" not in str(m["ansible"])):
             found.append(f"{name}: an Ansible default is for what Jinja derives; its Python default is then None")
         if m["ansible"] is not None and m["shown"] is None and m["roles"]:
-            found.append(f"{name}: say in shown= what the derived default is, for the README")
+            found.append(f"{name}: say in shown= what the derived default is, for the docs")
     return found
 
 

@@ -1,7 +1,7 @@
 """Every variable of aiinfra's roles, declared once: type, allowed values, default and what it does.
 
 This module is the single source. `aiinfra-dev-vars` (installer/rolevars.py) writes from it each role's
-`meta/argument_specs.yml` and `defaults/main.yml` and the README's variable tables, and fails in CI when
+`meta/argument_specs.yml` and `defaults/main.yml` and the variable tables in docs/, and fails in CI when
 one of them differs from what it would write. What crosses fields (ports, GPUs, profiles, fit) is
 checked in spec.py.
 """

@@ -25,9 +25,9 @@ def test_an_edit_to_a_derived_file_alone_is_drift(tmp_path):
     assert rolevars.stale_files(tmp_path) == []
     defaults = tmp_path / "roles" / "host_base" / "defaults" / "main.yml"
     defaults.write_text(defaults.read_text().replace("journald_max_use: 2G", "journald_max_use: 4G"))
-    readme = tmp_path / "README.md"
-    readme.write_text(readme.read_text().replace("| `vllm_version` | `0.32.0`", "| `vllm_version` | `0.31.0`"))
-    assert sorted(rolevars.stale_files(tmp_path)) == [readme, defaults]
+    roles = tmp_path / "docs" / "roles.md"
+    roles.write_text(roles.read_text().replace("| `vllm_version` | `0.32.0`", "| `vllm_version` | `0.31.0`"))
+    assert sorted(rolevars.stale_files(tmp_path)) == [roles, defaults]
 
 
 def test_the_validators_defaults_are_the_roles_defaults():
