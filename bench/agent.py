@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from aiinfra.installer.kit.local_agent import Agent, free_port, vllm
+from tests.harness import Agent, free_port, vllm
 
 
 def event_time(status: dict, engine: str, event: str, after: float) -> float | None:

@@ -23,7 +23,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from aiinfra.installer.kit.local_agent import AGENT, Agent, PeakMemory, free_port, vllm
+from tests.harness import AGENT, Agent, PeakMemory, free_port, vllm
 
 MiB = 2**20
 MSG = [{"role": "user", "content": "hi"}]

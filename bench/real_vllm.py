@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from aiinfra.installer import kit, lab
-from aiinfra.installer.kit.local_agent import Agent, free_port
 from bench.router import pct, run, ttft
+from tests.harness import Agent, free_port
 
 KIT = kit.FAKE_MODELS
 MODEL = "Qwen/Qwen2.5-7B-Instruct"

@@ -30,7 +30,7 @@ import httptools
 import psutil
 import uvloop
 
-from aiinfra.installer.kit.local_agent import AGENT, Agent, free_port, vllm
+from tests.harness import AGENT, Agent, free_port, vllm
 
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 

@@ -1,6 +1,6 @@
 """The hardware kit: TEST DOUBLES standing in for what cannot be had here (NVIDIA GPUs and driver
 packages, the Ollama binary, model weights), each labelled as such. `aiinfra lab` and Molecule put
-them on lab hosts; the tests run the agent against them on this machine (local_agent.py).
+them on lab hosts; the tests run the agent against them on this machine (the harness beside them).
 
 - fake_models.py: tiny real models (random weights) for vLLM, and Ollama's store layout;
 - stub_engine.py: vLLM's and Ollama's HTTP surfaces, for faults a real engine cannot produce on cue;

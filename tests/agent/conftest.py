@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aiinfra.installer.kit.local_agent import AGENT, FAST_POLICY, STUB, Agent, free_port, stub, vllm  # noqa: F401
+from tests.harness import AGENT, FAST_POLICY, STUB, Agent, free_port, stub, vllm  # noqa: F401
 
 
 def audit_lines(agent: Agent, at_least: int = 1) -> list[dict]:

@@ -15,10 +15,10 @@ import openai
 import psutil
 import pytest
 
-from aiinfra.installer.kit.local_agent import PeakMemory
 from tests.agent.conftest import Senders, audit_lines, free_port, vllm
 from tests.agent.test_queue import MSG, in_thread, samples
 from tests.agent.test_router import add_key, client
+from tests.harness import PeakMemory
 
 MiB = 2**20
 

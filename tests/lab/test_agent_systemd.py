@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfra.installer import kit, units
+from aiinfra.installer import kit
+from tests import units
 from tests.conftest import ROOT
 from tests.lab.conftest import podman, require_lab
 

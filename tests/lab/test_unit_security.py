@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from aiinfra.installer import lab, units
+from aiinfra.installer import lab
+from tests import units
 from tests.lab.conftest import podman, require_lab
 
 pytestmark = pytest.mark.lab

@@ -6,8 +6,8 @@ import re
 import pytest
 
 from aiinfra.agent import box, config, engines
-from aiinfra.installer import units
 from aiinfra.installer.run import project_dir
+from tests import units
 
 # A host that moved everything the units name.
 MOVED = {
@@ -67,11 +67,12 @@ def test_the_agent_runs_engines_in_the_folders_it_is_given():
                                                                         "/data/ollama")  # fmt: skip
 
 
-def test_nothing_outside_the_tests_reads_the_tests():
-    """The product, its benchmarks, roles and Molecule scenarios use the kit from the package."""
+def test_nothing_the_box_or_the_workstation_runs_reads_the_tests():
+    """The product, its roles and Molecule scenarios use the kit from the package; only the benchmarks
+    share the tests' harness."""
     reads_tests = re.compile(r"\btests[/.][a-z_]|[\"']tests[\"']")
     found = []
-    for folder in ("installer", "agent", "bench", "molecule", "roles", "playbooks", "scripts", "systemd"):
+    for folder in ("installer", "agent", "molecule", "roles", "playbooks", "scripts", "systemd"):
         for path in (project_dir() / folder).rglob("*"):
             if path.is_file() and path.suffix in (".py", ".yml", ".j2", ".toml", "") and ".pyc" not in path.name:
                 for line in path.read_text(errors="replace").splitlines():

@@ -3,7 +3,7 @@ process must never be handed one port twice (an agent's router once met its own 
 
 from __future__ import annotations
 
-from aiinfra.installer.kit.local_agent import free_port
+from tests.harness import free_port
 
 
 def test_free_port_never_hands_out_a_port_twice():

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from aiinfra.installer import units
+from tests import units
 
 UNITS = {"aiinfra-agent.service": "aiinfra-agent.service", "aiinfra-engine@.service": "aiinfra-engine@x.service",
          "aiinfra-gpu-setup.service": "aiinfra-gpu-setup.service"}  # fmt: skip
