@@ -227,7 +227,7 @@ def run(config_path: Path) -> None:
     config = _load(config_path)
     setup_logging(audit_log=config.audit_path())
     try:
-        import uvloop  # about twice the proxy throughput of the default loop (bench/router.py)
+        import uvloop  # the router's event loop where it is installed (docs/decisions.md)
     except ImportError:
         runner = asyncio.run
     else:
