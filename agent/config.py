@@ -12,9 +12,12 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from aiinfra.agent import box
 from aiinfra.agent.schema import (
     Engine,
+    GpuKey,
+    Seconds,
     Strict,
     SwitchPolicy,
     VllmArgs,
+    Watts,
     engine_problems,
     engines_model_at,
     error_lines,
@@ -23,7 +26,6 @@ from aiinfra.agent.schema import (
 
 DEFAULT_PATH = Path(box.CONFIG_FILE)
 GPU_SETTINGS_PATH = Path(box.GPU_SETTINGS_FILE)
-Seconds = Annotated[float, Field(gt=0, strict=False)]
 
 
 class Policy(Strict):
@@ -48,15 +50,11 @@ class Policy(Strict):
     drain_timeout_s: Seconds = 30
 
 
-GpuKey = Annotated[int, Field(ge=0, le=15, strict=False)]
-
 
 class GpuConfig(Strict):
     """GPU settings the agent keeps in place, and the driver it expects (from the host spec)."""
 
-    power_limit_watts: (
-        Annotated[int, Field(ge=50, le=1000)] | dict[GpuKey, Annotated[int, Field(ge=50, le=1000)]] | None
-    ) = None
+    power_limit_watts: Watts | dict[GpuKey, Watts] | None = None
     persistence_mode: bool | None = True  # None: leave it alone
     driver_version: str | None = None  # the pinned driver (nvidia_driver_version); another loaded is drift
     expected_count: Annotated[int, Field(ge=0)] | None = None

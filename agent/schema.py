@@ -46,6 +46,10 @@ class Strict(BaseModel):
 # Engines run unprivileged: a port below 1024 would need a capability they are not given.
 EnginePort = Annotated[int, Field(ge=1024, le=65535)]
 GpuIndex = Annotated[int, Field(ge=0, le=15)]
+# A GPU index as a mapping key: keys arrive as strings from ansible-inventory's JSON ({"0": 350}).
+GpuKey = Annotated[int, Field(ge=0, le=15, strict=False)]
+Watts = Annotated[int, Field(ge=50, le=1000)]  # a GPU's power limit
+Seconds = Annotated[float, Field(gt=0, strict=False)]
 
 
 class Queue(Strict):

@@ -17,7 +17,7 @@ from pydantic import AfterValidator, Field, create_model, field_validator, model
 from aiinfra.agent import box
 from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.http.keys import KEY_NAME
-from aiinfra.agent.schema import Engine, Strict, SwitchPolicy, VllmArgs
+from aiinfra.agent.schema import Engine, GpuKey, Strict, SwitchPolicy, VllmArgs, Watts
 
 # The roles, in the order site.yml runs them, with what each does (argument_specs' short_description).
 ROLES = {
@@ -73,9 +73,6 @@ AbsPath = Annotated[str, AfterValidator(_absolute), _Path()]
 ControllerPath = Annotated[str, _Path()]
 # An exact driver version, e.g. 580.105.08 or 550.54.15: the branch alone is not a pin.
 DRIVER_VERSION = re.compile(r"^\d{3}\.\d{2,3}(\.\d{2,3})?$")
-# Mapping keys arrive as strings from ansible-inventory's JSON ({"0": 350}): accept digits there.
-GpuKey = Annotated[int, Field(ge=0, le=15, strict=False)]
-Watts = Annotated[int, Field(ge=50, le=1000)]
 UnixName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
 
 
