@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiinfra.agent.files import write_private
 from aiinfra.agent.gpu.nvml import Snapshot
 
 log = logging.getLogger("aiinfra.agent")
@@ -115,10 +116,7 @@ class Ledger:
             return
         data = {"hours": {str(h): vars(b) for h, b in self.hours.items()}}
         with contextlib.suppress(OSError):  # a lost hour of accounting is worth less than a running agent
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data))
-            tmp.replace(self.path)
+            write_private(self.path, json.dumps(data).encode())
 
     def _load(self) -> None:
         if self.path is None:

@@ -234,11 +234,8 @@ class Supervisor:
         counts = {name: state.restarts for name, state in self.states.items() if state.restarts}
         if counts != self.counts:
             self.counts = counts
-            tmp = self.counts_file.with_suffix(".tmp")
             with contextlib.suppress(OSError):  # a count is worth less than a running agent
-                tmp.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_text(json.dumps(counts))
-                tmp.replace(self.counts_file)
+                write_private(self.counts_file, json.dumps(counts).encode())
 
     async def adopt(self) -> None:
         now = self.clock()
