@@ -10,9 +10,10 @@ import http.client
 import json
 import socket
 import time
-from typing import Any
+from typing import Any, cast
 
 from aiinfra.agent import box
+from aiinfra.agent.status import Report
 
 DEFAULT_STATUS_URL = box.STATUS_LISTEN
 DEFAULT_CONTROL_SOCKET = box.CONTROL_SOCKET
@@ -65,8 +66,8 @@ def get_json(listen: str | None, path: str, timeout: float = 5, socket_path: str
 
 
 def status(listen: str | None = DEFAULT_STATUS_URL, timeout: float = 5,
-           socket_path: str = DEFAULT_CONTROL_SOCKET) -> dict[str, Any]:  # fmt: skip
-    return get_json(listen, "/status", timeout, socket_path)
+           socket_path: str = DEFAULT_CONTROL_SOCKET) -> Report:  # fmt: skip
+    return cast(Report, get_json(listen, "/status", timeout, socket_path))
 
 
 def control(
@@ -75,7 +76,7 @@ def control(
     return _request(_UnixConnection(socket_path, timeout), method, path, body)
 
 
-def format_status(report: dict) -> str:
+def format_status(report: Report) -> str:
     lines = [
         f"profile {report['profile']} (backend {report['backend']})",
         f"{'ENGINE':<12} {'PHASE':<9} {'PID':>7} {'PORT':>5} {'RESTARTS':>8} {'FOR':>7}  LAST ERROR",
@@ -86,7 +87,7 @@ def format_status(report: dict) -> str:
         age = f"{time.time() - e['since']:.0f}s" if e["since"] else "-"
         lines.append(
             f"{name:<12} {e['phase']:<9} {e['pid'] or '-':>7} {e['port']:>5} {e['restarts']:>8} {age:>7}  "
-            f"{'degraded: ' + e['degraded'] if e.get('degraded') else e['last_error'] or ''}"
+            f"{'degraded: ' + e['degraded'] if e['degraded'] else e['last_error'] or ''}"
         )
     cloud = sorted(n for n, e in report["engines"].items() if e.get("cloud"))
     lines.append(f"prompts: sent off the box by {', '.join(cloud)} (Ollama cloud models on)" if cloud
@@ -98,7 +99,7 @@ def format_status(report: dict) -> str:
             + (f": {gpu['message']}" if gpu["message"] else "")
         )
         lines += [f"  warning: {w}" for w in gpu["warnings"]]
-    switching = report.get("switching") or {}
+    switching: dict[str, Any] = dict(report.get("switching") or {})
     for name, policy in (switching.get("policies") or {}).items():
         lines.append(f"on request: profile {name} (back after {policy['back_after_idle_s']:.0f}s idle, "
                      f"stays at least {policy['min_dwell_s']:.0f}s)")  # fmt: skip

@@ -50,7 +50,6 @@ class Policy(Strict):
     drain_timeout_s: Seconds = 30
 
 
-
 class GpuConfig(Strict):
     """GPU settings the agent keeps in place, and the driver it expects (from the host spec)."""
 

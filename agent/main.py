@@ -30,6 +30,7 @@ from aiinfra.agent.http.router import Router
 from aiinfra.agent.http.serve import Clients, Limits
 from aiinfra.agent.metrics import Metrics
 from aiinfra.agent.notify import audit_health, flush_audit, notify, setup_logging, watchdog_enabled
+from aiinfra.agent.status import report
 from aiinfra.agent.supervisor import Supervisor
 
 
@@ -45,8 +46,8 @@ def status_line(supervisor: Supervisor) -> str:
     ready = sum(1 for n in desired if supervisor.states[n].phase.value == "ready")
     failed = [n for n in desired if supervisor.states[n].phase.value == "failed"]
     text = f"profile {supervisor.profile}: {ready}/{len(desired)} engines ready"
-    if supervisor.gpu is not None and supervisor.gpu.verdict.hold:
-        text += f"; engines held: {supervisor.gpu.verdict.state}"
+    if supervisor.gpu is not None and supervisor.gpu.hold:
+        text += f"; engines held: {supervisor.gpu.monitor.verdict.state}"
     return text + (f"; failed: {', '.join(failed)}" if failed else "")
 
 
@@ -57,7 +58,10 @@ def check_records(folder: Path) -> None:
     if not os.access(folder, os.W_OK):
         logging.getLogger("aiinfra.agent").error(
             "records folder %s cannot be written (is the model disk mounted?): the cost ledger, the audit log "
-            "and the engines' restart counts are not kept", folder, extra={"EVENT": "records_unwritable"})
+            "and the engines' restart counts are not kept",
+            folder,
+            extra={"EVENT": "records_unwritable"},
+        )
 
 
 async def serve(config: AgentConfig) -> None:
@@ -71,7 +75,7 @@ async def serve(config: AgentConfig) -> None:
     supervisor = Supervisor(config, backend, gpu=gpu)
     await supervisor.adopt()
     metrics = Metrics()
-    metrics.watch_engines(supervisor.status)
+    metrics.watch_engines(lambda: report(supervisor))
     keyring = KeyRing(Path(config.keys_file)) if config.router_listen is not None and config.router_auth else None
 
     router = None
@@ -89,7 +93,7 @@ async def serve(config: AgentConfig) -> None:
     def router_status() -> dict:
         live = {}
         if router is not None and clients is not None:
-            live = {"waiting": {name: n for name, n in router.waiting.items() if n},
+            live = {"waiting": {name: n for name, n in supervisor.traffic.waiting.items() if n},
                     "connections": len(clients.open), "in_hand": clients.busy()}  # fmt: skip
         return (router_info(config) | ({"keys": keyring.health()} if keyring is not None else {}) | live
                 | {"audit": audit_health()})  # fmt: skip

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from aiinfra.agent.notify import audit_health
+from aiinfra.agent.status import Report
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 PHASES = ("stopped", "starting", "ready", "backoff", "stopping", "failed")
@@ -23,7 +24,7 @@ PHASES = ("stopped", "starting", "ready", "backoff", "stopping", "failed")
 class EngineCollector(Collector):
     """Engine state read from the supervisor at scrape time."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], Report]) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Any]:
@@ -52,7 +53,8 @@ class EngineCollector(Collector):
         switches = CounterMetricFamily(
             "aiinfra_profile_switches", "Profile switches (operator, request, idle)", labels=["profile", "reason"]
         )
-        for switch in (report.get("switching") or {}).get("switches", []):
+        switching = report.get("switching")
+        for switch in switching["switches"] if switching else []:
             switches.add_metric([switch["profile"], switch["reason"]], switch["count"])
         energy = report.get("energy") or {}
         series = (("energy_joules", "joules", "GPU energy attributed to the engine ((idle): to none)"),
@@ -81,7 +83,7 @@ class AuditCollector(Collector):
 class GpuCollector(Collector):
     """GPU readings and the driver's state, in the style of the common GPU exporters."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], Report]) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Any]:
@@ -236,7 +238,7 @@ class Metrics:
         )  # fmt: skip
         self.registry.register(AuditCollector())
 
-    def watch_engines(self, status: Callable[[], dict[str, Any]]) -> None:
+    def watch_engines(self, status: Callable[[], Report]) -> None:
         self.registry.register(EngineCollector(status))
         self.registry.register(GpuCollector(status))
 

@@ -1,15 +1,20 @@
-"""Readiness and liveness probes against an engine's own HTTP surface (loopback)."""
+"""Each engine's probes against its own HTTP surface (loopback), run as tasks beside the loop: a startup
+probe while it starts, a liveness probe while it is ready and real traffic has not vouched for it."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Mapping
 
 import aiohttp
 
+from aiinfra.agent.config import Policy
 from aiinfra.agent.engines import Launch
+from aiinfra.agent.reconcile import EngineState, Phase, liveness_due
 
 
-async def readiness(session: aiohttp.ClientSession, launch: Launch, timeout_s: float) -> tuple[bool, float]:
+async def startup(session: aiohttp.ClientSession, launch: Launch, timeout_s: float) -> tuple[bool, float]:
     """vLLM: /health answers and /v1/models lists the served name. Ollama: /api/version answers."""
     started = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -46,3 +51,69 @@ async def liveness(session: aiohttp.ClientSession, launch: Launch, timeout_s: fl
             return resp.status == 200
     except (aiohttp.ClientError, TimeoutError):
         return False
+
+
+class Prober:
+    """The probes in flight and when each engine was last probed; a result is read once, at the tick
+    after its probe ended. check_startup and check_alive are the probes themselves."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.session: aiohttp.ClientSession | None = None
+        self.startups: dict[str, asyncio.Task[tuple[bool, float]]] = {}
+        self.lives: dict[str, asyncio.Task[bool]] = {}
+        self.last_startup: dict[str, float] = {}
+        self.last_live: dict[str, float] = {}
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        return self.session
+
+    async def check_startup(self, launch: Launch) -> tuple[bool, float]:
+        return await startup(self._session(), launch, self.policy.probe_timeout_s)
+
+    async def check_alive(self, launch: Launch) -> bool:
+        return await liveness(self._session(), launch, self.policy.liveness_timeout_s)
+
+    def results(self, name: str) -> tuple[bool | None, float | None, bool | None]:
+        """(ready, its latency in ms, alive) of the probes that ended since the last call; None: none did."""
+        ready = latency = alive = None
+        task = self.startups.get(name)
+        if task is not None and task.done():
+            del self.startups[name]
+            ready, latency = task.result()
+        live = self.lives.get(name)
+        if live is not None and live.done():
+            del self.lives[name]
+            alive = live.result()
+        return ready, latency, alive
+
+    def schedule(self, states: Mapping[str, EngineState], launches: Mapping[str, Launch], now: float) -> None:
+        for name, state in states.items():
+            if state.phase == Phase.STARTING and name not in self.startups:
+                last = self.last_startup.get(name)
+                if last is None or now - last >= self.policy.readiness_interval_s:
+                    self.last_startup[name] = now
+                    self.startups[name] = asyncio.create_task(self.check_startup(launches[name]))
+            if name not in self.lives and liveness_due(state, self.last_live.get(name), now, self.policy):
+                self.last_live[name] = now
+                self.lives[name] = asyncio.create_task(self.check_alive(launches[name]))
+
+    def started(self, name: str) -> None:
+        """The engine (re)started: probe it from scratch."""
+        self.last_startup.pop(name, None)
+        self.last_live.pop(name, None)
+
+    def stopped(self, name: str) -> None:
+        """The engine is being stopped: its probes in flight mean nothing now."""
+        for tasks in (self.startups, self.lives):
+            task = tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+
+    async def close(self) -> None:
+        for task in [*self.startups.values(), *self.lives.values()]:
+            task.cancel()
+        if self.session is not None:
+            await self.session.close()

@@ -328,11 +328,12 @@ def dwell_left(switched_at: float | None, min_dwell_s: float, now: float) -> flo
     return 0.0 if switched_at is None else max(switched_at + min_dwell_s - now, 0.0)
 
 
-def back_to_default_due(last_request: float | None, switched_at: float | None, back_after_idle_s: float,
-                        min_dwell_s: float, now: float) -> bool:  # fmt: skip
-    """The profile switched to on request has had no request for its models for back_after_idle_s
-    (counted from the switch when none came), and has stayed its min_dwell_s."""
+def back_to_default_in(last_request: float | None, switched_at: float | None, back_after_idle_s: float,
+                       min_dwell_s: float, now: float) -> float | None:  # fmt: skip
+    """Seconds before a profile switched to on request goes back to the default (0: now): back_after_idle_s
+    after the last request for its models (after the switch, when none came), and not before its
+    min_dwell_s. None: no switch to go back from."""
     if switched_at is None:
-        return False
+        return None
     idle_since = max(last_request or switched_at, switched_at)
-    return now - idle_since >= back_after_idle_s and dwell_left(switched_at, min_dwell_s, now) == 0
+    return max(idle_since + back_after_idle_s - now, dwell_left(switched_at, min_dwell_s, now), 0.0)

@@ -10,9 +10,7 @@ import click
 from aiinfra.agent import client
 from aiinfra.agent.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 
-STATUS_OPT = click.option(
-    "--listen", help="Read status from this HTTP address (default: through the control socket)."
-)
+STATUS_OPT = click.option("--listen", help="Read status from this HTTP address (default: through the control socket).")
 SOCKET_OPT = click.option(
     "--socket",
     "socket_path",

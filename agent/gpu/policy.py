@@ -125,6 +125,19 @@ def placement_problem(pids: set[int], gpus: list[int], snapshot: Snapshot, expec
     return None
 
 
+# Ollama loads a model at its first request and unloads it after a while idle: it is held to have
+# GPU memory only this long after it last answered.
+OLLAMA_LOADED_AFTER_TRAFFIC_S = 60.0
+
+
+def expects_memory(runtime: str, cpu_build: bool, last_answer: float | None, now: float) -> bool:
+    """Whether a ready engine must hold memory on its GPUs: vLLM always (a CPU build never), Ollama
+    only while it has answered lately."""
+    if runtime == "vllm":
+        return not cpu_build
+    return last_answer is not None and now - last_answer < OLLAMA_LOADED_AFTER_TRAFFIC_S
+
+
 # NVML's P2P status codes (nvmlGpuP2PStatus_t), as an operator reads them.
 P2P_STATUS = {0: "ok", 1: "chipset not supported", 2: "GPU not supported", 3: "IOH topology not supported",
               4: "disabled by regkey", 5: "not supported", 6: "unknown"}  # fmt: skip

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from aiinfra.agent.metrics import Metrics, engine_families, exposition_of
 from aiinfra.agent.notify import audit
+from aiinfra.agent.status import Report, report
 from aiinfra.agent.supervisor import Supervisor
 
 log = logging.getLogger("aiinfra.agent")
@@ -59,17 +60,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    supervisor = request.app[SUPERVISOR]
-    return web.json_response({"agent": agent_info(request.app), "router": request.app[ROUTER](), **supervisor.status()})
+    document: Report = {"agent": agent_info(request.app), "router": request.app[ROUTER]()}
+    return web.json_response(document | report(request.app[SUPERVISOR]))
 
 
 async def metrics(request: web.Request) -> web.Response:
     """The agent's and the router's series, then each ready vLLM engine's own (engine label)."""
-    snapshot = request.app[SUPERVISOR].snapshot()
+    view = request.app[SUPERVISOR].view()
     ready = {
-        name: launch.base_url
-        for name, launch in snapshot.launches.items()
-        if launch.runtime == "vllm" and snapshot.ready(name)
+        name: launch.base_url for name, launch in view.launches.items() if launch.runtime == "vllm" and view.ready(name)
     }
     body = request.app[METRICS].exposition()
     if ready:
@@ -134,7 +133,7 @@ async def switch_profile(request: web.Request) -> web.Response:
         profile = body["profile"]
         engines = supervisor.switch(profile)
     except (ValueError, KeyError, TypeError):
-        known = ", ".join(supervisor.snapshot().profiles) or "none"
+        known = ", ".join(supervisor.view().profiles) or "none"
         return web.json_response({"error": f"unknown profile; profiles: {known}"}, status=400)
     return web.json_response({"profile": profile, "engines": engines}, status=202)
 

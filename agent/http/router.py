@@ -29,7 +29,7 @@ from aiinfra.agent.http.upstream import Answer, ConnectFailed, Upstream, Upstrea
 from aiinfra.agent.metrics import Metrics
 from aiinfra.agent.notify import audit
 from aiinfra.agent.reconcile import Phase, expected_ready_in
-from aiinfra.agent.supervisor import Snapshot, Supervisor
+from aiinfra.agent.view import Engines, View
 
 MAX_MODEL_NAME = 256  # what of a client's model name reaches the audit log
 UNKNOWN_MODEL = "(unknown)"  # the metrics' label for any name not configured here
@@ -135,14 +135,16 @@ def _asks_for_usage(body: dict[str, Any]) -> bool:
 class Router:
     def __init__(
         self,
-        supervisor: Supervisor,
+        engines: Engines,
         keys: KeyRing | None,
         metrics: Metrics,
         timeout_s: float,
         include_text: bool = False,
         reserve_tokens: int = 256,
     ) -> None:
-        self.supervisor = supervisor
+        self.engines = engines
+        self.traffic = engines.traffic
+        self.served = engines.view().served  # every name any engine serves: fixed with the configuration
         self.keys = keys  # None: authentication turned off by configuration
         self.limiter = RateLimiter()
         self.metrics = metrics
@@ -150,7 +152,6 @@ class Router:
         self.include_text = include_text
         self.reserve_tokens = reserve_tokens  # completion tokens reserved for a request that names no max_tokens
         self.upstream = Upstream()
-        self.waiting: dict[str, int] = {}  # requests waiting for each engine to be ready
         self.key_inflight: Counter[str] = Counter()  # requests in hand per key (max_inflight)
         self.refusals = Refusals(audit, lambda status, code: metrics.refused.labels(str(status), code).inc())
 
@@ -221,12 +222,12 @@ class Router:
         most = body.get("max_completion_tokens", body.get("max_tokens"))
         return prompt, (self.reserve_tokens if most is None else most) * (body.get("n") or 1)
 
-    def _serving(self, snapshot: Snapshot) -> dict[str, tuple[Launch, bool]]:
+    def _serving(self, view: View) -> dict[str, tuple[Launch, bool]]:
         """Model name → (engine, ready) for the active profile's engines."""
         served: dict[str, tuple[Launch, bool]] = {}
-        for name in snapshot.desired:
-            launch = snapshot.launches[name]
-            ready = snapshot.ready(name)
+        for name in view.desired:
+            launch = view.launches[name]
+            ready = view.ready(name)
             for model in launch.served:
                 if ready or model not in served:
                     served[model] = (launch, ready)
@@ -236,25 +237,25 @@ class Router:
         """The engine serving MODEL in the active profile and whether it is ready; with may_switch, for a
         model of a profile that a request may switch to, that profile (the third value). The models a
         404 names are those KEY may use."""
-        snapshot = self.supervisor.snapshot()
-        served = self._serving(snapshot)
+        view = self.engines.view()
+        served = self._serving(view)
         if model not in served:
-            elsewhere = [p for p, names in snapshot.profiles.items()
-                         if any(model in snapshot.launches[n].served for n in names)]  # fmt: skip
-            switchable = [p for p in elsewhere if p in snapshot.switching and snapshot.switching[p].on_request]
+            elsewhere = [p for p, names in view.profiles.items()
+                         if any(model in view.launches[n].served for n in names)]  # fmt: skip
+            switchable = [p for p in elsewhere if p in view.switching and view.switching[p].on_request]
             if may_switch and switchable:
-                name = next(n for n in snapshot.profiles[switchable[0]] if model in snapshot.launches[n].served)
-                return snapshot.launches[name], False, switchable[0]
+                name = next(n for n in view.profiles[switchable[0]] if model in view.launches[n].served)
+                return view.launches[name], False, switchable[0]
             if elsewhere:
                 raise Refusal(404, f"model {model!r} is served by profile {' or '.join(elsewhere)}, not by the "
-                              f"active profile {snapshot.profile}; switch with `aiinfra profile {elsewhere[0]}`",
+                              f"active profile {view.profile}; switch with `aiinfra profile {elsewhere[0]}`",
                               "model_not_in_profile")  # fmt: skip
             raise self._unknown(model, key)
         return (*served[model], None)
 
     def _unknown(self, model: str, key: Key | None) -> Refusal:
         """404 for a model not here, or not the key's: the models named are the key's own."""
-        served = self._serving(self.supervisor.snapshot())
+        served = self._serving(self.engines.view())
         known = ", ".join(sorted(m for m in served if key is None or key.allows(m))) or "none"
         return Refusal(404, f"model {model!r} does not exist here; models: {known}", "model_not_found")
 
@@ -264,15 +265,15 @@ class Router:
             raise Refusal(403, f"model {model!r} is served by profile {profile}, and key {key.name!r} may not switch "
                           f"profiles; `aiinfra profile {profile}` switches, or a key made with --may-switch",
                           "switch_not_allowed")  # fmt: skip
-        wait = self.supervisor.request_switch(profile, key.name if key else None, model)
+        wait = self.engines.request_switch(profile, key.name if key else None, model)
         if wait > 0:
-            active = self.supervisor.snapshot().profile
+            active = self.engines.view().profile
             raise Refusal(503, f"profile {active} stays another {wait:.0f}s (its min_dwell_s) before a request may "
                           f"switch to {profile}", "switch_later", retry_after=wait)  # fmt: skip
         return self._find(model)[0]
 
     def _not_ready(self, model: str, launch: Launch) -> Refusal:
-        phase = self.supervisor.snapshot().states[launch.name].phase.value
+        phase = self.engines.view().states[launch.name].phase.value
         return Refusal(
             503,
             f"model {model!r} is not ready (engine {launch.name} is {phase}); retry shortly",
@@ -281,37 +282,37 @@ class Router:
         )
 
     def _retry_after(self, launch: Launch) -> float:
-        expected = expected_ready_in(self.supervisor.snapshot().states[launch.name], self.supervisor.clock())
+        expected = expected_ready_in(self.engines.view().states[launch.name], self.traffic.clock())
         return 10 if expected is None else expected
 
     async def _wait_ready(self, model: str, launch: Launch) -> Launch:
         """Hold a request for an engine that is starting, restarting or being switched in until it is
         ready, within its queue's bounds; a failed engine, or one past them, is refused at once. A
         client that leaves cancels this wait, and so leaves the queue."""
-        if self.supervisor.snapshot().states[launch.name].phase == Phase.FAILED or not launch.queue_max:
+        if self.engines.view().states[launch.name].phase == Phase.FAILED or not launch.queue_max:
             raise self._not_ready(model, launch)
-        if self.waiting.get(launch.name, 0) >= launch.queue_max:
+        if self.traffic.waiting[launch.name] >= launch.queue_max:
             raise Refusal(503, f"model {model!r} is not ready (engine {launch.name} is starting) and "
                           f"{launch.queue_max} requests already wait for it; retry later", "model_not_ready",
                           retry_after=self._retry_after(launch))  # fmt: skip
         name, started = launch.name, time.monotonic()
-        self.waiting[name] = self.waiting.get(name, 0) + 1
+        self.traffic.waiting[name] += 1
         self.metrics.queue_waiting.labels(engine=name).inc()
         try:
             while True:
                 launch, ready, _ = self._find(model)  # a switch may have taken the model away meanwhile
                 if ready:
                     return launch
-                if self.supervisor.snapshot().states[launch.name].phase == Phase.FAILED:
+                if self.engines.view().states[launch.name].phase == Phase.FAILED:
                     raise self._not_ready(model, launch)
                 left = launch.queue_wait_s - (time.monotonic() - started)
                 if left <= 0:
                     raise Refusal(503, f"model {model!r} was not ready within {launch.queue_wait_s:g}s "
                                   f"(engine {launch.name}); retry later", "model_not_ready",
                                   retry_after=self._retry_after(launch))  # fmt: skip
-                await self.supervisor.changed(launch.name, left)
+                await self.engines.changed(launch.name, left)
         finally:
-            self.waiting[name] -= 1
+            self.traffic.waiting[name] -= 1
             self.metrics.queue_waiting.labels(engine=name).dec()
             self.metrics.queue_wait.labels(engine=name).observe(time.monotonic() - started)
 
@@ -322,7 +323,7 @@ class Router:
         key: Key | None = request.key
         data = [
             {"id": model, "object": "model", "owned_by": launch.name, "ready": ready}
-            for model, (launch, ready) in sorted(self._serving(self.supervisor.snapshot()).items())
+            for model, (launch, ready) in sorted(self._serving(self.engines.view()).items())
             if key is None or key.allows(model)
         ]
         return Reply(200, json.dumps({"object": "list", "data": data}).encode())
@@ -349,7 +350,7 @@ class Router:
             exchange.engine = launch.name
             if switch_to is not None:
                 launch = self._switch_for(exchange.model, switch_to, key)
-            self.supervisor.request_arrived(launch.name)
+            self.traffic.arrived(launch.name)
             arrived = launch.name
             if not ready:
                 launch = await self._wait_ready(exchange.model, launch)
@@ -359,11 +360,11 @@ class Router:
             if injected:  # exact token counts: the engine's own, in a usage chunk the client never sees
                 raw = json.dumps({**body, "stream_options": {**(body.get("stream_options") or {}),
                                                              "include_usage": True}}).encode()  # fmt: skip
-            self.supervisor.request_started(launch.name)
+            self.traffic.started(launch.name)
             try:
                 return await self._forward(request, conn, launch, raw, stream, exchange, injected)
             finally:
-                self.supervisor.request_done(launch.name)
+                self.traffic.done(launch.name)
         except Refusal as refusal:
             exchange.status = refusal.status
             return refusal.reply()
@@ -372,7 +373,7 @@ class Router:
             raise
         finally:
             if arrived is not None:
-                self.supervisor.request_left(arrived)
+                self.traffic.left(arrived)
             if key is not None and reserved is not None:
                 self._release_key(key, reserved, exchange.tokens_used())
             self._record(exchange, body_text)
@@ -453,7 +454,7 @@ class Router:
             parsed = _json_or_none(data) if answer.status == 200 else None
         if answer.status == 200:
             exchange.usage_seen = self._count_usage(exchange, parsed)
-            self.supervisor.traffic_ok(launch.name)
+            self.traffic.ok(launch.name)
         return None if scan is not None else Reply(answer.status, data, content_type)
 
     async def _stream(
@@ -498,12 +499,12 @@ class Router:
             if not exchange.usage_seen:
                 exchange.completion_tokens = chunks  # one token a chunk, when the engine sent no usage
         conn.end()
-        self.supervisor.traffic_ok(launch.name)
+        self.traffic.ok(launch.name)
 
     def _broke_off(self, launch: Launch, exc: Exception) -> str:
-        snapshot = self.supervisor.snapshot()
-        if launch.name not in snapshot.desired:
-            return (f"engine {launch.name} was stopped mid-answer: it left the active profile ({snapshot.profile}) "
+        view = self.engines.view()
+        if launch.name not in view.desired:
+            return (f"engine {launch.name} was stopped mid-answer: it left the active profile ({view.profile}) "
                     "and its drain deadline passed; retry")  # fmt: skip
         return f"engine {launch.name} failed mid-stream: {exc or type(exc).__name__}"
 
@@ -536,9 +537,9 @@ class Router:
             exchange.status = 499
         latency = time.monotonic() - exchange.started
         # Labels only from what the spec configures: a client's made-up names must not add series.
-        configured = exchange.model in self.supervisor.served  # fixed with the configuration
+        configured = exchange.model in self.served
         if exchange.reached:  # what the engine did is counted, answered or not
-            self.supervisor.count_tokens(exchange.engine, exchange.tokens_used())
+            self.traffic.tokens(exchange.engine, exchange.tokens_used())
         self.metrics.router.observe(
             exchange.model if configured else UNKNOWN_MODEL,
             exchange.status,

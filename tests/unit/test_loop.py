@@ -1,0 +1,206 @@
+"""The reconcile loop in process, in fake time: the supervisor with a test-double backend (processes
+that live and die when the test says) and test-double probes, ticked by hand on a clock the test moves.
+The subprocess tests (tests/agent) run the same loop in real time against real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aiinfra.agent.config import AgentConfig
+from aiinfra.agent.engines import Launch
+from aiinfra.agent.probes import Prober
+from aiinfra.agent.supervisor import Supervisor
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Processes:
+    """Test double of an effects.Backend: an engine 'runs' from start until it dies or is stopped."""
+
+    name = "test-double"
+
+    def __init__(self) -> None:
+        self.running: dict[str, int] = {}
+        self.exited: dict[str, int] = {}
+        self.started: list[str] = []
+        self.next_pid = 100
+
+    async def start(self, launch: Launch) -> int:
+        self.next_pid += 1
+        self.running[launch.name] = self.next_pid
+        self.exited.pop(launch.name, None)
+        self.started.append(launch.name)
+        return self.next_pid
+
+    async def poll(self, name: str) -> int | None:
+        return self.exited.get(name) if name not in self.running else None
+
+    def die(self, name: str, code: int) -> None:
+        del self.running[name]
+        self.exited[name] = code
+
+    async def stop(self, name: str, grace_s: float) -> None:
+        if name in self.running:
+            self.die(name, -15)
+
+    async def adopt(self) -> dict[str, int | None]:
+        return {}
+
+    def log_tail(self, name: str, lines: int = 5) -> str:
+        return "CUDA out of memory" if name in self.exited else ""
+
+
+class Probes(Prober):
+    """Test double of the probes: an engine is ready or alive when the test says so."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        super().__init__(config.policy)
+        self.ready: set[str] = set()
+        self.hung: set[str] = set()
+        self.alive_asked: list[str] = []
+
+    async def check_startup(self, launch: Launch) -> tuple[bool, float]:
+        return launch.name in self.ready, 2.0
+
+    async def check_alive(self, launch: Launch) -> bool:
+        self.alive_asked.append(launch.name)
+        return launch.name not in self.hung
+
+
+def engine(port: int) -> dict[str, Any]:
+    return {"runtime": "vllm", "model": f"org/m{port}", "served_name": f"m{port}", "gpus": [0], "port": port}
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> tuple[Supervisor, Processes, Probes, Clock]:
+    config = AgentConfig.model_validate({
+        "engines": {"a": engine(8001), "b": engine(8002)},
+        "profiles": {"one": ["a"], "two": ["b"]},
+        "default_profile": "one",
+        "profile_switching": {"two": {"on_request": True, "back_after_idle_s": 300, "min_dwell_s": 0}},
+        "state_dir": str(tmp_path / "state"),
+        "data_dir": str(tmp_path / "data"),
+        "policy": {"backoff_initial_s": 10, "crash_loop_failures": 3, "crash_loop_window_s": 900,
+                   "readiness_interval_s": 5, "liveness_interval_s": 30, "liveness_failures": 2},
+    })  # fmt: skip
+    clock, backend, probes = Clock(), Processes(), Probes(config)
+    return Supervisor(config, backend, clock, prober=probes), backend, probes, clock
+
+
+async def tick(supervisor: Supervisor, clock: Clock, seconds: float = 1.0) -> None:
+    """Move the clock on, tick once, and let the probes and stops the tick began run."""
+    clock.now += seconds
+    await supervisor.tick()
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+def phase(supervisor: Supervisor, name: str) -> str:
+    return supervisor.states[name].phase.value
+
+
+@in_loop
+async def test_an_engine_that_dies_backs_off_then_starts_again_and_a_crash_loop_stops_there(loop):
+    supervisor, backend, probes, clock = loop
+    await tick(supervisor, clock)
+    assert (backend.started, phase(supervisor, "a")) == (["a"], "starting")
+    probes.ready.add("a")
+    await tick(supervisor, clock)
+    assert phase(supervisor, "a") == "starting"  # the next startup probe is readiness_interval_s after the first
+    await tick(supervisor, clock, 4)
+    await tick(supervisor, clock)
+    assert phase(supervisor, "a") == "ready"
+
+    backend.die("a", 1)
+    await tick(supervisor, clock)
+    state = supervisor.states["a"]
+    assert state.phase.value == "backoff" and "exited with code 1" in (state.last_error or "")
+    assert "CUDA out of memory" in (state.last_error or "")  # the log's tail says why
+    await tick(supervisor, clock, 5)
+    assert backend.started == ["a"]  # not before the backoff's 10 s
+    await tick(supervisor, clock, 6)
+    assert backend.started == ["a", "a"] and supervisor.states["a"].restarts == 1
+
+    for _ in range(2):  # it keeps dying before it is ready: the third failure in the window is the last
+        backend.die("a", 1)
+        await tick(supervisor, clock)
+        await tick(supervisor, clock, 60)
+    assert phase(supervisor, "a") == "failed"
+    await tick(supervisor, clock, 600)
+    assert backend.started.count("a") == 3  # failed engines wait for the operator
+    assert [e["event"] for e in supervisor.events if e["engine"] == "a"][-1] == "failed"
+
+
+@in_loop
+async def test_a_switch_drains_the_leaving_engine_and_starts_the_next_only_once_it_is_gone(loop):
+    supervisor, backend, probes, clock = loop
+    probes.ready.add("a")
+    for _ in range(3):
+        await tick(supervisor, clock)
+    supervisor.traffic.arrived("a")
+    supervisor.traffic.started("a")  # a request in flight on a
+    supervisor.switch("two")
+    await tick(supervisor, clock)
+    assert "a" in backend.running and backend.started == ["a"]  # draining: b waits for a's GPUs
+    supervisor.traffic.done("a")
+    supervisor.traffic.left("a")
+    await tick(supervisor, clock)
+    assert "a" not in backend.running
+    await tick(supervisor, clock)
+    assert backend.started == ["a", "b"] and phase(supervisor, "a") == "stopped"
+
+
+@in_loop
+async def test_a_profile_switched_to_on_request_goes_back_when_idle_and_not_while_a_request_waits(loop):
+    supervisor, backend, probes, clock = loop
+    probes.ready.update({"a", "b"})
+    await tick(supervisor, clock)
+    assert supervisor.request_switch("two", "alice", "m8002") == 0
+    supervisor.traffic.arrived("b")  # waits for b to be ready
+    await tick(supervisor, clock, 400)
+    assert supervisor.profile == "two"  # a request still waits: not idle
+    supervisor.traffic.left("b")
+    await tick(supervisor, clock, 200)
+    assert supervisor.profile == "two" and supervisor.back_to_default_in() == pytest.approx(100)
+    await tick(supervisor, clock, 100)
+    assert supervisor.profile == "one" and supervisor.switch_cause["reason"] == "idle"
+
+
+@in_loop
+async def test_a_hung_engine_is_restarted_after_its_liveness_probes_and_traffic_stands_in_for_them(loop):
+    supervisor, backend, probes, clock = loop
+    probes.ready.add("a")
+    for _ in range(3):
+        await tick(supervisor, clock)
+    assert (phase(supervisor, "a"), probes.alive_asked) == ("ready", ["a"])  # probed once it is ready
+    await tick(supervisor, clock, 25)
+    supervisor.traffic.ok("a")
+    await tick(supervisor, clock, 40)
+    assert probes.alive_asked == ["a"]  # real traffic vouched for it within traffic_grace_s
+    probes.hung.add("a")
+    await tick(supervisor, clock, 30)
+    await tick(supervisor, clock, 31)
+    assert probes.alive_asked == ["a", "a", "a"]
+    await tick(supervisor, clock)  # the second failed probe's answer is read at the next tick
+    assert phase(supervisor, "a") == "backoff" and "hung" in (supervisor.states["a"].last_error or "")
+    assert "a" not in backend.running  # killed, to start again after the backoff
