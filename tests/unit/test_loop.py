@@ -184,6 +184,8 @@ async def test_a_profile_switched_to_on_request_goes_back_when_idle_and_not_whil
     assert supervisor.profile == "two" and supervisor.back_to_default_in() == pytest.approx(100)
     await tick(supervisor, clock, 100)
     assert supervisor.profile == "one" and supervisor.switch_cause["reason"] == "idle"
+    await tick(supervisor, clock)
+    assert set(backend.running) == {"a"}
 
 
 @in_loop
