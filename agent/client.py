@@ -13,6 +13,7 @@ import time
 from typing import Any, cast
 
 from aiinfra.agent import box
+from aiinfra.agent.reconcile import Phase
 from aiinfra.agent.status import Report
 
 DEFAULT_STATUS_URL = box.STATUS_LISTEN
@@ -23,7 +24,7 @@ class AgentUnavailable(Exception):
     """No agent answers where it was looked for."""
 
 
-class Refused(Exception):
+class ControlRefused(Exception):
     """The agent refused the request (unknown profile or engine)."""
 
 
@@ -82,7 +83,7 @@ def format_status(report: Report) -> str:
         f"{'ENGINE':<12} {'PHASE':<9} {'PID':>7} {'PORT':>5} {'RESTARTS':>8} {'FOR':>7}  LAST ERROR",
     ]
     for name, e in report["engines"].items():
-        if not e["desired"] and e["phase"] == "stopped":
+        if not e["desired"] and e["phase"] == Phase.STOPPED:
             continue
         age = f"{time.time() - e['since']:.0f}s" if e["since"] else "-"
         lines.append(
@@ -128,17 +129,17 @@ def switch_profile(
     engine runs. Returns (ok, what to tell the operator)."""
     code, body = control("POST", "/profile", {"profile": name}, socket_path)
     if code != 202:
-        raise Refused(body.get("error", f"HTTP {code}") if isinstance(body, dict) else f"HTTP {code}")
+        raise ControlRefused(body.get("error", f"HTTP {code}") if isinstance(body, dict) else f"HTTP {code}")
     if not wait:
         return True, f"switching to {name}: {', '.join(body['engines'])}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         report = status(listen, socket_path=socket_path)
         desired = {n: e for n, e in report["engines"].items() if e["desired"]}
-        others = [n for n, e in report["engines"].items() if not e["desired"] and e["phase"] != "stopped"]
-        if any(e["phase"] == "failed" for e in desired.values()):
+        others = [n for n, e in report["engines"].items() if not e["desired"] and e["phase"] != Phase.STOPPED]
+        if any(e["phase"] == Phase.FAILED for e in desired.values()):
             return False, format_status(report)
-        if not others and all(e["phase"] == "ready" for e in desired.values()):
+        if not others and all(e["phase"] == Phase.READY for e in desired.values()):
             return True, f"profile {name} ready: {', '.join(desired)}"
         time.sleep(0.5)
     return False, f"profile {name} not ready after {timeout:.0f}s"

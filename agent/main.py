@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import click
+import uvloop
 
-from aiinfra.agent import box
+from aiinfra.agent import audit, box, logs
 from aiinfra.agent.commands import control, cost, gpu, keys, models
 from aiinfra.agent.config import DEFAULT_PATH, AgentConfig, ConfigError, load
 from aiinfra.agent.effects import Backend
@@ -29,7 +30,8 @@ from aiinfra.agent.http.listen import BindError, inherited_sockets, listen, list
 from aiinfra.agent.http.router import Router
 from aiinfra.agent.http.serve import Clients, Limits
 from aiinfra.agent.metrics import Metrics
-from aiinfra.agent.notify import audit_health, flush_audit, notify, setup_logging, watchdog_enabled
+from aiinfra.agent.reconcile import Phase
+from aiinfra.agent.sdnotify import notify, watchdog_enabled
 from aiinfra.agent.status import report
 from aiinfra.agent.supervisor import Supervisor
 
@@ -43,8 +45,8 @@ def choose_backend(config: AgentConfig) -> Backend:
 
 def status_line(supervisor: Supervisor) -> str:
     desired = supervisor.desired()
-    ready = sum(1 for n in desired if supervisor.states[n].phase.value == "ready")
-    failed = [n for n in desired if supervisor.states[n].phase.value == "failed"]
+    ready = sum(1 for n in desired if supervisor.states[n].phase == Phase.READY)
+    failed = [n for n in desired if supervisor.states[n].phase == Phase.FAILED]
     text = f"profile {supervisor.profile}: {ready}/{len(desired)} engines ready"
     if supervisor.gpu is not None and supervisor.gpu.hold:
         text += f"; engines held: {supervisor.gpu.monitor.verdict.state}"
@@ -96,7 +98,7 @@ async def serve(config: AgentConfig) -> None:
             live = {"waiting": {name: n for name, n in supervisor.traffic.waiting.items() if n},
                     "connections": len(clients.open), "in_hand": clients.busy()}  # fmt: skip
         return (router_info(config) | ({"keys": keyring.health()} if keyring is not None else {}) | live
-                | {"audit": audit_health()})  # fmt: skip
+                | {"audit": audit.audit_health()})  # fmt: skip
 
     runners = [
         web.AppRunner(status_app(supervisor, metrics, router_status), access_log=None),
@@ -146,7 +148,7 @@ async def serve(config: AgentConfig) -> None:
         await supervisor.close(stop_engines=backend.name == "process")
         if router is not None:
             router.close()
-        flush_audit()
+        audit.flush_audit()
         for runner in runners:
             await runner.cleanup()
         sock.unlink(missing_ok=True)
@@ -229,15 +231,10 @@ CONFIG = click.option(
 def run(config_path: Path) -> None:
     """Run the agent (what the systemd unit starts)."""
     config = _load(config_path)
-    setup_logging(audit_log=config.audit_path())
+    logs.setup()
+    audit.open_file(config.audit_path())
     try:
-        import uvloop  # the router's event loop where it is installed (docs/decisions.md)
-    except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        runner(serve(config))
+        uvloop.run(serve(config))  # the router's event loop (docs/decisions.md)
     except BindError as exc:
         click.echo(f"aiinfra-agent: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)

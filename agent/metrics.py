@@ -14,11 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from aiinfra.agent.notify import audit_health
+from aiinfra.agent.audit import audit_health
+from aiinfra.agent.reconcile import Phase
 from aiinfra.agent.status import Report
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-PHASES = ("stopped", "starting", "ready", "backoff", "stopping", "failed")
 
 
 class EngineCollector(Collector):
@@ -44,8 +44,8 @@ class EngineCollector(Collector):
         )
         for name, engine in report["engines"].items():
             degraded.add_metric([name], 1.0 if engine.get("degraded") else 0.0)
-            for p in PHASES:
-                phase.add_metric([name, p], 1.0 if engine["phase"] == p else 0.0)
+            for p in Phase:
+                phase.add_metric([name, p.value], 1.0 if engine["phase"] == p else 0.0)
             desired.add_metric([name], 1.0 if engine["desired"] else 0.0)
             restarts.add_metric([name], engine["restarts"])
             if engine["probe_latency_ms"] is not None:

@@ -20,13 +20,13 @@ from types import MappingProxyType
 from typing import Any
 
 from aiinfra.agent import reconcile
+from aiinfra.agent.audit import audit
 from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.effects import Backend, StartError
 from aiinfra.agent.energy import Ledger
 from aiinfra.agent.engines import Launch, launch, vllm_build
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.gpu.watch import GpuWatch
-from aiinfra.agent.notify import audit
 from aiinfra.agent.probes import Prober
 from aiinfra.agent.reconcile import Action, EngineState, Observation, Phase, Stop, decide, observe, started, stopping
 from aiinfra.agent.records import RestartCounts, engine_secret

@@ -4,7 +4,7 @@
 
 Makes a mirror holding one model (safetensors-sized files of random bytes and their SHA256SUMS),
 then, round after round in alternating order: `cp -r` of the model's folder (no checking at all),
-staging as aiinfra did before (copy, then hash every copy), `aiinfra.agent.models.stage` (each file
+staging as aiinfra did before (copy, then hash every copy), `aiinfra.agent.staging.stage` (each file
 read once, hashed while copied, several at a time), and the floor of any staging that checks what it
 copies: reading and hashing the files, copying nothing. Prints the median of each and its ratio to
 the plain copy. Before each, the mirror's files are dropped from the page cache (posix_fadvise), so
@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from aiinfra.agent import models
+from aiinfra.agent import staging
 
 MODEL = "bench/Model-7B"
 
@@ -42,7 +42,7 @@ def make_mirror(root: Path, total: int, files: int) -> Path:
                 out.write(block[: min(left, len(block))])
                 left -= len(block)
     (folder / "config.json").write_text('{"architectures": ["Qwen2ForCausalLM"]}')
-    models.write_manifest(folder)
+    staging.write_manifest(folder)
     return root
 
 
@@ -61,19 +61,19 @@ def plain_copy(mirror: Path, dest: Path) -> None:
 def copy_then_check(mirror: Path, dest: Path) -> None:
     """aiinfra before: copytree, then every file of the copy read again for its hash."""
     shutil.copytree(mirror / MODEL, dest)
-    assert models.manifest_problems(dest) == []
+    assert staging.manifest_problems(dest) == []
 
 
 def stage(mirror: Path, dest: Path) -> None:
-    models.stage(MODEL, dest, str(mirror), [])
+    staging.stage(MODEL, dest, str(mirror), [])
 
 
 def read_and_hash(mirror: Path, dest: Path) -> None:
     """The least any checked staging does: read and hash every file, as many at once as staging,
     copying nothing. Where this is slower than the plain copy, hashing is the floor, not the copy."""
     files = [p for p in (mirror / MODEL).rglob("*") if p.is_file()]
-    with ThreadPoolExecutor(models.COPIES_AT_ONCE) as pool:
-        list(pool.map(models._sha256, files))
+    with ThreadPoolExecutor(staging.COPIES_AT_ONCE) as pool:
+        list(pool.map(staging._sha256, files))
     dest.mkdir()
 
 

@@ -11,21 +11,21 @@ from pathlib import Path
 
 from aiinfra.agent import box
 from aiinfra.installer.inventory import ansible_tool
-from aiinfra.installer.run import ansible_environment
+from aiinfra.installer.workstation import ansible_environment
 
 # Templated per host by Ansible: a host whose aiinfra_package_prefix moved has its agent there.
 AGENT_BIN = "{{ aiinfra_package_prefix | default('" + box.PREFIX + "') }}/bin/aiinfra-agent"
 
 
 @dataclass(frozen=True)
-class Answer:
+class AgentReply:
     host: str
     rc: int | None  # None: the host could not be reached
     stdout: str
     error: str
 
 
-def agent_command(inventory: Path, hosts: list[str], args: list[str]) -> dict[str, Answer]:
+def agent_command(inventory: Path, hosts: list[str], args: list[str]) -> dict[str, AgentReply]:
     env = {
         **os.environ,
         "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
@@ -47,12 +47,14 @@ def agent_command(inventory: Path, hosts: list[str], args: list[str]) -> dict[st
         results = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]
     except (ValueError, KeyError, IndexError):
         detail = (proc.stderr or proc.stdout).strip().splitlines()
-        return {h: Answer(h, None, "", detail[-1] if detail else "ansible failed") for h in hosts}
+        return {h: AgentReply(h, None, "", detail[-1] if detail else "ansible failed") for h in hosts}
     answers = {}
     for host in hosts:
         res = results.get(host, {})
         if res.get("unreachable"):
-            answers[host] = Answer(host, None, "", res.get("msg", "unreachable"))
+            answers[host] = AgentReply(host, None, "", res.get("msg", "unreachable"))
         else:
-            answers[host] = Answer(host, res.get("rc"), res.get("stdout", ""), res.get("stderr") or res.get("msg", ""))
+            answers[host] = AgentReply(
+                host, res.get("rc"), res.get("stdout", ""), res.get("stderr") or res.get("msg", "")
+            )
     return answers

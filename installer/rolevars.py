@@ -20,8 +20,8 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from aiinfra.installer.run import project_dir
 from aiinfra.installer.variables import ROLES, RunFlags, Variables, _Path
+from aiinfra.installer.workstation import project_dir
 
 HEADER = "# Written by `python -m aiinfra.installer.rolevars` from installer/variables.py: change it there.\n"
 VARIABLE_TABLE = re.compile(r"(<!-- variables: (\w+) -->\n).*?(<!-- /variables -->)", re.S)

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ValidationError, model_validator
 
 from aiinfra.agent.schema import (
@@ -21,7 +22,9 @@ from aiinfra.agent.schema import (
     switching_problems,
 )
 from aiinfra.installer import plan
+from aiinfra.installer.inventory import Inventory
 from aiinfra.installer.variables import DriverRepo, Variables, Vlan
+from aiinfra.installer.workstation import project_dir
 
 # A variable of the operator's other roles passes; one that looks like ours does not.
 OUR_PREFIXES = (
@@ -156,14 +159,14 @@ def _fit_problems(spec: HostSpec) -> list[str]:
     return problems
 
 
-def advice(host: str, spec: HostSpec) -> list[SpecError]:
+def advice(host: str, spec: HostSpec) -> list[SpecWarning]:
     """What is valid but likely not meant: warnings, the install still runs."""
     notes = []
     addresses = [a.split("/")[0] for vlan in spec.vlans for a in vlan.addresses]
     if addresses and _all_interfaces(spec.router_listen):
         port = spec.router_listen.rpartition(":")[2]
         notes.append(
-            SpecError(
+            SpecWarning(
                 host,
                 "router_listen",
                 f"{spec.router_listen!r} listens on every interface, not only the VLANs'; to serve them alone, "
@@ -173,7 +176,7 @@ def advice(host: str, spec: HostSpec) -> list[SpecError]:
     status_host = spec.aiinfra_agent_status_listen.rpartition(":")[0].strip("[]")
     if not ipaddress.ip_address(status_host).is_loopback and spec.status_token_sha256 is None:
         notes.append(
-            SpecError(
+            SpecWarning(
                 host,
                 "aiinfra_agent_status_listen",
                 f"{spec.aiinfra_agent_status_listen!r} is not loopback: /status names keys, engines, pids and GPUs "
@@ -183,18 +186,26 @@ def advice(host: str, spec: HostSpec) -> list[SpecError]:
         )
     for name, engine in spec.engines.items():
         if isinstance(engine, VllmEngine) and (said := plan.quantization_advice(engine, spec.gpu_model)):
-            notes.append(SpecError(host, f"engines.{name}.quantization", said))
+            notes.append(SpecWarning(host, f"engines.{name}.quantization", said))
     return notes
 
 
 @dataclass(frozen=True)
-class SpecError:
+class SpecFinding:
     host: str
     field: str
     message: str
 
     def __str__(self) -> str:
         return f"{self.host}: {self.field}: {self.message}"
+
+
+class SpecError(SpecFinding):
+    """Nothing may run until it is fixed."""
+
+
+class SpecWarning(SpecFinding):
+    """The install may run; the operator is told."""
 
 
 KNOWN = tuple(HostSpec.model_fields)
@@ -232,3 +243,29 @@ def validate(host: str, variables: dict[str, Any]) -> tuple[HostSpec | None, lis
         errors += [SpecError(host, field, message) for field, message in error_lines(exc, _model_at)]
         return None, errors
     return (None, errors) if errors else (spec, [])
+
+
+def installed_groups() -> tuple[str, ...]:
+    """The inventory groups playbooks/site.yml installs, read from its plays."""
+    plays = yaml.safe_load((project_dir() / "playbooks" / "site.yml").read_text())
+    groups = (group for play in plays for group in str(play["hosts"]).split(":"))
+    return tuple(dict.fromkeys(groups))
+
+
+def check_specs(inv: Inventory, hosts: list[str]) -> tuple[list[SpecError], list[SpecWarning]]:
+    """The errors (nothing may run) and the warnings (it may) of each host's spec."""
+    errors, warnings = [], []
+    for host in hosts:
+        if not any(host in inv.groups.get(group, []) for group in installed_groups()):
+            errors.append(
+                SpecError(
+                    host,
+                    "groups",
+                    f"not in group {' or '.join(map(repr, installed_groups()))}, the hosts "
+                    "site.yml installs: add it to that group in the inventory",
+                )
+            )
+        spec, found = validate(host, inv.hostvars[host])
+        errors.extend(found)
+        warnings.extend(advice(host, spec) if spec else [])
+    return errors, warnings

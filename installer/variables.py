@@ -1,6 +1,6 @@
 """Every variable of aiinfra's roles, declared once: type, allowed values, default and what it does.
 
-This module is the single source. `aiinfra-dev-vars` (installer/rolevars.py) writes from it each role's
+This module is the single source. `python -m aiinfra.installer.rolevars` writes from it each role's
 `meta/argument_specs.yml` and `defaults/main.yml` and the variable tables in docs/, and fails in CI when
 one of them differs from what it would write. What crosses fields (ports, GPUs, profiles, fit) is
 checked in spec.py.
@@ -608,13 +608,13 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
     )
     proxmox_passthrough_hugepages_1g: Annotated[int, Field(ge=0, le=4096)] = var(
         0,
-        "1 GiB huge pages reserved at boot.",
+        "1 GiB huge pages reserved at boot for the VM's memory (kernel arguments); 0 reserves none.",
         roles=("proxmox_passthrough",),
     )
     proxmox_passthrough_vm_id: Annotated[int, Field(ge=100, le=999999999)] | None = var(
         None,
         (
-            "1 GiB huge pages reserved at boot for the VM's memory (kernel arguments); 0 reserves none. VM "
+            "The Proxmox VM that gets the GPUs; unset: the host is prepared and no VM is changed. Its "
             "settings, only when an id is given: a hostpci entry per GPU (pcie=1, x-vga=0), NUMA on, 1 GiB huge "
             "pages when reserved above, CPU type host; written with `qm set`, read with `qm config`. The VM must "
             "already be q35 with OVMF (pcie=1 and vfio-pci's disable_vga need them), and its memory a multiple of "
@@ -899,9 +899,7 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
             "needs true for tensor parallelism (NCCL bootstraps over it)."
         ),
         roles=("aiinfra_agent",),
-        ansible=(
-            "{{ engines.values() | selectattr('cloud', 'defined') | selectattr('cloud') | list | length > 0 }}"
-        ),
+        ansible=("{{ engines.values() | selectattr('cloud', 'defined') | selectattr('cloud') | list | length > 0 }}"),
         shown="true where an engine has `cloud: true`, else false",
     )
     aiinfra_agent_status_listen: str = var(

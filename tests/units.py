@@ -8,7 +8,7 @@ from typing import Any
 import jinja2
 
 from aiinfra.installer.rolevars import role_values
-from aiinfra.installer.run import project_dir
+from aiinfra.installer.workstation import project_dir
 
 # Each unit, and the role that installs it.
 UNITS = {

@@ -47,7 +47,7 @@ def profile(name: str, socket_path: str, listen: str | None, timeout: float, no_
     except client.AgentUnavailable as exc:
         click.echo(f"aiinfra-agent: no agent on {socket_path}: {exc}", err=True)
         sys.exit(EXIT_UNREACHABLE)
-    except client.Refused as exc:
+    except client.ControlRefused as exc:
         click.echo(f"aiinfra-agent: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     click.echo(message, err=not ok)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from aiinfra.agent import models as model_store
+from aiinfra.agent import staging
 from aiinfra.agent.exits import EXIT_BAD_INPUT, EXIT_FAILED
 
 
@@ -25,7 +25,7 @@ def models() -> None:
 @click.option("--download-command", default="", help="Command that downloads: MODEL --local-dir DIR is appended.")
 def models_stage(model: str, root: Path, mirror: str | None, download_command: str) -> None:
     """Put MODEL under ROOT from the mirror, else download it; check it; print what was done as JSON."""
-    _print_staged(lambda: model_store.stage(model, root, mirror or None, download_command.split()))
+    _print_staged(lambda: staging.stage(model, root, mirror or None, download_command.split()))
 
 
 @models.command("stage-ollama")
@@ -34,13 +34,13 @@ def models_stage(model: str, root: Path, mirror: str | None, download_command: s
 @click.option("--mirror", help="A directory holding MIRROR/ollama/{manifests,blobs}.")
 def models_stage_ollama(name: str, store: Path, mirror: str | None) -> None:
     """Copy Ollama model NAME from the mirror, blobs checked; print JSON (source "missing": pull it)."""
-    _print_staged(lambda: model_store.stage_ollama(name, store, mirror or None))
+    _print_staged(lambda: staging.stage_ollama(name, store, mirror or None))
 
 
-def _print_staged(stage: Callable[[], model_store.Staged]) -> None:
+def _print_staged(stage: Callable[[], staging.Staged]) -> None:
     try:
         staged = stage()
-    except model_store.StagingError as exc:
+    except staging.StagingError as exc:
         click.echo(f"aiinfra-agent: {exc}", err=True)
-        sys.exit(EXIT_BAD_INPUT if isinstance(exc, model_store.BadModelId) else EXIT_FAILED)
+        sys.exit(EXIT_BAD_INPUT if isinstance(exc, staging.BadModelId) else EXIT_FAILED)
     click.echo(json.dumps(vars(staged)))

@@ -91,7 +91,7 @@ class SystemdBackend:
         return -status if props.get("ExecMainCode") in (2, 3) else status
 
     async def stop(self, name: str, grace_s: float) -> None:
-        # The unit's TimeoutStopSec and KillMode=control-group do TERM, grace, KILL of the whole cgroup.
+        # The unit's TimeoutStopSec and KillMode=mixed: TERM to the engine, grace, KILL of the whole cgroup.
         await _systemctl("stop", UNIT.format(name))
 
     async def adopt(self) -> dict[str, int | None]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aiinfra.agent.gpu.nvml import Nvml, Snapshot
-from aiinfra.agent.gpu.policy import Refused, SetPersistence, SetPowerLimit, settings_actions
+from aiinfra.agent.gpu.policy import CannotApply, SetPersistence, SetPowerLimit, settings_actions
 
 
 def apply_action(nvml: Nvml, action: SetPowerLimit | SetPersistence) -> str:
@@ -42,13 +42,13 @@ def put_in_place(nvml: Nvml, power: int | dict[int, int] | None, persistence: bo
     if before.state != "ok":
         return Outcome(before, error=f"{before.state}: {before.message}")
     actions = settings_actions(before, power, persistence, {}, 0, 0)
-    refused = [a.reason for a in actions if isinstance(a, Refused)]
+    refused = [a.reason for a in actions if isinstance(a, CannotApply)]
     if refused or check:
-        changes = [a for a in actions if not isinstance(a, Refused)]
+        changes = [a for a in actions if not isinstance(a, CannotApply)]
         return Outcome(before, refused, [describe(before, a) for a in changes])
     for action in actions:
-        assert not isinstance(action, Refused)
+        assert not isinstance(action, CannotApply)
         apply_action(nvml, action)
     after = nvml.read()
-    left = [a for a in settings_actions(after, power, persistence, {}, 0, 0) if not isinstance(a, Refused)]
+    left = [a for a in settings_actions(after, power, persistence, {}, 0, 0) if not isinstance(a, CannotApply)]
     return Outcome(after, differ=[describe(after, a) for a in left])

@@ -12,7 +12,7 @@ from typing import Any
 from aiinfra.agent.gpu.apply import apply_action
 from aiinfra.agent.gpu.nvml import Nvml, Snapshot
 from aiinfra.agent.gpu.policy import (
-    Refused,
+    CannotApply,
     SetPersistence,
     SetPowerLimit,
     TensorPath,
@@ -117,9 +117,9 @@ class GpuMonitor:
             now,
             self.config.reapply_min_interval_s,
         )
-        self.refused = [a.reason for a in actions if isinstance(a, Refused)]
+        self.refused = [a.reason for a in actions if isinstance(a, CannotApply)]
         for action in actions:
-            if not isinstance(action, Refused):
+            if not isinstance(action, CannotApply):
                 self._apply(action, now)
         return snapshot
 

@@ -160,16 +160,6 @@ class Nvml:
         read = 0  # NVML_P2P_CAPS_INDEX_READ: pynvml defines it as the tuple (0,)
         return nv.nvmlDeviceGetP2PStatus(ha, hb, read), nv.nvmlDeviceGetP2PStatus(ha, hb, nv.NVML_P2P_CAPS_INDEX_NVLINK)
 
-    def nvlinks_up(self, index: int) -> int:
-        nv = self.lib
-        handle, up = nv.nvmlDeviceGetHandleByIndex(index), 0
-        for link in range(nv.NVML_NVLINK_MAX_LINKS):
-            try:
-                up += nv.nvmlDeviceGetNvLinkState(handle, link) == nv.NVML_FEATURE_ENABLED
-            except nv.NVMLError:
-                break
-        return up
-
     def _register_xid_events(self) -> None:
         nv = self.lib
         try:

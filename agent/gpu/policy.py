@@ -20,12 +20,12 @@ class SetPersistence:
 
 
 @dataclass(frozen=True)
-class Refused:
+class CannotApply:
     gpu: int
     reason: str
 
 
-GpuAction = SetPowerLimit | SetPersistence | Refused
+GpuAction = SetPowerLimit | SetPersistence | CannotApply
 
 
 def wanted_power(power: int | dict[int, int] | None, gpu: int) -> int | None:
@@ -41,12 +41,12 @@ def settings_actions(
     min_interval_s: float,
 ) -> list[GpuAction]:
     """Settings that drifted from the desired ones, at most once per min_interval_s per GPU and setting;
-    Refused for a limit a card does not allow or a GPU that is not there (then apply nothing)."""
+    CannotApply for a limit a card does not allow or a GPU that is not there (then apply nothing)."""
     actions: list[GpuAction] = []
     present = {gpu.index for gpu in snapshot.gpus}
     for index in sorted(power) if isinstance(power, dict) else ():
         if index not in present:
-            actions.append(Refused(index, f"GPU {index} does not exist; NVML sees {len(present)} GPU(s)"))
+            actions.append(CannotApply(index, f"GPU {index} does not exist; NVML sees {len(present)} GPU(s)"))
     for gpu in snapshot.gpus:
         if gpu.lost:
             continue
@@ -54,7 +54,7 @@ def settings_actions(
         if watts is not None and abs(gpu.power_limit_w - watts) >= 1:
             if not gpu.power_min_w <= watts <= gpu.power_max_w:
                 actions.append(
-                    Refused(
+                    CannotApply(
                         gpu.index,
                         f"power limit {watts} W is outside what GPU {gpu.index} allows "
                         f"({gpu.power_min_w:.0f}-{gpu.power_max_w:.0f} W)",

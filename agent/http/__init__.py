@@ -1,1 +1,2 @@
-"""The agent's HTTP surfaces: read-only status on TCP, control on a local unix socket."""
+"""The agent's HTTP surfaces: the OpenAI-compatible router (TCP, API keys), read-only status (TCP) and
+control (a local unix socket)."""

@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from aiinfra.agent.audit import audit
 from aiinfra.agent.metrics import Metrics, engine_families, exposition_of
-from aiinfra.agent.notify import audit
 from aiinfra.agent.status import Report, report
 from aiinfra.agent.supervisor import Supervisor
 

@@ -21,13 +21,13 @@ from typing import Any
 
 import ijson
 
+from aiinfra.agent.audit import audit
 from aiinfra.agent.engines import Launch
 from aiinfra.agent.http.keys import Key, KeyRing, RateLimiter
 from aiinfra.agent.http.refusals import Refusals
 from aiinfra.agent.http.serve import ClientGone, Connection, Reply, Request, error_reply
 from aiinfra.agent.http.upstream import Answer, ConnectFailed, Upstream, UpstreamError
 from aiinfra.agent.metrics import Metrics
-from aiinfra.agent.notify import audit
 from aiinfra.agent.reconcile import Phase, expected_ready_in
 from aiinfra.agent.view import Engines, View
 

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from aiinfra.installer.run import project_dir
+from aiinfra.installer.workstation import project_dir
 from tests.agent.conftest import free_port, vllm
 from tests.agent.test_gpu import FAKE, FakeGpus
 from tests.agent.test_router import add_key, client

@@ -202,4 +202,3 @@ def test_a_request_switches_the_box_back_to_the_profile_that_serves_it(agent):
     status = agent.status()
     assert status["profile"] == "on" and status["switching"]["last"]["reason"] == "request"
     assert status["engines"]["e"]["phase"] == "ready"
-

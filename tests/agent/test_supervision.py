@@ -374,7 +374,9 @@ def test_control_is_for_operators_by_peer_credentials_and_every_action_is_named(
     assert done.returncode == 0, done.stderr
     lines = [json.loads(x) for x in Path(agent.config["audit_log"]).read_text().splitlines() if '"control"' in x]
     assert [(x["action"], x["user"], x["status"]) for x in lines] == [
-        ("POST /profile", "nobody", 403), ("POST /engines/e/restart", "root", 202)]
+        ("POST /profile", "nobody", 403),
+        ("POST /engines/e/restart", "root", 202),
+    ]
     assert lines[0]["uid"] == pwd.getpwnam("nobody").pw_uid and lines[1]["uid"] == 0 and lines[1]["pid"] > 0
     assert "control: POST /profile by nobody" in agent.agent_log()
     shutil.rmtree(reachable, ignore_errors=True)

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from aiinfra.installer import lab
+from aiinfra.installer import lab, workstation
 
 
 def require_lab() -> None:
@@ -25,7 +25,7 @@ def require_lab() -> None:
 
 
 def podman(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CONTAINERS_CONF": str(lab.CONTAINERS_CONF)}
+    env = {**os.environ, "CONTAINERS_CONF": str(workstation.CONTAINERS_CONF)}
     return subprocess.run(["podman", *args], capture_output=True, text=True, env=env, check=False)
 
 

@@ -102,9 +102,7 @@ def box(tmp_path_factory):
     )
     assert built.returncode == 0, built.stderr
     assert podman("cp", str(wheels), f"{CONTAINER}:/tmp/wheels").returncode == 0
-    assert (
-        podman("cp", str(kit.STUB_ENGINE), f"{CONTAINER}:/opt/stub_engine.py").returncode == 0
-    )
+    assert podman("cp", str(kit.STUB_ENGINE), f"{CONTAINER}:/opt/stub_engine.py").returncode == 0
     for unit in ("aiinfra-agent.service", "aiinfra-engine@.service", "aiinfra-router.socket", "aiinfra-status.socket"):
         (tmp / unit).write_text(units.render(unit))
         assert podman("cp", str(tmp / unit), f"{CONTAINER}:/etc/systemd/system/{unit}").returncode == 0
@@ -242,7 +240,8 @@ def test_ollamas_llama_server_is_adopted_with_it_and_goes_with_a_killed_ollama_s
                 "gamma restarted")  # fmt: skip
     assert back["engines"]["gamma"]["pid"] != leader
     assert "exited with signal 9" in back["engines"]["gamma"]["last_error"] or any(
-        e["event"] == "backoff" and e["message"].startswith("exited with signal 9") for e in back["events"])
+        e["event"] == "backoff" and e["message"].startswith("exited with signal 9") for e in back["events"]
+    )
 
 
 def test_a_profile_switch_stops_the_unit_of_the_leaving_engine(box):

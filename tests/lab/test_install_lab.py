@@ -192,13 +192,22 @@ def test_three_agent_restarts_cut_no_request_of_two_clients_of_the_real_vllm(lab
     assert "0.0.0.0/0" in denied and "::/0" in denied, denied
     # What may hold secrets is root's (the launch file: the engines' group may read it), and the real vLLM
     # answers only the router, which alone knows its key.
-    modes = lab_host.box("stat", "-c", "%n %U:%G %a", "/etc/aiinfra/agent.yml", "/run/aiinfra/engines",
-                         "/run/aiinfra/engines/qwen7b.json", "/run/aiinfra/engine-keys.secret").stdout.splitlines()
+    modes = lab_host.box(
+        "stat",
+        "-c",
+        "%n %U:%G %a",
+        "/etc/aiinfra/agent.yml",
+        "/run/aiinfra/engines",
+        "/run/aiinfra/engines/qwen7b.json",
+        "/run/aiinfra/engine-keys.secret",
+    ).stdout.splitlines()
     assert modes == ["/etc/aiinfra/agent.yml root:root 600", "/run/aiinfra/engines root:aiinfra 750",
                      "/run/aiinfra/engines/qwen7b.json root:aiinfra 640",
                      "/run/aiinfra/engine-keys.secret root:root 600"]  # fmt: skip
-    around = ("import urllib.request, urllib.error\ntry: urllib.request.urlopen('http://127.0.0.1:8001/v1/models')\n"
-              "except urllib.error.HTTPError as e: print(e.code)")
+    around = (
+        "import urllib.request, urllib.error\ntry: urllib.request.urlopen('http://127.0.0.1:8001/v1/models')\n"
+        "except urllib.error.HTTPError as e: print(e.code)"
+    )
     assert lab_host.box("python3", "-c", around).stdout.strip() == "401"
     api = lab_host.client()
     ask = {"model": "Qwen/Qwen2.5-7B-Instruct", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8,

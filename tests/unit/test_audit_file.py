@@ -6,7 +6,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from aiinfra.agent.notify import BatchedAuditFile
+from aiinfra.agent.audit import BatchedAuditFile
 
 
 def audit_logger(path: Path, max_bytes: int) -> tuple[logging.Logger, BatchedAuditFile]:

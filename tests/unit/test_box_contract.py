@@ -6,7 +6,7 @@ import re
 import pytest
 
 from aiinfra.agent import box, config, engines
-from aiinfra.installer.run import project_dir
+from aiinfra.installer.workstation import project_dir
 from tests import units
 
 # A host that moved everything the units name.

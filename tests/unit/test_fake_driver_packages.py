@@ -44,7 +44,8 @@ def test_two_versions_of_the_server_driver_in_ubuntus_layout(tmp_path):
     assert signed["Depends"] == "nvidia-kernel-common-580-server (= 580.105.08-0ubuntu0.24.04.1)"
     assert signed["Provides"] == "nvidia-dkms-580-server-open (= 580.105.08-0ubuntu0.24.04.1)"
     assert index["linux-modules-nvidia-580-server-open-generic=6.8.0-149.149"]["Depends"] == (
-        "linux-modules-nvidia-580-server-open-6.8.0-149-generic (= 6.8.0-149.149)")
+        "linux-modules-nvidia-580-server-open-6.8.0-149-generic (= 6.8.0-149.149)"
+    )
     for fields in index.values():
         assert (repo / fields["Filename"]).stat().st_size == int(fields["Size"])
 

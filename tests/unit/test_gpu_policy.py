@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiinfra.agent.gpu.nvml import GpuInfo, Snapshot
-from aiinfra.agent.gpu.policy import Refused, SetPersistence, SetPowerLimit, driver_verdict, settings_actions
+from aiinfra.agent.gpu.policy import CannotApply, SetPersistence, SetPowerLimit, driver_verdict, settings_actions
 
 GPU = GpuInfo(index=0, power_limit_w=390, power_min_w=100, power_max_w=390, persistence=False)
 
@@ -25,7 +25,7 @@ def test_per_gpu_limits_lost_gpus_and_limits_the_card_refuses():
     other = GpuInfo(index=1, power_limit_w=300, power_min_w=100, power_max_w=390, persistence=True, lost=True)
     assert settings_actions(snap(GPU, other), {0: 390, 1: 250}, None, {}, 0, 60) == []
     refused = settings_actions(snap(GPU), 450, None, {}, 0, 60)
-    assert refused == [Refused(0, "power limit 450 W is outside what GPU 0 allows (100-390 W)")]
+    assert refused == [CannotApply(0, "power limit 450 W is outside what GPU 0 allows (100-390 W)")]
 
 
 def test_driver_verdicts():

@@ -24,8 +24,18 @@ def good_file(path):
         ('{"keys": "alice"}', 0o600, "not a keys file"),
         ('{"keys": [{"name": "alice", "sha256": "%s", "hint": "x", "admin": true}]}' % ("0" * 64), 0o600, "admin"),
         (None, 0o666, "writable by others (mode 666)"),
-        (json.dumps({"keys": [{"name": "bob", "sha256": "0" * 64, "hint": "x"},
-                              {"name": "bob", "sha256": "1" * 64, "hint": "y"}]}), 0o600, "names key 'bob' twice"),
+        (
+            json.dumps(
+                {
+                    "keys": [
+                        {"name": "bob", "sha256": "0" * 64, "hint": "x"},
+                        {"name": "bob", "sha256": "1" * 64, "hint": "y"},
+                    ]
+                }
+            ),
+            0o600,
+            "names key 'bob' twice",
+        ),
         ('{"keys": [{"name": "bob\\n", "sha256": "%s", "hint": "x"}]}' % ("0" * 64), 0o600, "wrong type"),
     ],
 )

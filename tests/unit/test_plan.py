@@ -181,9 +181,21 @@ def test_run_on_the_box_the_plan_says_how_each_tensor_parallel_engines_gpus_are_
     from pathlib import Path
 
     state = tmp_path / "nvml.json"
-    gpu = {"name": "NVIDIA GeForce RTX 3090", "memory_total": 25769803776, "memory_used": 0, "utilization": 0,
-           "temperature": 35, "power_usage_mw": 30000, "power_limit_mw": 350000, "power_min_mw": 100000,
-           "power_max_mw": 390000, "power_default_mw": 350000, "persistence": 1, "sm_clock": 210, "throttle": 0}
+    gpu = {
+        "name": "NVIDIA GeForce RTX 3090",
+        "memory_total": 25769803776,
+        "memory_used": 0,
+        "utilization": 0,
+        "temperature": 35,
+        "power_usage_mw": 30000,
+        "power_limit_mw": 350000,
+        "power_min_mw": 100000,
+        "power_max_mw": 390000,
+        "power_default_mw": 350000,
+        "persistence": 1,
+        "sm_clock": 210,
+        "throttle": 0,
+    }
     state.write_text(json.dumps({"driver": "580.105.08", "library": "580.105.08", "gpus": [gpu, dict(gpu)],
                                  "p2p": {"0-1": {"read": 1}}}))  # fmt: skip
     inventory = write_inventory(tmp_path / "inv", thor_spec())

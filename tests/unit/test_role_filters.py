@@ -106,20 +106,30 @@ def test_a_driver_version_matches_only_its_own_sources_revision():
 def test_signed_modules_are_the_running_kernels_and_must_be_built_for_the_pinned_driver():
     signed = driver.signed_modules("580.105.08", "ubuntu", "server", "open", "6.8.0-149-generic")
     assert (signed["package"], signed["meta"], signed["problem"]) == (
-        "linux-modules-nvidia-580-server-open-6.8.0-149-generic", "linux-modules-nvidia-580-server-open-generic", "")
+        "linux-modules-nvidia-580-server-open-6.8.0-149-generic",
+        "linux-modules-nvidia-580-server-open-generic",
+        "",
+    )
     assert driver.signed_modules("580.105.08", "ubuntu", "desktop", "open", "6.11.0-19-lowlatency")["meta"] == (
-        "linux-modules-nvidia-580-open-lowlatency")
-    assert "no modules signed" in driver.signed_modules("580.105.08", "cuda", "desktop", "open", "6.8.0-1-generic")[
-        "problem"]
+        "linux-modules-nvidia-580-open-lowlatency"
+    )
+    assert (
+        "no modules signed"
+        in driver.signed_modules("580.105.08", "cuda", "desktop", "open", "6.8.0-1-generic")["problem"]
+    )
     # As `apt-cache show` gives the Depends of linux-modules-nvidia-580-server-open-6.8.0-149-generic.
-    depends = ("linux-image-6.8.0-149-generic | linux-image-unsigned-6.8.0-149-generic, "
-               "linux-signatures-nvidia-6.8.0-149-generic (= 6.8.0-149.149), "
-               "nvidia-kernel-common-580-server (= 580.105.08-0ubuntu0.24.04.1)")
+    depends = (
+        "linux-image-6.8.0-149-generic | linux-image-unsigned-6.8.0-149-generic, "
+        "linux-signatures-nvidia-6.8.0-149-generic (= 6.8.0-149.149), "
+        "nvidia-kernel-common-580-server (= 580.105.08-0ubuntu0.24.04.1)"
+    )
     assert driver.signed_modules_fit(depends, "580.105.08-0ubuntu0.24.04.1") == ""
     assert driver.signed_modules_fit(depends, "580.126.09-0ubuntu0.24.04.1") == (
-        "they were built for driver 580.105.08-0ubuntu0.24.04.1, not the pinned 580.126.09-0ubuntu0.24.04.1")
+        "they were built for driver 580.105.08-0ubuntu0.24.04.1, not the pinned 580.126.09-0ubuntu0.24.04.1"
+    )
     assert driver.signed_modules_fit("linux-image-6.8.0-149-generic", "580.105.08-0ubuntu0.24.04.1") == (
-        "they name no driver version they were built for")
+        "they name no driver version they were built for"
+    )
 
 
 # As proxmox-boot-tool prints its status (pve-kernel-helper), one line per ESP.

@@ -134,25 +134,52 @@ CASES: dict[str, tuple[Mutate, str, str]] = {
         "absolute",
     ),
     "an engine's extra_args take its address": (
-        engine("qwen7b", "extra_args", ["--host", "0.0.0.0"]), "engines.qwen7b.extra_args", "--host is set by aiinfra"),
+        engine("qwen7b", "extra_args", ["--host", "0.0.0.0"]),
+        "engines.qwen7b.extra_args",
+        "--host is set by aiinfra",
+    ),
     "an engine's extra_args take its key": (
-        engine("qwen7b", "extra_args", ["--api-key=x"]), "engines.qwen7b.extra_args", "--api-key is set by aiinfra"),
+        engine("qwen7b", "extra_args", ["--api-key=x"]),
+        "engines.qwen7b.extra_args",
+        "--api-key is set by aiinfra",
+    ),
     "the box's vLLM arguments take the port": (
-        setter("aiinfra_agent_vllm_extra_args", ["--port", "9"]), "aiinfra_agent_vllm_extra_args", "--port is set"),
+        setter("aiinfra_agent_vllm_extra_args", ["--port", "9"]),
+        "aiinfra_agent_vllm_extra_args",
+        "--port is set",
+    ),
     "model id with a newline": (
-        engine("qwen7b", "model", "Qwen/Qwen2.5-7B-Instruct\n"), "engines.qwen7b.model", "is not a model id"),
+        engine("qwen7b", "model", "Qwen/Qwen2.5-7B-Instruct\n"),
+        "engines.qwen7b.model",
+        "is not a model id",
+    ),
     "profile named with a newline": (
         lambda spec: spec["profiles"].__setitem__("deep\n", spec["profiles"].pop("deep")),
-        "profiles.'deep\\n'", "profile names are lower-case letters"),
+        "profiles.'deep\\n'",
+        "profile names are lower-case letters",
+    ),
     "served name with a control character": (
-        engine("qwen7b", "served_name", "qwen\x1b[2J"), "engines.qwen7b.served_name", "should match pattern"),
+        engine("qwen7b", "served_name", "qwen\x1b[2J"),
+        "engines.qwen7b.served_name",
+        "should match pattern",
+    ),
     "driver version with a newline": (
-        setter("nvidia_driver_version", "580.105.08\n"), "nvidia_driver_version", "exact driver version"),
+        setter("nvidia_driver_version", "580.105.08\n"),
+        "nvidia_driver_version",
+        "exact driver version",
+    ),
     "one key name twice": (
-        setter("aiinfra_agent_api_keys", [{"name": "laptop", "sha256": "a" * 64}, {"name": "laptop", "sha256": "b" * 64}]),
-        "aiinfra_agent_api_keys", "key 'laptop' is named twice"),
+        setter(
+            "aiinfra_agent_api_keys", [{"name": "laptop", "sha256": "a" * 64}, {"name": "laptop", "sha256": "b" * 64}]
+        ),
+        "aiinfra_agent_api_keys",
+        "key 'laptop' is named twice",
+    ),
     "a router setting out of its range": (
-        setter("router_max_connections_per_client", 0), "router_max_connections_per_client", "greater than or equal"),
+        setter("router_max_connections_per_client", 0),
+        "router_max_connections_per_client",
+        "greater than or equal",
+    ),
     "VLAN name used twice": (
         lambda spec: spec["vlans"].append({**spec["vlans"][0], "id": 999}),
         "vlans",
@@ -337,3 +364,12 @@ def test_empty_inventory_path_is_refused(cli, runner_calls):
     assert result.exit_code == 2
     assert "inventory path is empty" in result.stderr
     assert runner_calls == []
+
+
+def test_the_docs_name_exactly_the_prefixes_the_check_refuses():
+    from aiinfra.installer.spec import OUR_PREFIXES
+    from aiinfra.installer.workstation import project_dir
+
+    text = " ".join((project_dir() / "docs" / "spec.md").read_text().split())
+    listed = text.split("carrying one of its prefixes (", 1)[1].split(")", 1)[0]
+    assert [p.strip(" `") for p in listed.split(",")] == list(OUR_PREFIXES)

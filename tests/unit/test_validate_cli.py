@@ -234,7 +234,8 @@ def test_on_the_box_validate_and_plan_say_what_secure_boot_means_for_the_driver(
     assert said.stdout.splitlines()[1] == (
         "thor: Secure Boot is on here: the driver install means a refusal before the driver is touched: NVIDIA's "
         "CUDA repository has no modules signed for Ubuntu's kernel (use nvidia_driver_source: ubuntu, or enroll "
-        "a key and set nvidia_driver_secure_boot_modules: dkms)")
+        "a key and set nvidia_driver_secure_boot_modules: dkms)"
+    )
     ubuntu = spec | {"nvidia_driver_source": "ubuntu", "nvidia_driver_version": "580.159.03",
                      "nvidia_driver_flavour": "server"}  # fmt: skip
     planned = cli("plan", "--host", "thor", "-i", str(write_inventory(tmp_path / "inv2", ubuntu)))

@@ -6,9 +6,9 @@ import shutil
 import yaml
 
 from aiinfra.installer import rolevars
-from aiinfra.installer.run import project_dir
 from aiinfra.installer.spec import HostSpec
 from aiinfra.installer.variables import ROLES
+from aiinfra.installer.workstation import project_dir
 
 
 def test_the_roles_files_and_the_readme_are_what_the_declarations_write():
@@ -38,7 +38,6 @@ def test_the_validators_defaults_are_the_roles_defaults():
         for name, value in values.items():
             if name in HostSpec.model_fields and "{{" not in str(value):
                 assert getattr(spec, name) == value, f"{role}: {name}"
-
 
 
 def test_every_agent_setting_is_reachable_from_the_spec_or_says_why_not():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aiinfra.agent import models
+from aiinfra.agent import staging
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 AGENT = str(Path(sys.executable).with_name("aiinfra-agent"))
@@ -21,7 +21,7 @@ def make_mirror(root: Path) -> Path:
     (folder / "config.json").write_text('{"num_hidden_layers": 28}')
     (folder / "model.safetensors").write_bytes(b"\0weights" * 1000)
     (folder / "sub" / "tokenizer.json").write_text("{}")
-    models.write_manifest(folder)
+    staging.write_manifest(folder)
     return root
 
 
@@ -43,12 +43,12 @@ def fake_hf(tmp: Path, log: Path) -> list[str]:
 def test_from_the_mirror_then_present(tmp_path):
     mirror = make_mirror(tmp_path / "nas")
     root = tmp_path / "models"
-    first = models.stage(MODEL, root, str(mirror), [])
+    first = staging.stage(MODEL, root, str(mirror), [])
     assert (first.source, first.files) == ("mirror", 3)
     assert first.bytes == 8000 + len(b'{"num_hidden_layers": 28}') + 2
     assert (root / MODEL / "sub" / "tokenizer.json").read_text() == "{}"
-    assert models.manifest_problems(root / MODEL) == []
-    assert models.stage(MODEL, root, str(mirror), []).source == "present"
+    assert staging.manifest_problems(root / MODEL) == []
+    assert staging.stage(MODEL, root, str(mirror), []).source == "present"
     assert not (root / ".staging" / MODEL).exists()
 
 
@@ -60,47 +60,47 @@ def test_staging_from_a_mirror_reads_each_weight_once_hashing_as_it_copies(tmp_p
     mirror = make_mirror(tmp_path / "nas")
     root = tmp_path / "models"
     _opened.clear()
-    models.stage(MODEL, root, str(mirror), [])
+    staging.stage(MODEL, root, str(mirror), [])
     weights_read = [path for path, mode in _opened if path.endswith("model.safetensors") and "r" in mode]
     assert weights_read == [str(mirror / MODEL / "model.safetensors")]  # not the copy again
-    assert models.manifest_problems(root / MODEL) == []
+    assert staging.manifest_problems(root / MODEL) == []
 
 
 def test_a_corrupt_mirror_copy_is_refused_and_nothing_is_left(tmp_path):
     mirror = make_mirror(tmp_path / "nas")
     (mirror / MODEL / "model.safetensors").write_bytes(b"bitrot")
     root = tmp_path / "models"
-    with pytest.raises(models.StagingError, match=r"model.safetensors: checksum mismatch"):
-        models.stage(MODEL, root, str(mirror), [])
+    with pytest.raises(staging.StagingError, match=r"model.safetensors: checksum mismatch"):
+        staging.stage(MODEL, root, str(mirror), [])
     assert not (root / MODEL).exists()
     assert not (root / ".staging" / MODEL).exists()
 
 
 def test_a_mirror_without_a_manifest_is_refused(tmp_path):
     mirror = make_mirror(tmp_path / "nas")
-    (mirror / MODEL / models.MANIFEST).unlink()
-    with pytest.raises(models.StagingError, match="has no SHA256SUMS"):
-        models.stage(MODEL, tmp_path / "models", str(mirror), [])
+    (mirror / MODEL / staging.MANIFEST).unlink()
+    with pytest.raises(staging.StagingError, match="has no SHA256SUMS"):
+        staging.stage(MODEL, tmp_path / "models", str(mirror), [])
 
 
 def test_not_on_the_mirror_it_is_downloaded_once(tmp_path):
     log = tmp_path / "hf.log"
     download = fake_hf(tmp_path, log)
     root = tmp_path / "models"
-    staged = models.stage(MODEL, root, str(tmp_path / "empty-nas"), download)
+    staged = staging.stage(MODEL, root, str(tmp_path / "empty-nas"), download)
     assert staged.source == "download" and staged.files == 2
     assert not (root / MODEL / ".cache").exists()
-    assert (root / MODEL / models.MANIFEST).read_text().count("\n") == 2
-    assert models.stage(MODEL, root, None, download).source == "present"
+    assert (root / MODEL / staging.MANIFEST).read_text().count("\n") == 2
+    assert staging.stage(MODEL, root, None, download).source == "present"
     assert log.read_text().splitlines() == [f"download {MODEL} --local-dir {root / '.staging' / MODEL}"]
 
 
 def test_a_changed_staged_file_is_caught_by_the_manifest(tmp_path):
     root = tmp_path / "models"
-    models.stage(MODEL, root, str(make_mirror(tmp_path / "nas")), [])
+    staging.stage(MODEL, root, str(make_mirror(tmp_path / "nas")), [])
     (root / MODEL / "config.json").write_text("{}")
     (root / MODEL / "extra.bin").write_text("?")
-    assert models.manifest_problems(root / MODEL) == ["config.json: checksum mismatch", "extra.bin: not in SHA256SUMS"]
+    assert staging.manifest_problems(root / MODEL) == ["config.json: checksum mismatch", "extra.bin: not in SHA256SUMS"]
 
 
 def test_the_cli_prints_json_and_fails_with_one_line(tmp_path):
@@ -128,12 +128,12 @@ def test_ollama_models_come_from_the_mirror_blob_by_blob(tmp_path):
 
     manifest = fake_models.ollama_model(tmp_path / "nas", "llama3.2:3b")
     store = tmp_path / "ollama"
-    first = models.stage_ollama("llama3.2:3b", store, str(tmp_path / "nas"))
+    first = staging.stage_ollama("llama3.2:3b", store, str(tmp_path / "nas"))
     assert first.source == "mirror" and first.files == 3
     assert (store / "manifests/registry.ollama.ai/library/llama3.2/3b").read_text() == manifest.read_text()
-    assert models.stage_ollama("llama3.2:3b", store, str(tmp_path / "nas")).source == "present"
-    assert models.stage_ollama("qwen2.5:7b", store, str(tmp_path / "nas")).source == "missing"
-    assert models.stage_ollama("llama3.2:3b", tmp_path / "other", None).source == "missing"
+    assert staging.stage_ollama("llama3.2:3b", store, str(tmp_path / "nas")).source == "present"
+    assert staging.stage_ollama("qwen2.5:7b", store, str(tmp_path / "nas")).source == "missing"
+    assert staging.stage_ollama("llama3.2:3b", tmp_path / "other", None).source == "missing"
 
 
 def test_a_corrupt_ollama_blob_is_refused_and_the_model_does_not_appear(tmp_path):
@@ -143,8 +143,8 @@ def test_a_corrupt_ollama_blob_is_refused_and_the_model_does_not_appear(tmp_path
     blob = max((tmp_path / "nas/ollama/blobs").iterdir(), key=lambda p: p.stat().st_size)
     blob.write_bytes(b"bitrot")
     store = tmp_path / "ollama"
-    with pytest.raises(models.StagingError, match=f"blob {blob.name}: checksum mismatch"):
-        models.stage_ollama("user/tiny", store, str(tmp_path / "nas"))
+    with pytest.raises(staging.StagingError, match=f"blob {blob.name}: checksum mismatch"):
+        staging.stage_ollama("user/tiny", store, str(tmp_path / "nas"))
     assert not (store / "manifests/registry.ollama.ai/user/tiny/latest").exists()
     assert list((store / "blobs").glob("*.partial")) == []
 
@@ -152,7 +152,7 @@ def test_a_corrupt_ollama_blob_is_refused_and_the_model_does_not_appear(tmp_path
 def test_a_fake_mirror_model_passes_its_own_manifest(tmp_path):
     from aiinfra.installer.kit import fake_models
 
-    assert models.manifest_problems(fake_models.vllm_model(tmp_path, MODEL)) == []
+    assert staging.manifest_problems(fake_models.vllm_model(tmp_path, MODEL)) == []
 
 
 def test_the_kits_tiny_models_are_the_same_bytes_for_the_same_id_and_differ_between_ids(tmp_path):
@@ -172,20 +172,20 @@ def test_where_the_kernel_cannot_copy_between_the_two_the_blocks_are_written(tmp
     def cross_device(*args):
         raise OSError(18, "Invalid cross-device link")  # EXDEV: a NAS mount and the model disk, older kernels
 
-    monkeypatch.setattr(models.os, "copy_file_range", cross_device)
-    monkeypatch.setattr(models, "BLOCK", 1000)  # several blocks a file
+    monkeypatch.setattr(staging.os, "copy_file_range", cross_device)
+    monkeypatch.setattr(staging, "BLOCK", 1000)  # several blocks a file
     mirror = make_mirror(tmp_path / "nas")
-    staged = models.stage(MODEL, tmp_path / "models", str(mirror), [])
-    assert staged.source == "mirror" and models.manifest_problems(tmp_path / "models" / MODEL) == []
+    staged = staging.stage(MODEL, tmp_path / "models", str(mirror), [])
+    assert staged.source == "mirror" and staging.manifest_problems(tmp_path / "models" / MODEL) == []
     assert (tmp_path / "models" / MODEL / "model.safetensors").read_bytes() == b"\0weights" * 1000
 
 
 def test_a_mirror_manifest_with_a_bad_line_is_refused_naming_the_model_and_the_line(tmp_path):
     mirror = make_mirror(tmp_path / "nas")
-    (mirror / MODEL / models.MANIFEST).write_text("not a checksum line\n")
+    (mirror / MODEL / staging.MANIFEST).write_text("not a checksum line\n")
     refused = rf"^{MODEL} from {mirror}: .*SHA256SUMS:1: not a 'SHA256  FILE' line$"
-    with pytest.raises(models.StagingError, match=refused):
-        models.stage(MODEL, tmp_path / "models", str(mirror), [])
+    with pytest.raises(staging.StagingError, match=refused):
+        staging.stage(MODEL, tmp_path / "models", str(mirror), [])
     assert not (tmp_path / "models" / MODEL).exists()
 
 
@@ -195,8 +195,8 @@ def test_staged_files_get_fixed_modes_whatever_the_mirror_had(tmp_path):
     (mirror / MODEL / "sub").chmod(0o2777)
     (mirror / MODEL / "config.json").chmod(0o600)
     root = tmp_path / "models"
-    models.stage(MODEL, root, str(mirror), [])
+    staging.stage(MODEL, root, str(mirror), [])
     staged = root / MODEL
     modes = {p.relative_to(staged).as_posix(): p.stat().st_mode & 0o7777 for p in [staged, *staged.rglob("*")]}
     assert modes == {".": 0o755, "sub": 0o755, "sub/tokenizer.json": 0o644, "config.json": 0o644,
-                     "model.safetensors": 0o644, "SHA256SUMS": 0o644, models.VERIFIED: 0o644}  # fmt: skip
+                     "model.safetensors": 0o644, "SHA256SUMS": 0o644, staging.VERIFIED: 0o644}  # fmt: skip

@@ -1,4 +1,5 @@
-"""systemd integration: sd_notify (READY, STATUS, WATCHDOG) and structured journald logging."""
+"""The router's audit file: one JSON line per request and per profile switch, in their own rotated file
+(never the journal), batched per turn of the event loop; its failed writes are counted, never silent."""
 
 from __future__ import annotations
 
@@ -6,31 +7,10 @@ import asyncio
 import contextlib
 import logging
 import logging.handlers
-import os
-import sys
 from pathlib import Path
 
-try:
-    from systemd import daemon as sd_daemon
-    from systemd import journal as sd_journal
-except ImportError:  # not on the box (a developer's machine): plain stderr logging, no notify
-    sd_daemon = None
-    sd_journal = None
-
-
-def notify(*fields: str) -> None:
-    if sd_daemon is not None and os.environ.get("NOTIFY_SOCKET"):
-        sd_daemon.notify("\n".join(fields))
-
-
-def watchdog_enabled() -> bool:
-    return bool(os.environ.get("WATCHDOG_USEC")) and sd_daemon is not None
-
-
-class _Fields(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        extra = " ".join(f"{k.lower()}={getattr(record, k)}" for k in ("ENGINE", "EVENT") if getattr(record, k, ""))
-        return f"{record.levelname.lower()} {record.getMessage()}" + (f" [{extra}]" if extra else "")
+MAX_BYTES = 50 * 2**20
+BACKUPS = 5
 
 
 class BatchedAuditFile(logging.handlers.RotatingFileHandler):
@@ -93,6 +73,28 @@ class BatchedAuditFile(logging.handlers.RotatingFileHandler):
                     stream.close()
 
 
+_audit_file: BatchedAuditFile | None = None
+
+
+def open_file(path: str | None) -> None:
+    """Audit lines go to PATH from now on (None: nowhere)."""
+    global _audit_file
+    if _audit_file is not None:
+        _audit_file.close()
+    _audit_file = None
+    if path:
+        with contextlib.suppress(OSError):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _audit_file = BatchedAuditFile(path, max_bytes=MAX_BYTES, backups=BACKUPS)
+
+
+def audit(line: str) -> None:
+    """One line (JSON) of the audit file, where one is open (open_file). Straight to the
+    file's batch, not through a logging record: per request, the record cost as much as the line."""
+    if _audit_file is not None:
+        _audit_file.add(line)
+
+
 def flush_audit() -> None:
     """Write out the lines still batched (the agent stops: its loop takes no more turns)."""
     if _audit_file is not None:
@@ -105,36 +107,3 @@ def audit_health() -> dict | None:
         return None
     return {"file": _audit_file.baseFilename, "write_errors": _audit_file.write_errors,
             "lines_lost": _audit_file.lines_lost, "last_error": _audit_file.last_error}  # fmt: skip
-
-
-_audit_file: BatchedAuditFile | None = None
-
-
-def audit(line: str) -> None:
-    """One line (JSON) of the audit file, where one is configured (setup_logging). Straight to the
-    file's batch, not through a logging record: per request, the record cost as much as the line."""
-    if _audit_file is not None:
-        _audit_file.add(line)
-
-
-def setup_logging(level: int = logging.INFO, audit_log: str | None = None) -> None:
-    """Journald with ENGINE= and EVENT= fields when run by systemd, else one line per event on stderr.
-    The router's audit lines go to their own rotated file."""
-    global _audit_file
-    if _audit_file is not None:
-        _audit_file.close()
-    _audit_file = None
-    if audit_log:
-        with contextlib.suppress(OSError):
-            Path(audit_log).parent.mkdir(parents=True, exist_ok=True)
-        _audit_file = BatchedAuditFile(audit_log, max_bytes=50 * 2**20, backups=5)
-    logger = logging.getLogger("aiinfra.agent")
-    logger.setLevel(level)
-    logger.handlers.clear()
-    if sd_journal is not None and os.environ.get("JOURNAL_STREAM"):
-        handler: logging.Handler = sd_journal.JournalHandler(SYSLOG_IDENTIFIER="aiinfra-agent")
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_Fields())
-    logger.addHandler(handler)
-    logger.propagate = False
