@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiinfra.installer import kit, lab
+from aiinfra.installer import lab
+from aiinfra.installer.lab import kit_files as kit
 from bench.router import pct, run, ttft
 from tests.harness import Agent, free_port
 

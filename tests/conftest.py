@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -15,6 +17,15 @@ from aiinfra.installer.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = yaml.safe_load((ROOT / "installer" / "example-thor.yml").read_text())
+
+
+def kit_script(name: str) -> ModuleType:
+    """One of the hardware kit's scripts (installer/kit/NAME.py, not a package), loaded as a module."""
+    spec = importlib.util.spec_from_file_location(f"kit_{name}", ROOT / "installer" / "kit" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def thor_spec() -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from aiinfra.agent import client
-from aiinfra.installer import kit
+from aiinfra.installer.lab import kit_files as kit
 
 STUB = str(kit.STUB_ENGINE)
 AGENT = str(Path(sys.executable).with_name("aiinfra-agent"))

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from aiinfra.agent.http import keys as keyfile
-from aiinfra.installer import kit as hardware_kit
+from aiinfra.installer.lab import kit_files as hardware_kit
 from aiinfra.installer.lab.podman import PYTHON_OF_RELEASE
 from aiinfra.installer.workstation import EnvironmentProblem, cache_dir, lab_dir, project_dir
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from aiinfra.installer import kit as hardware_kit
+from aiinfra.installer.lab import kit_files as hardware_kit
 from aiinfra.installer.lab.engines import LAB_MIRROR, engine_doubles, mirror_dir, stub_vllm, write_mirror
 from aiinfra.installer.lab.podman import podman
 from aiinfra.installer.workstation import EnvironmentProblem

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from aiinfra.installer import kit
+from aiinfra.installer.lab import kit_files as kit
 from tests.agent.conftest import AGENT, free_port, vllm
 
 FAKE = str(kit.FAKE_NVML)

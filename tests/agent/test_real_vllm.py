@@ -19,7 +19,8 @@ import openai
 import psutil
 import pytest
 
-from aiinfra.installer import kit, lab
+from aiinfra.installer import lab
+from aiinfra.installer.lab import kit_files as kit
 from tests.agent.conftest import Agent, audit_lines, free_port, pid_alive
 
 pytestmark = pytest.mark.vllm

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfra.installer import kit
+from aiinfra.installer.lab import kit_files as kit
 from tests import units
 from tests.conftest import ROOT
 from tests.lab.conftest import podman, require_lab

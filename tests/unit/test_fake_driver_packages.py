@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from aiinfra.installer import kit
-from aiinfra.installer.kit.fake_nvidia_driver import build
+from aiinfra.installer.lab import kit_files as kit
+from tests.conftest import kit_script
+
+build = kit_script("fake_nvidia_driver").build
 
 FAKE_NVML = kit.FAKE_NVML
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from aiinfra.agent.schema import VllmEngine
-from aiinfra.installer import kit as hardware_kit
 from aiinfra.installer import plan
+from aiinfra.installer.lab import kit_files as hardware_kit
 from tests.conftest import thor_spec, write_inventory
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from aiinfra.agent import staging
+from tests.conftest import kit_script
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 AGENT = str(Path(sys.executable).with_name("aiinfra-agent"))
@@ -124,7 +125,7 @@ def test_the_cli_prints_json_and_fails_with_one_line(tmp_path):
 
 
 def test_ollama_models_come_from_the_mirror_blob_by_blob(tmp_path):
-    from aiinfra.installer.kit import fake_models
+    fake_models = kit_script("fake_models")
 
     manifest = fake_models.ollama_model(tmp_path / "nas", "llama3.2:3b")
     store = tmp_path / "ollama"
@@ -137,7 +138,7 @@ def test_ollama_models_come_from_the_mirror_blob_by_blob(tmp_path):
 
 
 def test_a_corrupt_ollama_blob_is_refused_and_the_model_does_not_appear(tmp_path):
-    from aiinfra.installer.kit import fake_models
+    fake_models = kit_script("fake_models")
 
     fake_models.ollama_model(tmp_path / "nas", "user/tiny")
     blob = max((tmp_path / "nas/ollama/blobs").iterdir(), key=lambda p: p.stat().st_size)
@@ -150,13 +151,13 @@ def test_a_corrupt_ollama_blob_is_refused_and_the_model_does_not_appear(tmp_path
 
 
 def test_a_fake_mirror_model_passes_its_own_manifest(tmp_path):
-    from aiinfra.installer.kit import fake_models
+    fake_models = kit_script("fake_models")
 
     assert staging.manifest_problems(fake_models.vllm_model(tmp_path, MODEL)) == []
 
 
 def test_the_kits_tiny_models_are_the_same_bytes_for_the_same_id_and_differ_between_ids(tmp_path):
-    from aiinfra.installer.kit import fake_models
+    fake_models = kit_script("fake_models")
 
     first = fake_models.vllm_model(tmp_path / "a", MODEL)
     again = fake_models.vllm_model(tmp_path / "b", MODEL)
