@@ -23,7 +23,7 @@ from aiinfra.agent.schema import (
 )
 from aiinfra.installer import plan
 from aiinfra.installer.inventory import Inventory
-from aiinfra.installer.variables import DriverRepo, Variables, Vlan
+from aiinfra.installer.variables import DriverRepo, Variables, Vlan, driver_layout
 from aiinfra.installer.workstation import project_dir
 
 # A variable of the operator's other roles passes; one that looks like ours does not.
@@ -65,7 +65,7 @@ def _cross_checks(spec: HostSpec) -> list[str]:
             "nvidia_driver_custom_repo: source custom needs the repository, e.g. {uris: ..., suites: ./, key_url: ...}"
         )
     repo = spec.nvidia_driver_custom_repo
-    layout = repo.layout if spec.nvidia_driver_source == "custom" and repo else spec.nvidia_driver_source
+    layout = driver_layout(spec.nvidia_driver_source, repo.layout if repo else None)
     if layout == "cuda" and spec.nvidia_driver_flavour == "server" and spec.nvidia_driver_version:
         problems.append(
             "nvidia_driver_flavour: NVIDIA's CUDA repository has no -server packages; set nvidia_driver_flavour: "

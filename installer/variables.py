@@ -76,6 +76,12 @@ DRIVER_VERSION = re.compile(r"^\d{3}\.\d{2,3}(\.\d{2,3})?$")
 UnixName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
 
 
+def driver_layout(source: str, custom_repo_layout: str | None) -> str:
+    """Whose package names the driver's source uses: a custom repository (a mirror) says which it
+    copies. The nvidia_driver role's vars/main.yml says the same in Jinja."""
+    return (custom_repo_layout or "ubuntu") if source == "custom" else source
+
+
 class DriverRepo(Strict):
     """nvidia_driver_custom_repo: an apt repository of the driver's packages (deb822 fields)."""
 

@@ -8,6 +8,7 @@ import json
 import os
 import pwd
 import shutil
+import time
 from pathlib import Path
 
 from aiinfra.agent.effects import StartError, check_port_free
@@ -15,6 +16,7 @@ from aiinfra.agent.engines import Launch
 from aiinfra.agent.files import write_private
 
 UNIT = "aiinfra-engine@{}.service"
+KILLED_WITHIN_S = 10  # a SIGKILLed process tree is gone within this
 
 
 async def _systemctl(*args: str) -> tuple[int, str]:
@@ -91,8 +93,24 @@ class SystemdBackend:
         return -status if props.get("ExecMainCode") in (2, 3) else status
 
     async def stop(self, name: str, grace_s: float) -> None:
-        # The unit's TimeoutStopSec and KillMode=mixed: TERM to the engine, grace, KILL of the whole cgroup.
-        await _systemctl("stop", UNIT.format(name))
+        """SIGTERM to the engine (KillMode=mixed), GRACE_S for it to end, then SIGKILL of everything in
+        its unit. The unit's own TimeoutStopSec is for the stops that are not the agent's."""
+        unit = UNIT.format(name)
+        await _systemctl("stop", "--no-block", unit)
+        if not await self._ended(name, grace_s):
+            await _systemctl("kill", "--kill-whom=all", "--signal=SIGKILL", unit)
+            await self._ended(name, KILLED_WITHIN_S)
+
+    async def _ended(self, name: str, within_s: float) -> bool:
+        """The engine's leader has exited (the rest of its unit goes with it), within WITHIN_S."""
+        deadline = time.monotonic() + within_s
+        while True:
+            props = await self._show(name)
+            if props.get("ActiveState") in ("inactive", "failed") or not props.get("MainPID"):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.2)
 
     async def adopt(self) -> dict[str, int | None]:
         _, out = await _systemctl("list-units", "--plain", "--no-legend", "--state=active", "aiinfra-engine@*")

@@ -15,6 +15,7 @@ import yaml
 from aiinfra.installer.lab import kit_files as hardware_kit
 from aiinfra.installer.lab.engines import LAB_MIRROR, engine_doubles, mirror_dir, stub_vllm, write_mirror
 from aiinfra.installer.lab.podman import podman
+from aiinfra.installer.variables import driver_layout
 from aiinfra.installer.workstation import EnvironmentProblem
 
 EXAMPLE_SPEC = Path(__file__).parent.parent / "example-thor.yml"
@@ -23,9 +24,8 @@ EXAMPLE_SPEC = Path(__file__).parent.parent / "example-thor.yml"
 def lab_driver_vars(spec_vars: dict) -> dict:
     """The lab has no GPU and no NVIDIA repository: the driver comes from the hardware kit's TEST DOUBLE
     repository, laid out as the source the spec names (Ubuntu's archive or NVIDIA's CUDA repository)."""
-    named = spec_vars.get("nvidia_driver_source") or "ubuntu"
     mirrored = spec_vars.get("nvidia_driver_custom_repo") or {}
-    layout = named if named != "custom" else mirrored.get("layout", "ubuntu")
+    layout = driver_layout(spec_vars.get("nvidia_driver_source") or "ubuntu", mirrored.get("layout"))
     return {
         "nvidia_driver_source": "custom",
         "nvidia_driver_custom_repo": {

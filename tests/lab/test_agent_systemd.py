@@ -46,8 +46,16 @@ CONFIG = {
             "port": 8102,
         },
         "gamma": {"runtime": "ollama", "gpus": [1], "port": 8103, "models": ["llama3.2:3b"]},
+        "delta": {
+            "runtime": "vllm",
+            "model": "Qwen/Qwen2.5-7B-Instruct",
+            "served_name": "delta",
+            "gpus": [0],
+            "port": 8104,
+            "extra_args": ["--ignore-sigterm"],  # the stub's misbehaviour flag
+        },
     },
-    "profiles": {"one": ["alpha", "gamma"], "two": ["beta"]},
+    "profiles": {"one": ["alpha", "gamma"], "two": ["beta"], "three": ["delta"]},
     "default_profile": "one",
     "gpu": None,  # a container has no GPU; tests/agent/test_gpu.py covers the GPU layer
     "policy": {
@@ -57,6 +65,7 @@ CONFIG = {
         "backoff_max_s": 2,
         "liveness_interval_s": 1,
         "liveness_timeout_s": 2,
+        "stop_grace_s": 2,  # the engine unit's own TimeoutStopSec is 30
     },
 }
 
@@ -250,6 +259,15 @@ def test_a_profile_switch_stops_the_unit_of_the_leaving_engine(box):
     assert "profile two ready: beta" in out
     assert sh("systemctl is-active aiinfra-engine@alpha", check=False).strip() in ("inactive", "failed")
     assert sh("systemctl is-active aiinfra-engine@beta").strip() == "active"
+
+
+def test_an_engine_ignoring_sigterm_is_killed_after_the_agents_grace_not_the_units_timeout(box):
+    assert "profile three ready: delta" in sh(f"{AGENT_BIN} profile three --timeout 60")
+    started = time.monotonic()
+    assert "profile two ready: beta" in sh(f"{AGENT_BIN} profile two --timeout 60")
+    assert time.monotonic() - started < 15  # 2 s of grace, then SIGKILL: not the unit's 30 s
+    assert "SIGTERM ignored" in sh("journalctl -u aiinfra-engine@delta -o cat --no-pager")
+    assert not sh("pgrep -f 'served-model-name [d]elta'", check=False).strip()
 
 
 def test_journald_gets_structured_engine_events(box):
