@@ -277,7 +277,7 @@ def switch(states: Mapping[str, EngineState], desired: Iterable[str], now: float
     return switched
 
 
-def operator_restart(state: EngineState, now: float) -> tuple[EngineState, list[Action]]:
+def operator_restart(state: EngineState, now: float) -> tuple[EngineState, list[Stop]]:
     """The operator's restart: the failures forgotten, the process (if any) stopped; decide() starts it."""
     state = reset(state, now)
     return state, [Stop(state.name, "restart asked for by the operator")] if state.running else []

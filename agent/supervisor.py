@@ -120,20 +120,18 @@ class Supervisor:
     def restart(self, name: str) -> None:
         if name not in self.states:
             raise KeyError(name)
-        state, actions = reconcile.operator_restart(self.states[name], self.clock())
+        state, stops = reconcile.operator_restart(self.states[name], self.clock())
         self._set(name, state)
-        for stop in actions:  # only stops: the loop starts it again
-            assert isinstance(stop, reconcile.Stop)
+        for stop in stops:  # the loop starts it again
             self._stop(stop.name, stop.reason)
         self._event(name, "restart", "restart asked for by the operator")
 
     # -- the loop ----------------------------------------------------------------------------------
 
     async def adopt(self) -> None:
-        now = self.clock()
         for name, pid in (await self.backend.adopt()).items():
             if name in self.states:
-                adopted = started(self.states[name], pid, now)
+                adopted = started(self.states[name], pid, self.clock())
                 self._set(name, adopted, "adopted", f"found running (pid {pid}); probing it")
 
     async def tick(self) -> None:
