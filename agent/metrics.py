@@ -42,7 +42,14 @@ class EngineCollector(Collector):
         degraded = GaugeMetricFamily(
             "aiinfra_engine_degraded", "1 if a ready engine does not hold memory on exactly its GPUs", labels=["engine"]
         )
+        identity = GaugeMetricFamily(
+            "aiinfra_engine_identity_info",
+            "What the engine started with: its model's manifest, program and launch",
+            labels=["engine", "model_digest", "program", "args_digest"],
+        )
         for name, engine in report["engines"].items():
+            if (started := engine["identity"]) is not None:
+                identity.add_metric([name, started["model"], started["program"], started["args"]], 1.0)
             degraded.add_metric([name], 1.0 if engine.get("degraded") else 0.0)
             for p in Phase:
                 phase.add_metric([name, p.value], 1.0 if engine["phase"] == p else 0.0)
@@ -65,7 +72,7 @@ class EngineCollector(Collector):
             for engine, value in energy.get(key, {}).items():
                 family.add_metric([engine], value)
             yield family
-        yield from (phase, desired, restarts, latency, switches, degraded)
+        yield from (phase, desired, restarts, latency, switches, degraded, identity)
 
 
 class AuditCollector(Collector):

@@ -4,6 +4,7 @@ and the roles wait on. Its shape is declared here, once, and assembled in one pl
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ class EngineReport(TypedDict):
     degraded: str | None  # ready, but not holding memory on exactly its GPUs: why
     probe_latency_ms: float | None
     next_start_in_s: float | None
+    identity: dict[str, str] | None  # model (manifest sha256), program, args (sha256): what it started with
 
 
 class SwitchReport(TypedDict):
@@ -75,6 +77,7 @@ def report(supervisor: Supervisor) -> Report:
             "degraded": degraded.get(name),
             "probe_latency_ms": None if state.probe_latency_ms is None else round(state.probe_latency_ms, 1),
             "next_start_in_s": None if state.next_start_at is None else round(max(state.next_start_at - now, 0), 1),
+            "identity": asdict(sup.serving[name]) if name in sup.serving else None,
         }
     back_in = sup.back_to_default_in()
     switching: SwitchingReport = {
@@ -91,5 +94,5 @@ def report(supervisor: Supervisor) -> Report:
         "gpu": None if sup.gpu is None else sup.gpu.status(),
         "switching": switching,
         "energy": vars(sup.ledger.totals()),
-        "events": list(sup.events)[-50:],
+        "events": sup.events.recent(50),
     }

@@ -10,21 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from aiinfra.agent import reconcile
+from aiinfra.agent import identity, reconcile
 from aiinfra.agent.audit import audit
 from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.effects import Backend, StartError
 from aiinfra.agent.energy import Ledger
 from aiinfra.agent.engines import Launch, launch, vllm_build
+from aiinfra.agent.events import Events
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.gpu.watch import GpuWatch
 from aiinfra.agent.probes import Prober
@@ -33,7 +33,6 @@ from aiinfra.agent.records import RestartCounts, engine_secret
 from aiinfra.agent.traffic import Traffic
 from aiinfra.agent.view import View
 
-log = logging.getLogger("aiinfra.agent")
 LEDGER_SAVE_S = 60  # the energy ledger is written this often (and at stop)
 
 
@@ -56,14 +55,16 @@ class Supervisor:
         self.switch_cause: dict[str, Any] = {}  # the last switch: reason, key, model, wall time
         self.switches: Counter[tuple[str, str]] = Counter()  # (profile, reason)
         self.stops: dict[str, asyncio.Task[None]] = {}
-        self.events: deque[dict[str, Any]] = deque(maxlen=200)
+        self.events = Events()
+        self.history = identity.History(Path(config.data_dir) / "identities.json")
+        self.serving: dict[str, identity.Identity] = {}  # what each engine started with
         self.changes: dict[str, asyncio.Event] = {}  # set when an engine's phase (or the profile) changes
         self.last_tick: float | None = None
         self.ledger = Ledger(Path(config.data_dir) / "energy.json")
         self.ledger_saved = clock()
         self.traffic = Traffic(self.ledger, clock)
         cpu_vllm = vllm_build(config) == "cpu"
-        self.gpu = None if gpu is None else GpuWatch(gpu, config.engines, cpu_vllm, self.ledger, self._event)
+        self.gpu = None if gpu is None else GpuWatch(gpu, config.engines, cpu_vllm, self.ledger, self.events.add)
 
     # -- what the operator and the router ask for --------------------------------------------------
 
@@ -73,7 +74,7 @@ class Supervisor:
     def view(self) -> View:
         return View(self.profile, MappingProxyType(self.config.profiles), tuple(self.desired()),
                     MappingProxyType(dict(self.states)), MappingProxyType(self.launches), self.served,
-                    MappingProxyType(self.config.profile_switching))  # fmt: skip
+                    MappingProxyType(self.config.profile_switching), MappingProxyType(dict(self.serving)))  # fmt: skip
 
     def fresh(self) -> bool:
         """The loop ticked lately (liveness of the agent itself, for /healthz)."""
@@ -104,7 +105,7 @@ class Supervisor:
 
     def _switch(self, profile: str, reason: str, key: str | None = None, model: str | None = None) -> list[str]:
         by = f" (a request for {model} by key {key or '-'})" if reason == "request" else f" ({reason})"
-        self._event(None, "profile", f"switching to profile {profile}{by}")
+        self.events.add(None, "profile", f"switching to profile {profile}{by}")
         self.switch_cause = {"profile": profile, "reason": reason, "key": key, "model": model, "time": time.time()}
         audit(json.dumps({"time": round(time.time(), 3), "event": "profile_switch", "from": self.profile,
                           "to": profile, "reason": reason, "key": key or "-", "model": model}))  # fmt: skip
@@ -124,7 +125,7 @@ class Supervisor:
         self._set(name, state)
         for stop in stops:  # the loop starts it again
             self._stop(stop.name, stop.reason)
-        self._event(name, "restart", "restart asked for by the operator")
+        self.events.add(name, "restart", "restart asked for by the operator")
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -132,6 +133,7 @@ class Supervisor:
         for name, pid in (await self.backend.adopt()).items():
             if name in self.states:
                 adopted = started(self.states[name], pid, self.clock())
+                self.serving[name] = self.history.last(name) or identity.of(self.launches[name], self.config)
                 self._set(name, adopted, "adopted", f"found running (pid {pid}); probing it")
 
     async def tick(self) -> None:
@@ -207,6 +209,8 @@ class Supervisor:
             failed = observe(self.states[name], Observation(start_error=str(exc)), now, self.policy)
             self._set(name, failed, "start_failed", str(exc))
             return
+        self.serving[name] = identity.of(target, self.config)
+        self.history.started(name, self.serving[name])
         self._set(name, started(self.states[name], pid, now), "started", f"pid {pid}")
         if self.gpu is not None:
             self.gpu.monitor.engines_started()
@@ -231,7 +235,7 @@ class Supervisor:
             failed = new.phase in (Phase.BACKOFF, Phase.FAILED)
             message = new.last_error if failed else f"{old.phase.value} → {new.phase.value}"
         if event is not None:
-            self._event(name, event, message)
+            self.events.add(name, event, message)
 
     def _wake(self, name: str) -> None:
         event = self.changes.pop(name, None)
@@ -242,9 +246,3 @@ class Supervisor:
         event = self.changes.setdefault(name, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
-
-    def _event(self, engine: str | None, event: str, message: str | None) -> None:
-        self.events.append({"time": time.time(), "engine": engine, "event": event, "message": message or ""})
-        level = logging.WARNING if event in ("backoff", "failed", "start_failed") else logging.INFO
-        log.log(level, "%s%s", f"{engine}: " if engine else "", message or event,
-                extra={"ENGINE": engine or "", "EVENT": event})  # fmt: skip

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiinfra.agent.engines import Launch
+from aiinfra.agent.identity import Identity
 from aiinfra.agent.reconcile import EngineState, Phase
 from aiinfra.agent.schema import SwitchPolicy
 from aiinfra.agent.traffic import Traffic
@@ -24,6 +25,7 @@ class View:
     launches: Mapping[str, Launch]
     served: frozenset[str]  # every name any engine serves, in any profile
     switching: Mapping[str, SwitchPolicy]  # the profiles a request may switch to
+    identities: Mapping[str, Identity]  # what each engine started with: its answers carry it
 
     def ready(self, name: str) -> bool:
         return self.states[name].phase == Phase.READY

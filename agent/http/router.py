@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import ijson
@@ -27,6 +27,7 @@ from aiinfra.agent.http.keys import Key, KeyRing, RateLimiter
 from aiinfra.agent.http.refusals import Refusals
 from aiinfra.agent.http.serve import ClientGone, Connection, Reply, Request, error_reply
 from aiinfra.agent.http.upstream import Answer, ConnectFailed, Upstream, UpstreamError
+from aiinfra.agent.identity import Identity
 from aiinfra.agent.metrics import Metrics
 from aiinfra.agent.reconcile import Phase, expected_ready_in
 from aiinfra.agent.view import Engines, View
@@ -70,6 +71,7 @@ class Exchange:
     usage_seen: bool = False  # the engine's own counts arrived
     reached: bool = False  # the request went to its engine
     prompt_estimate: int = 0
+    identity: Identity | None = None  # what the engine that answered started with
 
     def tokens_used(self) -> int:
         """What the request cost, however it ended: the engine's counts, else the estimate of what it read."""
@@ -361,6 +363,7 @@ class Router:
                 raw = json.dumps({**body, "stream_options": {**(body.get("stream_options") or {}),
                                                              "include_usage": True}}).encode()  # fmt: skip
             self.traffic.started(launch.name)
+            exchange.identity = self.engines.view().identities.get(launch.name)
             try:
                 return await self._forward(request, conn, launch, raw, stream, exchange, injected)
             finally:
@@ -397,10 +400,11 @@ class Router:
             if answer.status >= 500:
                 detail = (await answer.read())[:500].decode(errors="replace")
                 raise Refusal(502, f"engine {launch.name} failed (HTTP {answer.status}): {detail}", "engine_error")
+            traced = exchange.identity.headers(launch.name) if exchange.identity else {"X-Aiinfra-Engine": launch.name}
             if stream and answer.status == 200:
-                await self._stream(conn, answer, exchange, launch, injected)
+                await self._stream(conn, answer, exchange, launch, injected, traced)
                 return None
-            return await self._whole(conn, answer, exchange, launch)
+            return await self._whole(conn, answer, exchange, launch, traced)
         except ConnectFailed:
             raise Refusal(
                 503, f"engine {launch.name} is not answering; retry shortly", "model_not_ready", retry_after=5
@@ -415,7 +419,9 @@ class Router:
             if answer is not None:
                 self.upstream.release(answer)
 
-    async def _whole(self, conn: Connection, answer: Answer, exchange: Exchange, launch: Launch) -> Reply | None:
+    async def _whole(
+        self, conn: Connection, answer: Answer, exchange: Exchange, launch: Launch, traced: dict[str, str]
+    ) -> Reply | None:
         """A non-streamed answer: held whole up to WHOLE_MAX, else passed through as it arrives (its
         length, where the engine gave one, kept), so the router's memory never follows an answer's size."""
         held: list[bytes] = []
@@ -432,7 +438,7 @@ class Router:
                     if size <= WHOLE_MAX:
                         continue
                     exchange.status = answer.status
-                    conn.start(answer.status, content_type, length=answer.length)
+                    conn.start(answer.status, content_type, traced, length=answer.length)
                     scan, data, held = UsageScan(), b"".join(held), []
                 scan.feed(data)
                 await conn.send(data)
@@ -455,16 +461,22 @@ class Router:
         if answer.status == 200:
             exchange.usage_seen = self._count_usage(exchange, parsed)
             self.traffic.ok(launch.name)
-        return None if scan is not None else Reply(answer.status, data, content_type)
+        return None if scan is not None else Reply(answer.status, data, content_type, traced)
 
     async def _stream(
-        self, conn: Connection, answer: Answer, exchange: Exchange, launch: Launch, injected: bool
+        self,
+        conn: Connection,
+        answer: Answer,
+        exchange: Exchange,
+        launch: Launch,
+        injected: bool,
+        traced: dict[str, str],
     ) -> None:
         """Pass server-sent events through as they arrive, whole events at a time (a usage event split
         across reads is still read). With `injected`, the usage event the router asked for is kept
         from the client. Once the 200 has gone out, an engine failure cannot become an HTTP error:
         the stream ends with an error event in OpenAI's shape instead."""
-        conn.start(200, "text/event-stream", {"Cache-Control": "no-cache"})
+        conn.start(200, "text/event-stream", {"Cache-Control": "no-cache", **traced})
         exchange.status = 200
         chunks = 0
         pending = b""
@@ -561,6 +573,8 @@ class Router:
             "ttft_ms": None if exchange.ttft_s is None else round(exchange.ttft_s * 1000, 1),
             "latency_ms": round(latency * 1000, 1),
         }
+        if exchange.identity is not None:
+            line["identity"] = asdict(exchange.identity)
         if exchange.aborted is not None:
             line["aborted"] = exchange.aborted
         if body_text is not None:

@@ -56,7 +56,7 @@ class Processes:
             self.die(name, -15)
 
     async def adopt(self) -> dict[str, int | None]:
-        return {}
+        return dict(self.running)  # what an earlier agent left running (systemd units outlive it)
 
     def log_tail(self, name: str, lines: int = 5) -> str:
         return "CUDA out of memory" if name in self.exited else ""
@@ -92,6 +92,7 @@ def loop(tmp_path: Path) -> tuple[Supervisor, Processes, Probes, Clock]:
         "profile_switching": {"two": {"on_request": True, "back_after_idle_s": 300, "min_dwell_s": 0}},
         "state_dir": str(tmp_path / "state"),
         "data_dir": str(tmp_path / "data"),
+        "model_storage_mount": str(tmp_path / "models"),
         "policy": {"backoff_initial_s": 10, "crash_loop_failures": 3, "crash_loop_window_s": 900,
                    "readiness_interval_s": 5, "liveness_interval_s": 30, "liveness_failures": 2},
     })  # fmt: skip
@@ -148,7 +149,7 @@ async def test_an_engine_that_dies_backs_off_then_starts_again_and_a_crash_loop_
     assert phase(supervisor, "a") == "failed"
     await tick(supervisor, clock, 600)
     assert backend.started.count("a") == 3  # failed engines wait for the operator
-    assert [e["event"] for e in supervisor.events if e["engine"] == "a"][-1] == "failed"
+    assert [e["event"] for e in supervisor.events.recent(200) if e["engine"] == "a"][-1] == "failed"
 
 
 @in_loop
@@ -206,3 +207,20 @@ async def test_a_hung_engine_is_restarted_after_its_liveness_probes_and_traffic_
     await tick(supervisor, clock)  # the second failed probe's answer is read at the next tick
     assert phase(supervisor, "a") == "backoff" and "hung" in (supervisor.states["a"].last_error or "")
     assert "a" not in backend.running  # killed, to start again after the backoff
+
+
+@in_loop
+async def test_an_adopted_engine_is_what_it_started_as_not_what_the_disk_holds_now(loop, tmp_path):
+    supervisor, backend, probes, clock = loop
+    probes.ready.add("a")
+    await tick(supervisor, clock)
+    started_as = supervisor.serving["a"]
+    manifest = tmp_path / "models" / "models" / "org" / "m8001" / "SHA256SUMS"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("f" * 64 + "  model.safetensors\n")  # a new model version staged meanwhile
+    again = Supervisor(supervisor.config, backend, clock, prober=probes)  # the agent restarted
+    await again.adopt()
+    assert again.serving["a"] == started_as and again.states["a"].phase.value == "starting"
+    restarted = Supervisor(supervisor.config, Processes(), clock, prober=probes)
+    await tick(restarted, clock)  # started afresh: the disk's model now
+    assert restarted.serving["a"].model != started_as.model

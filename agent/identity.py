@@ -1,0 +1,106 @@
+"""What an engine serves, as one identity: its model's manifest (weights, tokenizer and chat template,
+each file by its checksum), its program and version, and its launch (argv and environment, secrets
+left out). Read from the box when the engine starts; kept, with its times, in the agent's records so
+that what answered at any moment can be told afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from aiinfra.agent.config import AgentConfig
+from aiinfra.agent.engines import SERVE_HELP, Launch, vllm_venv
+from aiinfra.agent.files import write_private
+from aiinfra.agent.schema import OllamaEngine, VllmEngine
+from aiinfra.agent.staging import MANIFEST, ollama_manifest
+
+SECRETS = frozenset({"VLLM_API_KEY"})  # in an engine's environment, never in its identity
+KEEP = 1000  # identities kept in the history: one per change of what an engine serves
+
+
+@dataclass(frozen=True)
+class Identity:
+    model: str  # sha256 of the model's manifest ("" where none was found)
+    program: str  # e.g. "vllm 0.32.0", "ollama 0.30.0"
+    args: str  # sha256 of the launch's argv and environment, secrets left out
+
+    def headers(self, engine: str) -> dict[str, str]:
+        """What each answer carries, so that it can be traced to exactly what made it."""
+        return {"X-Aiinfra-Engine": engine, "X-Aiinfra-Model-Digest": self.model or "unknown",
+                "X-Aiinfra-Program": self.program, "X-Aiinfra-Args-Digest": self.args}  # fmt: skip
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def model_digest(name: str, config: AgentConfig) -> str:
+    """vLLM: its model folder's SHA256SUMS. Ollama: its models' manifests (each names its blobs by digest)."""
+    engine = config.engines[name]
+    with contextlib.suppress(OSError):
+        if isinstance(engine, VllmEngine):
+            return _sha256((Path(str(config.models_dir)) / engine.model / MANIFEST).read_bytes())
+        assert isinstance(engine, OllamaEngine)
+        store = Path(str(config.ollama_models_dir))
+        manifests = [f"{model}\0{_sha256((store / ollama_manifest(model)).read_bytes())}" for model in engine.models]
+        return _sha256("\n".join(manifests).encode())
+    return ""
+
+
+def program(launch: Launch, config: AgentConfig) -> str:
+    """The engine's program and version, as the roles installed it: vLLM's version is the first line of
+    the `serve --help` its role recorded; Ollama's is the folder its release was unpacked into."""
+    if launch.runtime == "vllm":
+        with contextlib.suppress(OSError):
+            first = (vllm_venv(config) / SERVE_HELP).read_text().partition("\n")[0]
+            if first.startswith("# vllm "):
+                return "vllm " + first.removeprefix("# vllm ").strip()
+        return "vllm unknown"
+    binary = Path(config.ollama_command[0]).resolve()
+    return f"ollama {binary.parent.parent.name}" if binary.name == "ollama" else "ollama unknown"
+
+
+def of(launch: Launch, config: AgentConfig) -> Identity:
+    env = {k: v for k, v in launch.env.items() if k not in SECRETS}
+    args = _sha256(json.dumps({"argv": launch.argv, "env": env}, sort_keys=True).encode())
+    return Identity(model_digest(launch.name, config), program(launch, config), args)
+
+
+class History:
+    """Each engine's identities with the time each began to serve, in the agent's records (on the model
+    disk, as the ledger): written when an engine starts with an identity other than its last."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: list[dict[str, Any]] = []
+        with contextlib.suppress(OSError, ValueError):
+            entries = json.loads(path.read_text())
+            if isinstance(entries, list):
+                self.entries = [e for e in entries if isinstance(e, dict) and {"engine", "since"} <= e.keys()]
+
+    def last(self, engine: str) -> Identity | None:
+        for entry in reversed(self.entries):
+            if entry["engine"] == engine:
+                with contextlib.suppress(TypeError):
+                    return Identity(entry["model"], entry["program"], entry["args"])
+        return None
+
+    def started(self, engine: str, identity: Identity) -> None:
+        if self.last(engine) == identity:
+            return
+        self.entries = [*self.entries, {"engine": engine, "since": round(time.time(), 3), **asdict(identity)}][-KEEP:]
+        with contextlib.suppress(OSError):  # an entry is worth less than a running agent
+            write_private(self.path, json.dumps(self.entries).encode())
+
+    def at(self, when: float) -> dict[str, dict[str, Any]]:
+        """Engine → the identity that was its latest at wall time WHEN (and since when)."""
+        found: dict[str, dict[str, Any]] = {}
+        for entry in self.entries:
+            if entry["since"] <= when:
+                found[entry["engine"]] = entry
+        return found
