@@ -17,7 +17,7 @@ import click
 import uvloop
 
 from aiinfra.agent import audit, box, logs
-from aiinfra.agent.commands import control, cost, gpu, keys, models
+from aiinfra.agent.commands import control, cost, gpu, keys, models, trace
 from aiinfra.agent.config import DEFAULT_PATH, AgentConfig, ConfigError, load
 from aiinfra.agent.effects import Backend
 from aiinfra.agent.effects.process import ProcessBackend
@@ -310,3 +310,4 @@ main.add_command(keys.keys)
 main.add_command(models.models)
 main.add_command(gpu.gpu)
 main.add_command(cost.cost)
+main.add_command(trace.trace)

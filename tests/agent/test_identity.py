@@ -59,6 +59,12 @@ def test_each_answer_names_the_model_program_and_launch_that_made_it_and_a_chang
     stream = api.chat.completions.with_raw_response.create(model=agent.engine("e")["served"][0], messages=MSG,
                                                            stream=True)  # fmt: skip
     assert stream.headers["x-aiinfra-model-digest"] == first["model"]
+    traced = agent.cli("trace", answer.headers["x-request-id"], "--config", str(agent.config_path))
+    assert traced.returncode == 0, traced.stderr
+    assert f"model manifest sha256 {first['model']}" in traced.stdout and "program vllm 0.32.0" in traced.stdout
+    assert "engine e has served that identity since" in traced.stdout
+    assert agent.cli("trace", "0" * 16, "--config", str(agent.config_path)).returncode == 1  # not in the log
+    assert agent.cli("trace", "nonsense", "--config", str(agent.config_path)).returncode == 2
     metrics = urllib.request.urlopen(f"http://{agent.listen}/metrics", timeout=5).read().decode()
     assert (f'aiinfra_engine_identity_info{{args_digest="{first["args"]}",engine="e",model_digest="{first["model"]}",'
             'program="vllm 0.32.0"} 1.0') in metrics  # fmt: skip
