@@ -111,6 +111,8 @@ VllmArgs = Annotated[list[str], AfterValidator(_own_flags_untouched)]
 class VllmEngine(EngineBase):
     runtime: Literal["vllm"]
     model: Annotated[str, Field(min_length=1), AfterValidator(_model_id)]
+    # The SHA-256 of the model's SHA256SUMS: staging refuses a mirror copy or a download with another.
+    model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     # the name clients ask for; default: the model id. No control characters: it reaches argv and the logs.
     served_name: Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]{1,256}$")] | None = None
     max_model_len: Annotated[int, Field(ge=256)] | None = None
@@ -189,6 +191,7 @@ def engine_problems(
     """Checks across engines and profiles, as 'field: message' lines."""
     problems: list[str] = []
     ports: dict[int, str] = {}
+    pinned: dict[str, tuple[str, str]] = {}  # model → (engine, the manifest digest it pins)
     for name, engine in engines.items():
         if not NAME.fullmatch(name):
             problems.append(f"engines.{name!r}: engine names are lower-case letters, digits, '-' and '_'")
@@ -197,6 +200,11 @@ def engine_problems(
         ports.setdefault(engine.port, name)
         if len(set(engine.gpus)) != len(engine.gpus):
             problems.append(f"engines.{name}.gpus: lists a GPU twice")
+        if isinstance(engine, VllmEngine) and engine.model_sha256 is not None:
+            first, pin = pinned.setdefault(engine.model, (name, engine.model_sha256))
+            if pin != engine.model_sha256:
+                problems.append(f"engines.{name}.model_sha256: engine {first!r} pins model {engine.model} to another "
+                                "manifest; one copy of a model is staged, so one pin")  # fmt: skip
     for profile, members in profiles.items():
         if not NAME.fullmatch(profile):
             problems.append(f"profiles.{profile!r}: profile names are lower-case letters, digits, '-' and '_'")

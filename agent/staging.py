@@ -199,12 +199,13 @@ def _copy_from_mirror(model: str, mirror: str, source: Path, dest: Path) -> list
     return _problems(listed, hashes, present)
 
 
-def stage(model: str, root: Path, mirror: str | None, download: list[str]) -> Staged:
-    """Make ROOT/MODEL hold the model, checked; idempotent."""
+def stage(model: str, root: Path, mirror: str | None, download: list[str], pin: str | None = None) -> Staged:
+    """Make ROOT/MODEL hold the model, checked; idempotent. PIN: the SHA-256 its manifest must have (the
+    spec's model_sha256); a copy with another is refused, naming both, and what was staged stays."""
     if (problem := model_id_problem(model)) is not None:
         raise BadModelId(problem)  # ROOT / "/var/lib/x" is /var/lib/x, which would be replaced
     final = root / model
-    if final.is_dir() and is_staged(final):
+    if final.is_dir() and is_staged(final) and pin in (None, _manifest_digest(final)):
         return Staged(model, str(final), "present", *_size(final))
     work = root / ".staging" / model
     shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left
@@ -220,8 +221,12 @@ def stage(model: str, root: Path, mirror: str | None, download: list[str]) -> St
             if not (work / MANIFEST).is_file():
                 write_manifest(work)  # first download: what arrived is what later copies are held to
             problems = manifest_problems(work)
+        where = mirror if source == "mirror" else "download"
         if problems:
-            raise StagingError(f"{model} from {mirror if source == 'mirror' else 'download'}: " + "; ".join(problems))
+            raise StagingError(f"{model} from {where}: " + "; ".join(problems))
+        if pin is not None and (got := _manifest_digest(work)) != pin:
+            raise StagingError(f"{model} from {where}: its manifest ({MANIFEST}) has sha256 {got}, the spec pins "
+                               f"{pin} (model_sha256); nothing was changed")  # fmt: skip
         (work / VERIFIED).write_text(_manifest_digest(work) + "\n")
         _fixed_modes(work)
         if final.exists():

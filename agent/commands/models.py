@@ -23,9 +23,11 @@ def models() -> None:
 @click.option("--root", type=click.Path(path_type=Path), required=True, help="Where models live (MOUNT/models).")
 @click.option("--mirror", help="A directory or rsync source laid out as MIRROR/<model id>/ with SHA256SUMS.")
 @click.option("--download-command", default="", help="Command that downloads: MODEL --local-dir DIR is appended.")
-def models_stage(model: str, root: Path, mirror: str | None, download_command: str) -> None:
+@click.option("--manifest-sha256", default="", help="The SHA-256 its SHA256SUMS must have (empty: any).")
+def models_stage(model: str, root: Path, mirror: str | None, download_command: str, manifest_sha256: str) -> None:
     """Put MODEL under ROOT from the mirror, else download it; check it; print what was done as JSON."""
-    _print_staged(lambda: staging.stage(model, root, mirror or None, download_command.split()))
+    pin = manifest_sha256 or None
+    _print_staged(lambda: staging.stage(model, root, mirror or None, download_command.split(), pin))
 
 
 @models.command("stage-ollama")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -201,3 +202,27 @@ def test_staged_files_get_fixed_modes_whatever_the_mirror_had(tmp_path):
     modes = {p.relative_to(staged).as_posix(): p.stat().st_mode & 0o7777 for p in [staged, *staged.rglob("*")]}
     assert modes == {".": 0o755, "sub": 0o755, "sub/tokenizer.json": 0o644, "config.json": 0o644,
                      "model.safetensors": 0o644, "SHA256SUMS": 0o644, staging.VERIFIED: 0o644}  # fmt: skip
+
+
+def test_a_pinned_manifest_is_staged_and_another_is_refused_naming_both_with_nothing_changed(tmp_path):
+    mirror = make_mirror(tmp_path / "nas")
+    root = tmp_path / "models"
+    pin = hashlib.sha256((mirror / MODEL / staging.MANIFEST).read_bytes()).hexdigest()
+    assert staging.stage(MODEL, root, str(mirror), [], pin).source == "mirror"
+    assert staging.stage(MODEL, root, str(mirror), [], pin).source == "present"
+
+    (mirror / MODEL / "model.safetensors").write_bytes(b"\0other weights" * 500)  # version 2 on the NAS
+    staging.write_manifest(mirror / MODEL)
+    before = (root / MODEL / "model.safetensors").read_bytes()
+    with pytest.raises(staging.StagingError) as refused:
+        staging.stage(MODEL, root, str(mirror), [], "0" * 64)  # a pin matching neither
+    new = hashlib.sha256((mirror / MODEL / staging.MANIFEST).read_bytes()).hexdigest()
+    assert f"has sha256 {new}, the spec pins {'0' * 64}" in str(refused.value)
+    assert (root / MODEL / "model.safetensors").read_bytes() == before  # the staged version stays
+    assert not (root / ".staging" / MODEL).exists()
+
+    moved = staging.stage(MODEL, root, str(mirror), [], new)  # the pin moved to version 2: staged anew
+    assert moved.source == "mirror" and (root / MODEL / "model.safetensors").read_bytes() != before
+    done = subprocess.run([AGENT, "models", "stage", MODEL, "--root", str(root), "--mirror", str(mirror),
+                           "--manifest-sha256", pin], capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 1 and f"the spec pins {pin}" in done.stderr and "Traceback" not in done.stderr

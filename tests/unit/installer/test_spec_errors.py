@@ -33,6 +33,12 @@ def rename(old: str, new: str) -> Mutate:
     return lambda spec: spec.__setitem__(new, spec.pop(old))
 
 
+def two_pins(spec: dict) -> None:
+    spec["engines"]["qwen14b"]["model"] = spec["engines"]["qwen7b"]["model"]
+    spec["engines"]["qwen7b"]["model_sha256"] = "a" * 64
+    spec["engines"]["qwen14b"]["model_sha256"] = "b" * 64
+
+
 CASES: dict[str, tuple[Mutate, str, str]] = {
     # name: (change to the thor spec, field named in the error, words of the message)
     "power limit not a number": (setter("gpu_power_limit_watts", "350W"), "gpu_power_limit_watts", "valid integer"),
@@ -60,6 +66,8 @@ CASES: dict[str, tuple[Mutate, str, str]] = {
     "engine without runtime": (drop("qwen7b", "runtime"), "engines.qwen7b.runtime", "'vllm', 'ollama'"),
     "unknown runtime": (engine("qwen7b", "runtime", "tgi"), "engines.qwen7b.runtime", "'vllm', 'ollama'"),
     "duplicate port": (engine("qwen14b", "port", 8001), "engines.qwen7b.port", "already used by engine 'qwen14b'"),
+    "model pin not a digest": (engine("qwen7b", "model_sha256", "abc"), "engines.qwen7b.model_sha256", "pattern"),
+    "one model, two pins": (two_pins, "engines.qwen7b.model_sha256", "pins model Qwen/Qwen2.5-7B-Instruct to another"),
     "engine on the router's port": (engine("qwen7b", "port", 8000), "engines.qwen7b.port", "router"),
     "port out of range": (engine("qwen7b", "port", 70000), "engines.qwen7b.port", "less than or equal to 65535"),
     "two engines of a profile on one GPU": (engine("qwen14b", "gpus", [0]), "profiles.fast", "both use GPU 0"),

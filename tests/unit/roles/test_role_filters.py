@@ -7,6 +7,8 @@ import importlib.util
 import json
 import re
 
+import yaml
+
 from tests.conftest import ROOT
 
 
@@ -187,3 +189,16 @@ def test_a_vlan_changed_under_its_name_is_made_again():
     after = {"trusted": {"id": 111, "link": "eno1"}, "lab": {"id": 120, "link": "eno1", "mtu": 9000}}
     assert network_apply.stale_links(before, after) == (["old"], ["trusted"])
     assert network_apply.stale_links(before, before | {"lab": {"id": 120, "link": "eno2"}}) == ([], ["lab"])
+
+
+def test_the_staging_task_passes_each_models_pin_and_none_where_none_is_given():
+    import jinja2
+
+    task = next(t for t in yaml.safe_load((ROOT / "roles" / "vllm" / "tasks" / "models.yml").read_text())
+                if t["name"].startswith("Stage each model"))  # fmt: skip
+    argv = task["ansible.builtin.command"]["argv"]
+    pin = jinja2.Environment().from_string(argv[argv.index("--manifest-sha256") + 1])
+    engines = {"a": {"runtime": "vllm", "model": "org/m", "model_sha256": "f" * 64},
+               "b": {"runtime": "vllm", "model": "org/n"}, "c": {"runtime": "ollama", "models": ["x:1b"]}}  # fmt: skip
+    assert pin.render(engines=engines, item="org/m") == "f" * 64
+    assert pin.render(engines=engines, item="org/n") == ""
