@@ -139,6 +139,7 @@ def vllm_argv(engine: VllmEngine, command: list[str], model_dir: str, box_args: 
 # What the vllm role writes in each vLLM environment: `vllm serve --help=all`, once per version, and
 # the record of what it installed there ({packages, build}).
 SERVE_HELP = "aiinfra-serve-help.txt"
+HELP_HEADER = "# vllm "  # the help file's first line: HELP_HEADER and the version
 INSTALL_RECORD = "aiinfra-installed.json"
 FLAG = re.compile(r"--[a-z0-9][a-z0-9-]*")
 
@@ -156,6 +157,14 @@ def vllm_build(config: AgentConfig) -> str | None:
         return None
 
 
+def help_version(text: str) -> str | None:
+    """The vLLM version a recorded help file (SERVE_HELP) is of."""
+    first = text.partition("\n")[0]
+    if not first.startswith(HELP_HEADER):
+        return None
+    return first.removeprefix(HELP_HEADER).strip() or None
+
+
 def unknown_vllm_flags(config: AgentConfig) -> list[str]:
     """Lines naming each flag an engine would pass that the installed vLLM does not know, so that a
     spec asking for too new (or removed) a flag fails at install time, not as a crash loop later.
@@ -166,7 +175,7 @@ def unknown_vllm_flags(config: AgentConfig) -> list[str]:
     except OSError:
         return []
     known = set(FLAG.findall(text))
-    version = (text.splitlines() or [""])[0].removeprefix("# vllm ").strip() or "?"
+    version = help_version(text) or "?"
     problems = []
     for name, engine in config.engines.items():
         if not isinstance(engine, VllmEngine):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aiinfra.agent.config import AgentConfig
-from aiinfra.agent.engines import SERVE_HELP, Launch, vllm_venv
+from aiinfra.agent.engines import SERVE_HELP, Launch, help_version, vllm_venv
 from aiinfra.agent.files import write_private
 from aiinfra.agent.schema import OllamaEngine, VllmEngine
 from aiinfra.agent.staging import MANIFEST, ollama_manifest
@@ -57,9 +57,7 @@ def program(launch: Launch, config: AgentConfig) -> str:
     the `serve --help` its role recorded; Ollama's is the folder its release was unpacked into."""
     if launch.runtime == "vllm":
         with contextlib.suppress(OSError):
-            first = (vllm_venv(config) / SERVE_HELP).read_text().partition("\n")[0]
-            if first.startswith("# vllm "):
-                return "vllm " + first.removeprefix("# vllm ").strip()
+            return f"vllm {help_version((vllm_venv(config) / SERVE_HELP).read_text()) or 'unknown'}"
         return "vllm unknown"
     binary = Path(config.ollama_command[0]).resolve()
     return f"ollama {binary.parent.parent.name}" if binary.name == "ollama" else "ollama unknown"

@@ -22,7 +22,7 @@ from aiinfra.agent.config import DEFAULT_PATH, AgentConfig, ConfigError, load
 from aiinfra.agent.effects import Backend
 from aiinfra.agent.effects.process import ProcessBackend
 from aiinfra.agent.effects.systemd import SystemdBackend, available, launch_file
-from aiinfra.agent.engines import INSTALL_RECORD, SERVE_HELP, environment, unknown_vllm_flags, vllm_venv
+from aiinfra.agent.engines import HELP_HEADER, INSTALL_RECORD, SERVE_HELP, environment, unknown_vllm_flags, vllm_venv
 from aiinfra.agent.exits import EXIT_BAD_INPUT
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.http.keys import KeyRing
@@ -270,7 +270,7 @@ def record_vllm_help(vllm: Path, version: str) -> None:
     """Record `VLLM serve --help=all` beside its environment, once per version (role vllm), so that
     check-config can name a flag this vLLM does not know. Prints {"changed": ..., "recorded": ...}."""
     path = vllm.resolve().parent.parent / SERVE_HELP
-    header = f"# vllm {version}\n"
+    header = f"{HELP_HEADER}{version}\n"
     if path.exists() and path.read_text().startswith(header):
         click.echo(json.dumps({"changed": False, "recorded": True}))
         return

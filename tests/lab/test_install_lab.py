@@ -65,12 +65,13 @@ class Lab:
 def appliance_state(lab: Lab) -> dict:
     """What an operator would compare before and after a rebuild."""
     report = lab.status()
-    answer = lab.client().chat.completions.create(
+    raw = lab.client().chat.completions.with_raw_response.create(
         model="Qwen/Qwen2.5-7B-Instruct",
         messages=[{"role": "user", "content": "hello"}],
         max_tokens=4,
         extra_body={"ignore_eos": True},  # the tiny model's random weights may pick the end token early
     )
+    answer = raw.parse()
     vllm = lab.box("/opt/vllm/current/bin/python", "-c", "import vllm; print(vllm.__version__)").stdout.strip()
     staged = lab.box("sh", "-c", "cd /mnt/nvme/models && find . -name SHA256SUMS | sort").stdout.split()
     return {
@@ -85,6 +86,9 @@ def appliance_state(lab: Lab) -> dict:
         "vllm": vllm,
         "staged": staged,
         "ollama": lab.box("ls", "/mnt/nvme/ollama/manifests/registry.ollama.ai/library/llama3.2").stdout.split(),
+        # What made the answer: the engine's identity, as /status and the answer's headers name it.
+        "identity": report["engines"]["qwen7b"]["identity"],
+        "answered_by": {k.removeprefix("x-aiinfra-"): v for k, v in raw.headers.items() if k.startswith("x-aiinfra-")},
     }
 
 
@@ -152,6 +156,11 @@ def test_install_converges_then_a_second_run_changes_nothing(lab_host):
 def test_the_appliance_serves_through_the_router_with_a_key(lab_host):
     state = appliance_state(lab_host)
     assert state.pop("address").startswith("10.88.")  # podman's network; the rebuild test compares it
+    made_by, answered_by = state.pop("identity"), state.pop("answered_by")
+    manifest = lab_host.box("sha256sum", "/mnt/nvme/models/Qwen/Qwen2.5-7B-Instruct/SHA256SUMS").stdout.split()[0]
+    assert made_by == {"model": manifest, "program": "vllm 0.32.0", "args": made_by["args"]}
+    assert answered_by == {"engine": "qwen7b", "model-digest": manifest, "program": "vllm 0.32.0",
+                           "args-digest": made_by["args"]}  # fmt: skip
     assert state == {
         "profile": "fast",
         "ready": ["qwen14b", "qwen7b"],
