@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from aiinfra.agent import staging
+from aiinfra.agent import retire, staging
+from aiinfra.agent.config import DEFAULT_PATH, ConfigError, load
 from aiinfra.agent.exits import EXIT_BAD_INPUT, EXIT_FAILED
 
 
@@ -46,3 +49,54 @@ def _print_staged(stage: Callable[[], staging.Staged]) -> None:
         click.echo(f"aiinfra-agent: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT if isinstance(exc, staging.BadModelId) else EXIT_FAILED)
     click.echo(json.dumps(vars(staged)))
+
+
+CONFIG = click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_PATH,
+                      show_default=True, help="The agent's configuration (engines, where models live).")  # fmt: skip
+
+
+def _stored(config_path: Path) -> tuple[Path, list[retire.Stored]]:
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    return Path(str(config.models_dir)), retire.inventory(config)
+
+
+def _table(stored: list[retire.Stored]) -> str:
+    lines = [f"{'KIND':<6} {'NAME':<40} {'SIZE':>9}  {'LAST USED':<16}  KEPT FOR"]
+    for s in stored:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.last_used)) if s.last_used else "-"
+        lines.append(f"{s.kind:<6} {s.name:<40} {s.bytes / 2**30:>7.2f}Gi  {used:<16}  {s.kept_for or '-'}")
+    return "\n".join(lines)
+
+
+@models.command("list")
+@CONFIG
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+def models_list(config_path: Path, as_json: bool) -> None:
+    """Staged models and vLLM environments on this box: size, when last used, and what keeps each."""
+    _, stored = _stored(config_path)
+    click.echo(json.dumps([vars(s) for s in stored], indent=2) if as_json else _table(stored))
+
+
+@models.command("prune")
+@CONFIG
+@click.option("--yes", is_flag=True, help="Remove them; without it, only say what would go.")
+def models_prune(config_path: Path, yes: bool) -> None:
+    """Remove the staged models and vLLM environments nothing keeps: never what an engine of the
+    configuration uses, nor the vLLM before the current one (the way back)."""
+    root, stored = _stored(config_path)
+    going = [s for s in stored if not s.kept_for]
+    if not going:
+        click.echo("nothing to remove: every staged model and vLLM environment is in use or kept")
+        return
+    if not yes:
+        click.echo(_table(going) + "\nwould be removed; run again with --yes to remove them")
+        return
+    free = shutil.disk_usage(root).free if root.exists() else 0
+    for item in retire.prune(stored):
+        click.echo(f"removed {item.kind} {item.name} ({item.bytes / 2**30:.2f} GiB)")
+    after = shutil.disk_usage(root).free if root.exists() else 0
+    click.echo(f"model disk free: {free / 2**30:.1f} GiB before, {after / 2**30:.1f} GiB after")
