@@ -15,5 +15,5 @@ def main() -> None:
 
 
 for command in (host.validate_cmd, host.plan_cmd, host.install, box.status, box.cost, box.profile, box.keys,
-                lab.lab_group):  # fmt: skip
+                box.models, lab.lab_group):  # fmt: skip
     main.add_command(command)

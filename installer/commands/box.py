@@ -8,7 +8,7 @@ import sys
 import click
 
 from aiinfra.agent import client
-from aiinfra.agent.exits import EXIT_UNREACHABLE
+from aiinfra.agent.exits import EXIT_BAD_INPUT, EXIT_UNREACHABLE
 from aiinfra.installer import remote
 from aiinfra.installer.commands.common import INVENTORY_HELP, fail, load_hosts, on_hosts
 
@@ -113,3 +113,23 @@ def keys(pattern: str | None, inventory: str | None, args: tuple[str, ...]) -> N
     from aiinfra.agent.commands.keys import keys as agent_keys
 
     agent_keys.main(args=list(args), prog_name="aiinfra keys")  # the agent's own commands, named as called
+
+
+@click.command("models", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--host", "pattern", help="The models on these inventory hosts (default: this machine's).")
+@click.option("-i", "--inventory", help=INVENTORY_HELP)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def models(pattern: str | None, inventory: str | None, args: tuple[str, ...]) -> None:
+    """Staged models and vLLM environments, and what may go: the agent's own commands,
+
+    \b
+      aiinfra models [--host H] list [--json]
+      aiinfra models [--host H] prune [--yes]
+    """
+    if args[:1] not in (("list",), ("prune",)):
+        fail("models: list or prune (staging is the install's)", EXIT_BAD_INPUT)
+    if pattern is not None:
+        on_hosts(inventory, pattern, ["models", *args], lambda host, out: f"== {host}:\n{out.rstrip()}")
+    from aiinfra.agent.commands.models import models as agent_models
+
+    agent_models.main(args=list(args), prog_name="aiinfra models")

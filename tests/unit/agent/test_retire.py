@@ -88,3 +88,9 @@ def test_list_says_what_keeps_each_and_prune_removes_only_what_nothing_keeps(tmp
     assert "nothing to remove" in models(config, "prune", "--yes").stdout
     table = models(config, "list").stdout
     assert "the way back" in table and "engine a" in table
+    installer = str(Path(sys.executable).with_name("aiinfra"))  # the workstation's command, this machine's box
+    same = subprocess.run([installer, "models", "list", "--config", str(config)], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    assert same.returncode == 0 and same.stdout == table
+    refused = subprocess.run([installer, "models", "stage", "x"], capture_output=True, text=True, check=False)
+    assert refused.returncode == 2 and "list or prune" in refused.stderr
