@@ -108,6 +108,14 @@ async def tick(supervisor: Supervisor, clock: Clock, seconds: float = 1.0) -> No
         await asyncio.sleep(0)
 
 
+async def ready(supervisor: Supervisor, probes: Probes, clock: Clock, name: str) -> None:
+    """Start engine NAME and see it ready: a start, its startup probe, the probe's answer read."""
+    probes.ready.add(name)
+    for _ in range(3):
+        await tick(supervisor, clock)
+    assert phase(supervisor, name) == "ready"
+
+
 def in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     @functools.wraps(test)
     def run(*args: Any, **kwargs: Any) -> None:
@@ -155,9 +163,7 @@ async def test_an_engine_that_dies_backs_off_then_starts_again_and_a_crash_loop_
 @in_loop
 async def test_a_switch_drains_the_leaving_engine_and_starts_the_next_only_once_it_is_gone(loop):
     supervisor, backend, probes, clock = loop
-    probes.ready.add("a")
-    for _ in range(3):
-        await tick(supervisor, clock)
+    await ready(supervisor, probes, clock, "a")
     supervisor.traffic.arrived("a")
     supervisor.traffic.started("a")  # a request in flight on a
     supervisor.switch("two")
@@ -192,9 +198,7 @@ async def test_a_profile_switched_to_on_request_goes_back_when_idle_and_not_whil
 @in_loop
 async def test_a_hung_engine_is_restarted_after_its_liveness_probes_and_traffic_stands_in_for_them(loop):
     supervisor, backend, probes, clock = loop
-    probes.ready.add("a")
-    for _ in range(3):
-        await tick(supervisor, clock)
+    await ready(supervisor, probes, clock, "a")
     assert (phase(supervisor, "a"), probes.alive_asked) == ("ready", ["a"])  # probed once it is ready
     await tick(supervisor, clock, 25)
     supervisor.traffic.ok("a")
