@@ -32,7 +32,7 @@ from aiinfra.agent.http.serve import Clients, Limits
 from aiinfra.agent.metrics import Metrics
 from aiinfra.agent.reconcile import Phase
 from aiinfra.agent.sdnotify import notify, watchdog_enabled
-from aiinfra.agent.status import report
+from aiinfra.agent.status import report, router_report
 from aiinfra.agent.supervisor import Supervisor
 
 
@@ -93,12 +93,7 @@ async def serve(config: AgentConfig) -> None:
     clients: Clients | None = None
 
     def router_status() -> dict:
-        live = {}
-        if router is not None and clients is not None:
-            live = {"waiting": {name: n for name, n in supervisor.traffic.waiting.items() if n},
-                    "connections": len(clients.open), "in_hand": clients.busy()}  # fmt: skip
-        return (router_info(config) | ({"keys": keyring.health()} if keyring is not None else {}) | live
-                | {"audit": audit.audit_health()})  # fmt: skip
+        return router_report(config, supervisor.traffic, clients if router is not None else None, keyring)
 
     runners = [
         web.AppRunner(status_app(supervisor, metrics, router_status), access_log=None),
@@ -152,15 +147,6 @@ async def serve(config: AgentConfig) -> None:
         for runner in runners:
             await runner.cleanup()
         sock.unlink(missing_ok=True)
-
-
-def router_info(config: AgentConfig) -> dict:
-    return {
-        "listen": config.router_listen,
-        "auth": config.router_auth,
-        "audit_log": config.audit_path(),
-        "audit_include_text": config.audit_include_text,
-    }
 
 
 def router_limits(config: AgentConfig) -> Limits:

@@ -7,8 +7,14 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from aiinfra.agent.audit import audit_health
+
 if TYPE_CHECKING:
+    from aiinfra.agent.config import AgentConfig
+    from aiinfra.agent.http.keys import KeyRing
+    from aiinfra.agent.http.serve import Clients
     from aiinfra.agent.supervisor import Supervisor
+    from aiinfra.agent.traffic import Traffic
 
 
 class EngineReport(TypedDict):
@@ -96,3 +102,17 @@ def report(supervisor: Supervisor) -> Report:
         "energy": vars(sup.ledger.totals()),
         "events": sup.events.recent(50),
     }
+
+
+def router_report(
+    config: AgentConfig, traffic: Traffic, clients: Clients | None, keys: KeyRing | None
+) -> dict[str, Any]:
+    """The router's part: its settings, its keys file's health, what waits, what it holds, the audit file."""
+    part: dict[str, Any] = {"listen": config.router_listen, "auth": config.router_auth, "audit_log":
+                            config.audit_path(), "audit_include_text": config.audit_include_text}  # fmt: skip
+    if keys is not None:
+        part["keys"] = keys.health()
+    if clients is not None:
+        part |= {"waiting": {name: n for name, n in traffic.waiting.items() if n}, "connections": len(clients.open),
+                 "in_hand": clients.busy()}  # fmt: skip
+    return part | {"audit": audit_health()}
