@@ -295,7 +295,7 @@ def test_aiinfra_status_reads_the_agent_through_the_inventory(box):
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)[HOST]
-    assert report["backend"] == "systemd" and set(report["engines"]) == {"alpha", "beta", "gamma"}
+    assert report["backend"] == "systemd" and set(report["engines"]) == {"alpha", "beta", "gamma", "delta"}
     table = subprocess.run(
         [AIINFRA, "status", "--host", HOST, "-i", box["inventory"]],
         capture_output=True,
