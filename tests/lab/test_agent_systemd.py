@@ -125,8 +125,9 @@ def box(tmp_path_factory):
         " && mv /opt/stub_engine.py /opt/aiinfra/stub_engine.py"
         " && (getent passwd aiinfra || useradd --system --home /var/lib/aiinfra --shell /usr/sbin/nologin aiinfra)"
         " && mkdir -p /etc/aiinfra && for m in Qwen2.5-7B-Instruct Qwen2.5-14B-Instruct-AWQ;"
-        " do d=/var/lib/aiinfra/models/models/Qwen/$m; mkdir -p $d && echo {} > $d/config.json; done"
-        " && chown -R aiinfra: /var/lib/aiinfra"
+        " do d=/var/lib/aiinfra/models/models/Qwen/$m; mkdir -p $d && echo {} > $d/config.json"
+        " && (cd $d && sha256sum config.json > SHA256SUMS); done"
+        " && chown -R aiinfra: /var/lib/aiinfra && chmod 0750 /var/lib/aiinfra/models/models"  # as the vllm role
         " && mkdir -m 0700 -p /mnt/nvme/aiinfra-agent"  # the agent's records, as the aiinfra_agent role makes them
     )
     sh(f"cat > /etc/aiinfra/agent.yml <<'EOF'\n{yaml.safe_dump(CONFIG)}EOF")
@@ -144,6 +145,9 @@ def test_start_returns_at_ready_and_the_engine_runs_unprivileged_in_its_unit(box
     assert sh("systemctl is-active aiinfra-engine@alpha").strip() == "active"
     assert sh("systemctl show -p MainPID --value aiinfra-engine@alpha").strip() == str(pid)
     assert sh(f"stat -c %U /proc/{pid}").strip() == "aiinfra"
+    # What it serves, read by the agent under its unit (no CAP_DAC_OVERRIDE) from the engines' files.
+    manifest = sh("sha256sum /var/lib/aiinfra/models/models/Qwen/Qwen2.5-7B-Instruct/SHA256SUMS").split()[0]
+    assert report["engines"]["alpha"]["identity"]["model"] == manifest
     # The engine answers the agent (ready: its probe listed the served name with the engine's key), and
     # no other local process: without its key, 401.
     sh(f"cat > /tmp/around.py <<'EOF'\n{AROUND}EOF")
