@@ -17,7 +17,7 @@ import click
 import uvloop
 
 from aiinfra.agent import audit, box, logs
-from aiinfra.agent.commands import control, cost, gpu, keys, models, trace
+from aiinfra.agent.commands import CONFIG, control, cost, gpu, keys, load_config, models, trace
 from aiinfra.agent.config import DEFAULT_PATH, AgentConfig, ConfigError, load
 from aiinfra.agent.effects import Backend
 from aiinfra.agent.effects.process import ProcessBackend
@@ -169,14 +169,6 @@ def _restrict_socket(sock: Path, group: str) -> None:
     os.chmod(sock, 0o660)
 
 
-def _load(path: Path) -> AgentConfig:
-    try:
-        return load(path)
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_BAD_INPUT)
-
-
 def _version(ctx: click.Context, _: click.Parameter, wanted: bool) -> None:
     """The package's version and, where the vllm role installed one, the vLLM pinned for the engines."""
     if not wanted or ctx.resilient_parsing:
@@ -202,21 +194,11 @@ def main() -> None:
     """aiinfra's host agent: supervises the inference engines on this box."""
 
 
-CONFIG = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_PATH,
-    show_default=True,
-    help="Agent configuration.",
-)
-
-
 @main.command()
 @CONFIG
 def run(config_path: Path) -> None:
     """Run the agent (what the systemd unit starts)."""
-    config = _load(config_path)
+    config = load_config(config_path)
     logs.setup()
     audit.open_file(config.audit_path())
     try:

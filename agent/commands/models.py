@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from aiinfra.agent import retire, staging
-from aiinfra.agent.config import DEFAULT_PATH, ConfigError, load
+from aiinfra.agent.commands import CONFIG, load_config
 from aiinfra.agent.exits import EXIT_BAD_INPUT, EXIT_FAILED
 
 
@@ -51,16 +51,8 @@ def _print_staged(stage: Callable[[], staging.Staged]) -> None:
     click.echo(json.dumps(vars(staged)))
 
 
-CONFIG = click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_PATH,
-                      show_default=True, help="The agent's configuration (engines, where models live).")  # fmt: skip
-
-
 def _stored(config_path: Path) -> tuple[Path, list[retire.Stored]]:
-    try:
-        config = load(config_path)
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_BAD_INPUT)
+    config = load_config(config_path)
     return Path(str(config.models_dir)), retire.inventory(config)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from aiinfra.agent.audit import BACKUPS
-from aiinfra.agent.config import DEFAULT_PATH, ConfigError, load
+from aiinfra.agent.commands import CONFIG, load_config
 from aiinfra.agent.exits import EXIT_BAD_INPUT, EXIT_FAILED
 from aiinfra.agent.identity import History
 
@@ -57,8 +57,7 @@ def describe(line: dict[str, Any], since: dict[str, Any] | None) -> list[str]:
 
 @click.command()
 @click.argument("request_id")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_PATH, show_default=True,
-              help="The agent's configuration (where its audit log and records are).")  # fmt: skip
+@CONFIG
 @click.option("--json", "as_json", is_flag=True, help="Print the audit line and the identity's history entry.")
 def trace(request_id: str, config_path: Path, as_json: bool) -> None:
     """What made the answer to REQUEST_ID (its X-Request-Id): the engine, its model's manifest, its
@@ -66,11 +65,7 @@ def trace(request_id: str, config_path: Path, as_json: bool) -> None:
     if not REQUEST_ID.fullmatch(request_id):
         click.echo(f"aiinfra-agent: {request_id[:40]!r} is not a request id (16 hex digits, X-Request-Id)", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    try:
-        config = load(config_path)
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_BAD_INPUT)
+    config = load_config(config_path)
     if config.audit_path() is None:
         click.echo("aiinfra-agent: no audit log is kept (audit_log is off in the configuration)", err=True)
         sys.exit(EXIT_FAILED)

@@ -94,3 +94,11 @@ def test_list_says_what_keeps_each_and_prune_removes_only_what_nothing_keeps(tmp
     assert same.returncode == 0 and same.stdout == table
     refused = subprocess.run([installer, "models", "stage", "x"], capture_output=True, text=True, check=False)
     assert refused.returncode == 2 and "list or prune" in refused.stderr
+
+
+def test_a_bad_configuration_is_one_clear_error_and_exit_2(tmp_path):
+    broken = tmp_path / "agent.yml"
+    broken.write_text("engines: [not, a, mapping]\n")
+    for argv in (["models", "list"], ["models", "prune", "--yes"], ["trace", "0" * 16]):
+        done = subprocess.run([AGENT, *argv, "--config", str(broken)], capture_output=True, text=True, check=False)
+        assert done.returncode == 2 and "engines" in done.stderr and "Traceback" not in done.stderr, argv
