@@ -74,7 +74,7 @@ class Supervisor:
     def view(self) -> View:
         return View(self.profile, MappingProxyType(self.config.profiles), tuple(self.desired()),
                     MappingProxyType(dict(self.states)), MappingProxyType(self.launches), self.served,
-                    MappingProxyType(self.config.profile_switching), MappingProxyType(dict(self.serving)))  # fmt: skip
+                    MappingProxyType(self.config.profile_switching))  # fmt: skip
 
     def fresh(self) -> bool:
         """The loop ticked lately (liveness of the agent itself, for /healthz)."""

@@ -25,7 +25,6 @@ class View:
     launches: Mapping[str, Launch]
     served: frozenset[str]  # every name any engine serves, in any profile
     switching: Mapping[str, SwitchPolicy]  # the profiles a request may switch to
-    identities: Mapping[str, Identity]  # what each engine started with: its answers carry it
 
     def ready(self, name: str) -> bool:
         return self.states[name].phase == Phase.READY
@@ -33,6 +32,10 @@ class View:
 
 class Engines(Protocol):
     traffic: Traffic
+
+    @property
+    def serving(self) -> Mapping[str, Identity]:
+        """What each engine started with: its answers carry it."""
 
     def view(self) -> View: ...
 

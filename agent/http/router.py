@@ -363,7 +363,7 @@ class Router:
                 raw = json.dumps({**body, "stream_options": {**(body.get("stream_options") or {}),
                                                              "include_usage": True}}).encode()  # fmt: skip
             self.traffic.started(launch.name)
-            exchange.identity = self.engines.view().identities.get(launch.name)
+            exchange.identity = self.engines.serving.get(launch.name)
             try:
                 return await self._forward(request, conn, launch, raw, stream, exchange, injected)
             finally:
