@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,13 @@ def engine_key(secret: bytes, name: str) -> str:
     return hmac.new(secret, name.encode(), hashlib.sha256).hexdigest()
 
 
+def exact(command: list[str]) -> list[str]:
+    """COMMAND with its program's folder links resolved (vllm/current/bin → vllm/0.32.0/bin): a launch
+    names the version it runs, so the one kept to go back to still runs that version."""
+    folder, program = os.path.split(command[0])
+    return [os.path.join(os.path.realpath(folder), program) if folder else program, *command[1:]]
+
+
 def launch(name: str, config: AgentConfig, secret: bytes | None = None) -> Launch:
     """SECRET (the agent's, engine_key): vLLM engines then answer only requests that carry their key."""
     engine = config.engines[name]
@@ -63,7 +71,9 @@ def launch(name: str, config: AgentConfig, secret: bytes | None = None) -> Launc
         key = engine_key(secret, name) if secret is not None else None
         return Launch(
             name,
-            vllm_argv(engine, config.vllm_command, f"{config.models_dir}/{engine.model}", config.vllm_extra_args),
+            vllm_argv(
+                engine, exact(config.vllm_command), f"{config.models_dir}/{engine.model}", config.vllm_extra_args
+            ),
             {
                 "CUDA_VISIBLE_DEVICES": gpus,
                 "HF_HOME": str(config.hf_home),

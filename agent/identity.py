@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aiinfra.agent.config import AgentConfig
-from aiinfra.agent.engines import SERVE_HELP, Launch, help_version, vllm_venv
+from aiinfra.agent.engines import SERVE_HELP, Launch, help_version
 from aiinfra.agent.files import write_private
 from aiinfra.agent.schema import OllamaEngine, VllmEngine
 from aiinfra.agent.staging import MANIFEST, ollama_manifest
@@ -55,9 +55,10 @@ def model_digest(name: str, config: AgentConfig) -> str:
 def program(launch: Launch, config: AgentConfig) -> str:
     """The engine's program and version, as the roles installed it: vLLM's version is the first line of
     the `serve --help` its role recorded; Ollama's is the folder its release was unpacked into."""
-    if launch.runtime == "vllm":
+    if launch.runtime == "vllm":  # the environment its launch names (a rollback's may be the one before)
         with contextlib.suppress(OSError):
-            return f"vllm {help_version((vllm_venv(config) / SERVE_HELP).read_text()) or 'unknown'}"
+            venv = Path(launch.argv[0]).resolve().parent.parent
+            return f"vllm {help_version((venv / SERVE_HELP).read_text()) or 'unknown'}"
         return "vllm unknown"
     binary = Path(config.ollama_command[0]).resolve()
     return f"ollama {binary.parent.parent.name}" if binary.name == "ollama" else "ollama unknown"

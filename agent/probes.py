@@ -9,9 +9,11 @@ from collections.abc import Mapping
 
 import aiohttp
 
+from aiinfra.agent import gate
 from aiinfra.agent.config import Policy
 from aiinfra.agent.engines import Launch
 from aiinfra.agent.reconcile import EngineState, Phase, liveness_due
+from aiinfra.agent.schema import Golden
 
 
 async def startup(session: aiohttp.ClientSession, launch: Launch, timeout_s: float) -> tuple[bool, float]:
@@ -65,16 +67,21 @@ class Prober:
         self.last_startup: dict[str, float] = {}
         self.last_live: dict[str, float] = {}
 
-    def _session(self) -> aiohttp.ClientSession:
+    def client(self) -> aiohttp.ClientSession:
+        """The probes' HTTP session (the gates' requests share it)."""
         if self.session is None:
             self.session = aiohttp.ClientSession()
         return self.session
 
     async def check_startup(self, launch: Launch) -> tuple[bool, float]:
-        return await startup(self._session(), launch, self.policy.probe_timeout_s)
+        return await startup(self.client(), launch, self.policy.probe_timeout_s)
+
+    async def ask(self, launch: Launch, golden: Golden, max_tokens: int) -> tuple[str, float]:
+        """A golden prompt's greedy answer and its latency (a gate's request)."""
+        return await gate.ask(self.client(), launch, golden, max_tokens)
 
     async def check_alive(self, launch: Launch) -> bool:
-        return await liveness(self._session(), launch, self.policy.liveness_timeout_s)
+        return await liveness(self.client(), launch, self.policy.liveness_timeout_s)
 
     def results(self, name: str) -> tuple[bool | None, float | None, bool | None]:
         """(ready, its latency in ms, alive) of the probes that ended since the last call; None: none did."""

@@ -4,9 +4,10 @@ No processes, sockets or sleeps here: the supervisor feeds observations and the 
 driver's and the router's inputs (a profile switch, a restart, a driver change, traffic) in, and
 carries the actions out.
 
-Phases: stopped → starting → ready; a failure (exit, startup timeout, liveness) → backoff → starting
-again after the delay; too many failures inside the window → failed (until restarted by hand). The
-legal transitions are TRANSITIONS; EngineState.to refuses any other.
+Phases: stopped → starting → ready (through gating when it serves a changed identity: its gate passed, it
+serves; failed, it is stopped and the identity before starts again); a failure (exit, startup timeout,
+liveness) → backoff → starting again after the delay; too many failures inside the window → failed
+(until restarted by hand). The legal transitions are TRANSITIONS; EngineState.to refuses any other.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aiinfra.agent.config import Policy
 class Phase(StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
+    GATING = "gating"
     READY = "ready"
     BACKOFF = "backoff"
     STOPPING = "stopping"
@@ -29,12 +31,14 @@ class Phase(StrEnum):
 
 
 # Where each phase may go (staying put is always allowed). A start or an adoption goes to starting; a
-# failure to backoff, or failed past the crash-loop limit; a stop to stopping, then stopped on exit.
+# failure to backoff, or failed past the crash-loop limit; a stop to stopping, then stopped on exit. A
+# start of a changed identity is ready only through gating; a failed gate stops it.
 # Backoff and failed keep their phase while their process is killed, and go to stopped when the
 # profile drops them or the operator restarts them.
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.STOPPED: frozenset({Phase.STARTING, Phase.STOPPING, Phase.BACKOFF, Phase.FAILED}),
-    Phase.STARTING: frozenset({Phase.READY, Phase.STOPPING, Phase.BACKOFF, Phase.FAILED}),
+    Phase.STARTING: frozenset({Phase.READY, Phase.GATING, Phase.STOPPING, Phase.BACKOFF, Phase.FAILED}),
+    Phase.GATING: frozenset({Phase.READY, Phase.STOPPING, Phase.BACKOFF, Phase.FAILED}),
     Phase.READY: frozenset({Phase.STOPPING, Phase.BACKOFF, Phase.FAILED}),
     Phase.BACKOFF: frozenset({Phase.STARTING, Phase.STOPPED, Phase.FAILED}),
     Phase.STOPPING: frozenset({Phase.STOPPED}),
@@ -65,6 +69,7 @@ class EngineState:
     probe_latency_ms: float | None = None
     last_startup_s: float | None = None  # how long its last start took to be ready: the next one's guess
     leaving_since: float | None = None  # running, but no longer in the active profile: its drain began then
+    gate_due: bool = False  # this start serves a changed identity: ready only once its gate passed
 
     def to(self, phase: Phase, now: float, **changes: Any) -> EngineState:
         if phase != self.phase and phase not in TRANSITIONS[self.phase]:
@@ -140,13 +145,15 @@ def observe(state: EngineState, seen: Observation, now: float, policy: Policy) -
         state = replace(state, running=False, pid=None)
         if state.phase == Phase.STOPPING:
             return state.to(Phase.STOPPED, now)
-        if state.phase in (Phase.STARTING, Phase.READY):
+        if state.phase in (Phase.STARTING, Phase.GATING, Phase.READY):
             tail = f"; last log: {seen.log_tail}" if seen.log_tail else ""
             return _fail(state, f"exited with {_exit_text(seen.exited)}{tail}", now, policy)
         return state
     if state.phase == Phase.STARTING:
         if seen.ready:
             took = None if state.started_at is None else now - state.started_at
+            if state.gate_due:
+                return state.to(Phase.GATING, now, last_startup_s=took)
             return state.to(Phase.READY, now, ready_since=now, liveness_failures=0, last_startup_s=took)
         if state.started_at is not None and now - state.started_at > policy.startup_timeout_s:
             return _fail(state, f"not ready {policy.startup_timeout_s:.0f}s after start", now, policy)
@@ -222,7 +229,7 @@ def decide(
     return actions
 
 
-def started(state: EngineState, pid: int | None, now: float) -> EngineState:
+def started(state: EngineState, pid: int | None, now: float, gate_due: bool = False) -> EngineState:
     restarts = state.restarts + (1 if state.phase == Phase.BACKOFF else 0)
     return state.to(
         Phase.STARTING,
@@ -235,7 +242,19 @@ def started(state: EngineState, pid: int | None, now: float) -> EngineState:
         ready_since=None,
         liveness_failures=0,
         leaving_since=None,
+        gate_due=gate_due,
     )
+
+
+def gate_passed(state: EngineState, now: float) -> EngineState:
+    return state.to(Phase.READY, now, ready_since=now, liveness_failures=0, gate_due=False)
+
+
+def gate_failed(state: EngineState, problem: str, now: float) -> tuple[EngineState, list[Stop]]:
+    """The changed identity failed its gate: it is stopped (decide() then starts the launch the
+    supervisor put back). Not a failure of the engine: no backoff, no crash-loop count."""
+    state = replace(state, gate_due=False, last_error=f"gate failed: {problem}")
+    return state, [Stop(state.name, f"gate failed: {problem}")]
 
 
 def stopping(state: EngineState, now: float) -> EngineState:
@@ -315,6 +334,8 @@ def expected_ready_in(state: EngineState, now: float) -> float | None:
     load = state.last_startup_s or FIRST_START_GUESS_S
     if state.phase == Phase.STARTING and state.started_at is not None:
         return max(load - (now - state.started_at), 1.0)
+    if state.phase == Phase.GATING:
+        return 1.0
     if state.phase == Phase.BACKOFF and state.next_start_at is not None:
         return max(state.next_start_at - now, 0.0) + load
     return load  # stopped with a start due, or stopping before one

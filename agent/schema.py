@@ -60,10 +60,43 @@ class Queue(Strict):
     max_wait_s: Annotated[float, Field(ge=0, le=3600, strict=False)] = 300
 
 
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return value
+
+
+class Golden(Strict):
+    """One prompt of an engine's golden set: its greedy answer must pass every check given, in time."""
+
+    prompt: Annotated[str, Field(min_length=1, max_length=8192)]
+    contains: str | None = None  # the answer holds this text
+    matches: Annotated[str, AfterValidator(_regex)] | None = None  # a regular expression found in the answer
+    valid_json: bool = False  # the answer parses as JSON
+    max_latency_s: Seconds = 30
+
+
+class Gate(Strict):
+    """What a change of the engine's identity (model, program, arguments) must pass before it serves."""
+
+    # None given: one request ("Hello") answered within its bound.
+    golden: Annotated[list[Golden], Field(max_length=100)] = []
+    max_tokens: Annotated[int, Field(ge=1, le=1024)] = 32
+    # The regression check: the greedy answers of the identity before, against the new one's, agree
+    # (per prompt 1 when identical, else the share of the longer answer before the first difference)
+    # this much on average. 0.8 lets a reordered floating-point sum move a late token, not a broken model.
+    agreement: Annotated[float, Field(ge=0, le=1, strict=False)] = 0.8
+    # auto: only when the model stays (another program or arguments); always; never.
+    regression: Literal["auto", "always", "never"] = "auto"
+
+
 class EngineBase(Strict):
     gpus: Annotated[list[GpuIndex], Field(min_length=1)]
     port: EnginePort
     queue: Queue = Queue()
+    gate: Gate = Gate()
 
 
 class ModelFacts(Strict):

@@ -32,6 +32,9 @@ class EngineReport(TypedDict):
     probe_latency_ms: float | None
     next_start_in_s: float | None
     identity: dict[str, str] | None  # model (manifest sha256), program, args (sha256): what it started with
+    # The last change's gate: state (due, gating, passed, failed), the identity tried, when, the check that
+    # failed, the identity serving instead, agreement (the regression check's score), took (s per step).
+    gate: dict[str, Any] | None
 
 
 class SwitchReport(TypedDict):
@@ -84,6 +87,7 @@ def report(supervisor: Supervisor) -> Report:
             "probe_latency_ms": None if state.probe_latency_ms is None else round(state.probe_latency_ms, 1),
             "next_start_in_s": None if state.next_start_at is None else round(max(state.next_start_at - now, 0), 1),
             "identity": asdict(sup.serving[name]) if name in sup.serving else None,
+            "gate": sup.gates.reports.get(name),
         }
     back_in = sup.back_to_default_in()
     switching: SwitchingReport = {

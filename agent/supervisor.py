@@ -25,6 +25,7 @@ from aiinfra.agent.effects import Backend, StartError
 from aiinfra.agent.energy import Ledger
 from aiinfra.agent.engines import Launch, launch, vllm_build
 from aiinfra.agent.events import Events
+from aiinfra.agent.gating import Gatekeeper
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.gpu.watch import GpuWatch
 from aiinfra.agent.probes import Prober
@@ -45,7 +46,9 @@ class Supervisor:
         self.clock = clock
         self.prober = prober or Prober(config.policy)
         secret = engine_secret(Path(config.state_dir))
-        self.launches: dict[str, Launch] = {name: launch(name, config, secret) for name in config.engines}
+        configured = {name: launch(name, config, secret) for name in config.engines}
+        self.gates = Gatekeeper(config, configured, clock, self.prober.ask)
+        self.launches: dict[str, Launch] = {name: self.gates.launch(name) for name in config.engines}
         self.served = frozenset(m for target in self.launches.values() for m in target.served)
         # Restart counts outlive the agent, a reboot and a rebuild (the records on the model disk).
         self.counts = RestartCounts(Path(config.data_dir) / "restarts.json")
@@ -122,6 +125,7 @@ class Supervisor:
         if name not in self.states:
             raise KeyError(name)
         state, stops = reconcile.operator_restart(self.states[name], self.clock())
+        self.launches[name] = self.gates.retry(name)
         self._set(name, state)
         for stop in stops:  # the loop starts it again
             self._stop(stop.name, stop.reason)
@@ -142,6 +146,7 @@ class Supervisor:
             if name in self.traffic.succeeded:  # real traffic stands in for the liveness probe
                 state = reconcile.traffic_ok(state, self.traffic.succeeded[name])
             self._set(name, observe(state, await self._observe(name, state), now, self.policy))
+            self._gate(name, now)
         back_in = self.back_to_default_in()
         if back_in == 0 and not self.traffic.holding(self.desired()):
             assert self.config.default_profile is not None
@@ -166,6 +171,7 @@ class Supervisor:
                 await asyncio.wait_for(stop.wait(), self.policy.tick_s)
 
     async def close(self, stop_engines: bool) -> None:
+        await self.gates.close()
         await self.prober.close()
         if stop_engines:
             for name, state in self.states.items():
@@ -209,16 +215,54 @@ class Supervisor:
             failed = observe(self.states[name], Observation(start_error=str(exc)), now, self.policy)
             self._set(name, failed, "start_failed", str(exc))
             return
-        self.serving[name] = identity.of(target, self.config)
+        # The launch's identity, not the NCCL setting the GPUs' links add: that follows the hardware.
+        self.serving[name] = identity.of(self.launches[name], self.config)
         self.history.started(name, self.serving[name])
-        self._set(name, started(self.states[name], pid, now), "started", f"pid {pid}")
+        self.gates.started(name)
+        due = self.gates.due(name, self.serving[name])
+        note = f"pid {pid}" + (", its gate due" if due else "")
+        self._set(name, started(self.states[name], pid, now, due), "started", note)
         if self.gpu is not None:
             self.gpu.monitor.engines_started()
         self.prober.started(name)
 
+    def _gate(self, name: str, now: float) -> None:
+        """The gate's part of a tick: a ready engine serving other than its target is replaced; a changed
+        identity, once ready, is asked its gate; the outcome makes it serve, or brings back the one before."""
+        state, serving = self.states[name], self.serving.get(name)
+        if serving is None or not state.running:
+            return
+        if state.phase == Phase.READY and state.leaving_since is None:
+            if self.gates.changed(name, serving):
+                self._stop(name, "what it serves changes (model, program or arguments): the new one has a gate")
+            else:
+                self.gates.first_served(name, serving, self.launches[name])
+                self.gates.back(name)
+        elif state.phase == Phase.GATING:
+            self.gates.begin(name, self.launches[name], serving)
+            outcome = self.gates.outcome(name)
+            if outcome is None:
+                return
+            if outcome.passed:
+                self.gates.passed(name, serving, self.launches[name], outcome)
+                self._set(name, reconcile.gate_passed(state, now), "gate_passed", "serves from now on")
+                return
+            back = self.gates.failed(name, serving, outcome.check)
+            if back is None:
+                failed = state.to(Phase.FAILED, now, gate_due=False, last_error=f"gate failed: {outcome.check}; "
+                                  "no identity that passed before to go back to")  # fmt: skip
+                self._set(name, failed)
+                return
+            self.launches[name] = back
+            state, stops = reconcile.gate_failed(state, outcome.check, now)
+            self._set(name, state, "gate_failed", f"{outcome.check}; going back to the identity that passed before")
+            for stop in stops:
+                self._stop(stop.name, stop.reason)
+
     def _stop(self, name: str, reason: str) -> None:
         if name in self.stops and not self.stops[name].done():
             return
+        self.gates.stopped(name)
         self._set(name, stopping(self.states[name], self.clock()), "stopping", reason)
         self.prober.stopped(name)
         self.stops[name] = asyncio.create_task(self.backend.stop(name, self.policy.stop_grace_s))

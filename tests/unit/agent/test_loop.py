@@ -15,6 +15,7 @@ import pytest
 from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.engines import Launch
 from aiinfra.agent.probes import Prober
+from aiinfra.agent.schema import Golden
 from aiinfra.agent.supervisor import Supervisor
 
 
@@ -35,6 +36,7 @@ class Processes:
         self.running: dict[str, int] = {}
         self.exited: dict[str, int] = {}
         self.started: list[str] = []
+        self.argvs: list[list[str]] = []
         self.next_pid = 100
 
     async def start(self, launch: Launch) -> int:
@@ -42,6 +44,7 @@ class Processes:
         self.running[launch.name] = self.next_pid
         self.exited.pop(launch.name, None)
         self.started.append(launch.name)
+        self.argvs.append(launch.argv)
         return self.next_pid
 
     async def poll(self, name: str) -> int | None:
@@ -70,6 +73,7 @@ class Probes(Prober):
         self.ready: set[str] = set()
         self.hung: set[str] = set()
         self.alive_asked: list[str] = []
+        self.asked: list[str] = []
 
     async def check_startup(self, launch: Launch) -> tuple[bool, float]:
         return launch.name in self.ready, 2.0
@@ -77,6 +81,13 @@ class Probes(Prober):
     async def check_alive(self, launch: Launch) -> bool:
         self.alive_asked.append(launch.name)
         return launch.name not in self.hung
+
+    async def ask(self, launch: Launch, golden: Golden, max_tokens: int) -> tuple[str, float]:
+        """A greedy answer: a launch with --broken in its arguments answers nonsense; --slower, later."""
+        self.asked.append(" ".join(launch.argv))
+        if "--broken" in launch.argv:
+            return "zzz zzz", 0.1
+        return ("The answer is four, said slowly" if "--slower" in launch.argv else "The answer is four."), 0.1
 
 
 def engine(port: int) -> dict[str, Any]:
@@ -228,3 +239,99 @@ async def test_an_adopted_engine_is_what_it_started_as_not_what_the_disk_holds_n
     restarted = Supervisor(supervisor.config, Processes(), clock, prober=probes)
     await tick(restarted, clock)  # started afresh: the disk's model now
     assert restarted.serving["a"].model != started_as.model
+
+
+# -- a change of what an engine serves goes through its gate ---------------------------------------
+
+
+def changed(supervisor: Supervisor, **engine: Any) -> AgentConfig:
+    """The configuration an install writes next: engine a as ENGINE changes it."""
+    data = supervisor.config.model_dump()
+    data["engines"]["a"] |= engine
+    return AgentConfig.model_validate(data)
+
+
+GOLDEN = {"golden": [{"prompt": "2+2=", "contains": "four"}], "agreement": 0.9}
+
+
+async def restarted(config: AgentConfig, backend: Processes, probes: Probes, clock: Clock) -> Supervisor:
+    """The agent restarted on CONFIG (the install's handler): it adopts what runs."""
+    again = Supervisor(config, backend, clock, prober=probes)
+    await again.adopt()
+    return again
+
+
+async def settle(supervisor: Supervisor, clock: Clock, ticks: int = 12) -> None:
+    for _ in range(ticks):
+        await tick(supervisor, clock, 5)
+
+
+@in_loop
+async def test_a_changed_identity_serves_only_once_its_gate_passed(loop):
+    supervisor, backend, probes, clock = loop
+    supervisor = await restarted(changed(supervisor, gate=GOLDEN), backend, probes, clock)
+    await ready(supervisor, probes, clock, "a")  # a first start: nothing to hold it to, no gate
+    assert supervisor.gates.reports.get("a") is None and probes.asked == []
+    first = supervisor.serving["a"]
+
+    supervisor = await restarted(changed(supervisor, extra_args=["--seed", "1"]), backend, probes, clock)
+    assert supervisor.gates.reports["a"]["state"] == "due"  # before it is even ready again: the install waits
+    seen = []
+    for _ in range(12):
+        await tick(supervisor, clock, 5)
+        seen.append(phase(supervisor, "a"))
+    # adopted, probed, stopped once its answers were kept; the new identity started, gated, then serving
+    assert seen[:6] == ["starting", "ready", "stopping", "starting", "gating", "ready"] and seen[-1] == "ready"
+    # the outgoing identity's greedy answers were kept first, then the new one's asked: the same text
+    assert len(probes.asked) == 2 and "--seed" not in probes.asked[0] and "--seed" in probes.asked[1]
+    report = supervisor.gates.reports["a"]
+    assert (report["state"], report["agreement"]) == ("passed", 1.0)
+    assert set(report["took"]) == {"stop", "start", "gate"}
+    assert supervisor.serving["a"] != first and supervisor.gates.records.identity("a") == supervisor.serving["a"]
+
+
+@in_loop
+async def test_a_change_that_fails_its_gate_gives_way_to_the_identity_before_and_stays_refused(loop):
+    supervisor, backend, probes, clock = loop
+    supervisor = await restarted(changed(supervisor, gate=GOLDEN), backend, probes, clock)
+    await ready(supervisor, probes, clock, "a")
+    before, argv = supervisor.serving["a"], backend.argvs[-1]
+
+    broken = changed(supervisor, extra_args=["--broken"])
+    supervisor = await restarted(broken, backend, probes, clock)
+    await settle(supervisor, clock)
+    assert phase(supervisor, "a") == "ready" and supervisor.serving["a"] == before
+    assert backend.argvs[-1] == argv and "--broken" in backend.argvs[-2]  # tried, then the one before again
+    report = supervisor.gates.reports["a"]
+    assert report["state"] == "failed" and report["serving"]["args"] == before.args
+    assert "golden prompt 1 ('2+2=')" in report["check"] and "lacks 'four'" in report["check"]
+    assert set(report["took"]) == {"stop", "start", "gate", "rollback"}
+    events = [e["event"] for e in supervisor.events.recent(200) if e["engine"] == "a"]
+    assert "gate_failed" in events and "gate_passed" not in events
+
+    starts = len(backend.argvs)
+    supervisor = await restarted(broken, backend, probes, clock)  # the agent restarts, same configuration
+    await settle(supervisor, clock)
+    assert len(backend.argvs) == starts and supervisor.gates.reports["a"]["state"] == "failed"  # not tried again
+    supervisor.restart("a")  # the operator asks for it: it gets its gate again, and fails again
+    await settle(supervisor, clock)
+    assert "--broken" in backend.argvs[-2] and backend.argvs[-1] == argv and phase(supervisor, "a") == "ready"
+
+
+@in_loop
+async def test_the_regression_check_holds_the_same_model_to_the_answers_it_gave(loop):
+    supervisor, backend, probes, clock = loop
+    supervisor = await restarted(changed(supervisor, gate=GOLDEN), backend, probes, clock)
+    await ready(supervisor, probes, clock, "a")
+    before = supervisor.serving["a"]
+    # the golden check passes ("four" is there), the greedy answer moved after 18 characters of 32
+    supervisor = await restarted(changed(supervisor, extra_args=["--slower"]), backend, probes, clock)
+    await settle(supervisor, clock)
+    report = supervisor.gates.reports["a"]
+    assert report["state"] == "failed" and report["check"].startswith("regression: the greedy answers agree 0.58")
+    assert supervisor.serving["a"] == before
+    # the same change with regression "never" (or a model change under "auto") is held to the golden set only
+    lenient = changed(supervisor, extra_args=["--slower"], gate={**GOLDEN, "regression": "never"})
+    supervisor = await restarted(lenient, backend, probes, clock)
+    await settle(supervisor, clock)
+    assert supervisor.gates.reports["a"]["state"] == "passed" and "--slower" in backend.argvs[-1]

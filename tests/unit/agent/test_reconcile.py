@@ -169,11 +169,18 @@ def test_every_path_the_decisions_take_is_in_the_table():
         elif event < 0.1:
             for stop in reconcile.driver_changed(states, "driver 580.126.09 loaded"):
                 states[stop.name] = reconcile.stopping(states[stop.name], now)
+        elif event < 0.2:  # a gate's outcome for an engine gating
+            for name, state in states.items():
+                if state.phase == Phase.GATING and rng.random() < 0.5:
+                    states[name] = reconcile.gate_passed(state, now)
+                elif state.phase == Phase.GATING:
+                    states[name], (stop,) = reconcile.gate_failed(state, "golden prompt 1: no answer", now)
+                    states[name] = reconcile.stopping(states[stop.name], now)
         for action in decide(desired, states, now):
             if isinstance(action, Start) and rng.random() < 0.1:  # the start itself fails: port taken
                 states[action.name] = observe(states[action.name], Observation(start_error="port taken"), now, POLICY)
             elif isinstance(action, Start):
-                states[action.name] = started(states[action.name], 1, now)
+                states[action.name] = started(states[action.name], 1, now, gate_due=rng.random() < 0.3)
             else:
                 states[action.name] = reconcile.stopping(states[action.name], now)
         seen |= {s.phase for s in states.values()}

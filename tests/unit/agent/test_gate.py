@@ -1,0 +1,45 @@
+"""The gate's checks on a golden answer, the agreement score, and the records it keeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiinfra.agent import gate
+from aiinfra.agent.engines import Launch
+from aiinfra.agent.identity import Identity
+from aiinfra.agent.schema import Gate, Golden
+
+
+def test_each_check_names_what_is_wrong_with_the_answer():
+    assert gate.problem(Golden(prompt="p", contains="4", max_latency_s=2), "2+2=4", 1.0) is None
+    assert "lacks '4'" in gate.problem(Golden(prompt="p", contains="4"), "five", 0.1)
+    assert "does not match '^[0-9]+$'" in gate.problem(Golden(prompt="p", matches="^[0-9]+$"), "12a", 0.1)
+    assert "not valid JSON" in gate.problem(Golden(prompt="p", valid_json=True), '{"a": ', 0.1)
+    assert gate.problem(Golden(prompt="p", valid_json=True), '{"a": 1}', 0.1) is None
+    assert "over its bound of 2s" in gate.problem(Golden(prompt="p", max_latency_s=2), "x", 2.5)
+
+
+def test_agreement_is_the_share_of_the_longer_answer_before_the_first_difference():
+    assert gate.agreement("same", "same") == 1.0
+    assert gate.agreement("abcd", "abXd") == 0.5
+    assert gate.agreement("abcd", "ab") == 0.5  # one stopped early
+    assert gate.agreement("", "x") == 0.0
+
+
+def test_a_golden_set_must_hold_valid_expressions():
+    with pytest.raises(ValueError, match="not a regular expression"):
+        Gate.model_validate({"golden": [{"prompt": "p", "matches": "("}]})
+
+
+def test_the_records_keep_no_secret_and_give_the_launch_back_with_the_key(tmp_path):
+    records = gate.Records(tmp_path / "gates.json")
+    launch = Launch("a", ["vllm", "serve", "/m"], {"VLLM_API_KEY": "s3cret", "X": "1"}, 8001, "vllm", ["m"],
+                    api_key="s3cret")  # fmt: skip
+    identity = Identity("d" * 64, "vllm 0.32.0", "a" * 64)
+    records.passed("a", identity, launch, ("four",))
+    assert "s3cret" not in (tmp_path / "gates.json").read_text()
+    again = gate.Records(tmp_path / "gates.json")
+    assert again.launch("a", "s3cret") == launch and again.answers("a") == ("four",)
+    assert again.identity("a") == identity and "/m" in again.kept_paths()
+    (tmp_path / "gates.json").write_text("{not json")
+    assert gate.Records(tmp_path / "gates.json").identity("a") is None  # damaged: nothing kept, no crash
