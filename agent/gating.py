@@ -86,6 +86,8 @@ class Gatekeeper:
         """An engine serves, ungated (its first start, or an adoption of what it serves): the record."""
         if self.records.identity(name) != serving and serving == self.targets[name]:
             self.records.passed(name, serving, running, None)
+            if self.reports.get(name, {}).get("state") == "due":  # nothing was there to hold it to
+                del self.reports[name]
 
     def started(self, name: str) -> None:
         if name in self.times:

@@ -47,7 +47,14 @@ class EngineCollector(Collector):
             "What the engine started with: its model's manifest, program and launch",
             labels=["engine", "model_digest", "program", "args_digest"],
         )
+        gate = GaugeMetricFamily(
+            "aiinfra_engine_gate",
+            "1 for the state of the last change's gate (due, gating, passed, failed: the identity before serves)",
+            labels=["engine", "state"],
+        )
         for name, engine in report["engines"].items():
+            if (last := engine["gate"]) is not None:
+                gate.add_metric([name, last["state"]], 1.0)
             if (started := engine["identity"]) is not None:
                 identity.add_metric([name, started["model"], started["program"], started["args"]], 1.0)
             degraded.add_metric([name], 1.0 if engine.get("degraded") else 0.0)
@@ -72,7 +79,7 @@ class EngineCollector(Collector):
             for engine, value in energy.get(key, {}).items():
                 family.add_metric([engine], value)
             yield family
-        yield from (phase, desired, restarts, latency, switches, degraded, identity)
+        yield from (phase, desired, restarts, latency, switches, degraded, identity, gate)
 
 
 class AuditCollector(Collector):

@@ -252,8 +252,12 @@ def gate_passed(state: EngineState, now: float) -> EngineState:
 
 def gate_failed(state: EngineState, problem: str, now: float) -> tuple[EngineState, list[Stop]]:
     """The changed identity failed its gate: it is stopped (decide() then starts the launch the
-    supervisor put back). Not a failure of the engine: no backoff, no crash-loop count."""
-    state = replace(state, gate_due=False, last_error=f"gate failed: {problem}")
+    supervisor put back at once). Not a failure of what comes back: its backoff and crash count start afresh."""
+    state = replace(state, gate_due=False, last_error=f"gate failed: {problem}", failures=(), streak=0)
+    if not state.running and state.phase in (Phase.BACKOFF, Phase.FAILED):  # it died starting
+        return state.to(Phase.STOPPED, now, next_start_at=None), []
+    if state.phase == Phase.BACKOFF:  # never ready, still running: killed, then the one before at once
+        state = replace(state, next_start_at=now)
     return state, [Stop(state.name, f"gate failed: {problem}")]
 
 

@@ -230,6 +230,11 @@ class Supervisor:
         """The gate's part of a tick: a ready engine serving other than its target is replaced; a changed
         identity, once ready, is asked its gate; the outcome makes it serve, or brings back the one before."""
         state, serving = self.states[name], self.serving.get(name)
+        died = state.phase == Phase.BACKOFF or (state.phase == Phase.FAILED and not state.running)
+        if serving is not None and state.gate_due and died:
+            # Starting is the gate's first check: a changed identity that dies or never gets ready fails it.
+            self._gate_failed(name, state, serving, f"did not start: {state.last_error}", now)
+            return
         if serving is None or not state.running:
             return
         if state.phase == Phase.READY and state.leaving_since is None:
@@ -247,17 +252,19 @@ class Supervisor:
                 self.gates.passed(name, serving, self.launches[name], outcome)
                 self._set(name, reconcile.gate_passed(state, now), "gate_passed", "serves from now on")
                 return
-            back = self.gates.failed(name, serving, outcome.check)
-            if back is None:
-                failed = state.to(Phase.FAILED, now, gate_due=False, last_error=f"gate failed: {outcome.check}; "
-                                  "no identity that passed before to go back to")  # fmt: skip
-                self._set(name, failed)
-                return
-            self.launches[name] = back
-            state, stops = reconcile.gate_failed(state, outcome.check, now)
-            self._set(name, state, "gate_failed", f"{outcome.check}; going back to the identity that passed before")
-            for stop in stops:
-                self._stop(stop.name, stop.reason)
+            self._gate_failed(name, state, serving, outcome.check, now)
+
+    def _gate_failed(self, name: str, state: EngineState, serving: identity.Identity, check: str, now: float) -> None:
+        back = self.gates.failed(name, serving, check)
+        if back is None:
+            last_error = f"gate failed: {check}; no identity that passed before to go back to"
+            self._set(name, state.to(Phase.FAILED, now, gate_due=False, last_error=last_error))
+            return
+        self.launches[name] = back
+        state, stops = reconcile.gate_failed(state, check, now)
+        self._set(name, state, "gate_failed", f"{check}; going back to the identity that passed before")
+        for stop in stops:
+            self._stop(stop.name, stop.reason)
 
     def _stop(self, name: str, reason: str) -> None:
         if name in self.stops and not self.stops[name].done():

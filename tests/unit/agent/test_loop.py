@@ -335,3 +335,23 @@ async def test_the_regression_check_holds_the_same_model_to_the_answers_it_gave(
     supervisor = await restarted(lenient, backend, probes, clock)
     await settle(supervisor, clock)
     assert supervisor.gates.reports["a"]["state"] == "passed" and "--slower" in backend.argvs[-1]
+
+
+@in_loop
+async def test_a_changed_identity_that_dies_starting_fails_its_gate_and_the_one_before_starts_at_once(loop):
+    supervisor, backend, probes, clock = loop
+    await ready(supervisor, probes, clock, "a")
+    argv = backend.argvs[-1]
+    supervisor = await restarted(changed(supervisor, extra_args=["--seed", "2"]), backend, probes, clock)
+    while "--seed" not in backend.argvs[-1]:  # adopted, ready, its answers kept, stopped, the new one started
+        await tick(supervisor, clock)
+    probes.ready.discard("a")
+    await tick(supervisor, clock)
+    backend.die("a", 1)  # the new one never gets ready: vLLM refuses the model and exits
+    await tick(supervisor, clock)
+    probes.ready.add("a")
+    await settle(supervisor, clock, 3)
+    assert backend.argvs[-1] == argv and phase(supervisor, "a") == "ready"
+    report = supervisor.gates.reports["a"]
+    assert report["state"] == "failed" and report["check"].startswith("did not start: exited with code 1")
+    assert supervisor.states["a"].restarts == 0 and supervisor.states["a"].streak == 0  # no backoff for it
