@@ -28,6 +28,7 @@ class Launch:
     queue_max: int = 0  # requests that may wait for it to be ready (engine.queue)
     queue_wait_s: float = 0.0
     api_key: str | None = None  # what the engine asks of every request (vLLM): only the agent knows it
+    model_dir: str = ""  # vLLM: the staged model folder it serves
 
     @property
     def auth(self) -> dict[str, str]:
@@ -58,7 +59,8 @@ def engine_key(secret: bytes, name: str) -> str:
 
 def exact(command: list[str]) -> list[str]:
     """COMMAND with its program's folder links resolved (vllm/current/bin → vllm/0.32.0/bin): a launch
-    names the version it runs, so the one kept to go back to still runs that version."""
+    names the version it runs, so the one kept to go back to still runs that version (as it names the
+    model's version folder)."""
     folder, program = os.path.split(command[0])
     return [os.path.join(os.path.realpath(folder), program) if folder else program, *command[1:]]
 
@@ -69,11 +71,10 @@ def launch(name: str, config: AgentConfig, secret: bytes | None = None) -> Launc
     gpus = ",".join(str(g) for g in engine.gpus)
     if isinstance(engine, VllmEngine):
         key = engine_key(secret, name) if secret is not None else None
+        model_dir = os.path.realpath(f"{config.models_dir}/{engine.model}")  # the version staged now
         return Launch(
             name,
-            vllm_argv(
-                engine, exact(config.vllm_command), f"{config.models_dir}/{engine.model}", config.vllm_extra_args
-            ),
+            vllm_argv(engine, exact(config.vllm_command), model_dir, config.vllm_extra_args),
             {
                 "CUDA_VISIBLE_DEVICES": gpus,
                 "HF_HOME": str(config.hf_home),
@@ -89,6 +90,7 @@ def launch(name: str, config: AgentConfig, secret: bytes | None = None) -> Launc
             engine.queue.max_waiting,
             engine.queue.max_wait_s,
             key,
+            model_dir,
         )
     assert isinstance(engine, OllamaEngine)
     return Launch(

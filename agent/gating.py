@@ -27,9 +27,10 @@ class Gatekeeper:
         self.clock = clock
         self.ask = ask
         self.records = gate.Records(Path(config.data_dir) / "gates.json")
-        self.targets = {name: identity.of(target, config) for name, target in configured.items()}
+        self.targets = {name: identity.of(target) for name, target in configured.items()}
         self.runs: dict[str, asyncio.Task[gate.Outcome]] = {}
         self.captures: dict[str, asyncio.Task[tuple[str, ...] | None]] = {}
+        self.asked: dict[str, Identity] = {}  # the identity each engine's greedy answers were last asked of
         self.reports: dict[str, dict[str, Any]] = {}  # engine → the gate's part of its status
         self.times: dict[str, dict[str, float]] = {}  # engine → when the change's steps began
 
@@ -51,7 +52,7 @@ class Gatekeeper:
     def retry(self, name: str) -> Launch:
         """The operator's restart: a refused identity gets its gate again."""
         self.records.engines.get(name, {}).pop("refused", None)
-        self.targets[name] = identity.of(self.configured[name], self.config)
+        self.targets[name] = identity.of(self.configured[name])
         self.reports.pop(name, None)
         return self.launch(name)
 
@@ -59,39 +60,36 @@ class Gatekeeper:
         passed = self.records.identity(name)
         return passed is not None and passed != started
 
-    def changed(self, name: str, serving: Identity | None) -> bool:
-        """A ready engine serves other than its target: it is to be replaced (once its greedy answers,
-        which the new identity will be held to, are kept)."""
-        if serving is None or serving == self.targets[name]:
-            return False
-        if self.records.identity(name) == serving and self.records.answers(name) is None:
-            if name not in self.captures:
-                engine = self.config.engines[name]
-                self.captures[name] = asyncio.create_task(gate.answers(self.ask, self.configured_serving(name),
-                                                                       engine.gate))  # fmt: skip
+    def ready(self, name: str, serving: Identity, running: Launch) -> bool:
+        """Engine NAME is ready, serving SERVING with RUNNING. Its record is kept (a first start, or an
+        adoption, passed no gate: there was nothing to hold it to), with its greedy answers to the golden
+        set where the spec gives one; True: it serves other than its target and is to be replaced now."""
+        if self.records.identity(name) != serving and serving == self.targets[name]:
+            self.records.passed(name, serving, running, None)
+            if self.reports.get(name, {}).get("state") == "due":
+                del self.reports[name]
+        golden = self.config.engines[name].gate.golden
+        if golden and self.records.identity(name) == serving and self.records.answers(name) is None:
+            task = self.captures.get(name)
+            if task is None and self.asked.get(name) != serving:  # asked once an identity: a failure is not retried
+                self.asked[name] = serving
+                asked = gate.answers(self.ask, running, self.config.engines[name].gate)
+                self.captures[name] = asyncio.create_task(asked)
                 return False
-            if not self.captures[name].done():
+            if task is not None and not task.done():
                 return False
-            if (answers := self.captures.pop(name).result()) is not None:
+            if task is not None and (answers := self.captures.pop(name).result()) is not None:
                 self.records.noted_answers(name, answers)
+        if serving == self.targets[name]:
+            self.back(name)
+            return False
         self.times[name] = {"stop": self.clock()}
         self.reports[name] = self._report("due", self.targets[name], serving=serving)
         return True
 
-    def configured_serving(self, name: str) -> Launch:
-        back = self.records.launch(name, self.configured[name].api_key)
-        return back if back is not None else self.configured[name]
-
-    def first_served(self, name: str, serving: Identity, running: Launch) -> None:
-        """An engine serves, ungated (its first start, or an adoption of what it serves): the record."""
-        if self.records.identity(name) != serving and serving == self.targets[name]:
-            self.records.passed(name, serving, running, None)
-            if self.reports.get(name, {}).get("state") == "due":  # nothing was there to hold it to
-                del self.reports[name]
-
-    def started(self, name: str) -> None:
-        if name in self.times:
-            self.times[name]["start"] = self.clock()
+    def started(self, name: str, due: bool) -> None:
+        if due:  # a changed identity: its start is a step of the change
+            self.times.setdefault(name, {})["start"] = self.clock()
 
     def begin(self, name: str, running: Launch, serving: Identity) -> None:
         """The changed identity is ready: its gate runs."""
@@ -114,7 +112,8 @@ class Gatekeeper:
 
     def passed(self, name: str, serving: Identity, running: Launch, outcome: gate.Outcome) -> None:
         previous = self.records.identity(name)
-        self.records.passed(name, serving, running, outcome.answers)
+        golden = self.config.engines[name].gate.golden  # none given: no answers to hold the next change to
+        self.records.passed(name, serving, running, outcome.answers if golden else None)
         self.reports[name] = self._report("passed", serving, agreement=outcome.agreement, took=self._took(name))
         self.times.pop(name, None)
         self._audit(name, "passed", serving, previous, "")

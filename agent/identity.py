@@ -13,10 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.engines import SERVE_HELP, Launch, help_version
 from aiinfra.agent.files import write_private
-from aiinfra.agent.schema import OllamaEngine, VllmEngine
 from aiinfra.agent.staging import MANIFEST, ollama_manifest
 
 SECRETS = frozenset({"VLLM_API_KEY"})  # in an engine's environment, never in its identity
@@ -39,20 +37,19 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def model_digest(name: str, config: AgentConfig) -> str:
-    """vLLM: its model folder's SHA256SUMS. Ollama: its models' manifests (each names its blobs by digest)."""
-    engine = config.engines[name]
-    with contextlib.suppress(OSError):
-        if isinstance(engine, VllmEngine):
-            return _sha256((Path(str(config.models_dir)) / engine.model / MANIFEST).read_bytes())
-        assert isinstance(engine, OllamaEngine)
-        store = Path(str(config.ollama_models_dir))
-        manifests = [f"{model}\0{_sha256((store / ollama_manifest(model)).read_bytes())}" for model in engine.models]
+def model_digest(launch: Launch) -> str:
+    """vLLM: the SHA256SUMS of the model folder its launch names. Ollama: its models' manifests (each
+    names its blobs by digest) in the store its launch names."""
+    with contextlib.suppress(OSError, KeyError):
+        if launch.runtime == "vllm":
+            return _sha256((Path(launch.model_dir) / MANIFEST).read_bytes())
+        store = Path(launch.env["OLLAMA_MODELS"])
+        manifests = [f"{model}\0{_sha256((store / ollama_manifest(model)).read_bytes())}" for model in launch.served]
         return _sha256("\n".join(manifests).encode())
     return ""
 
 
-def program(launch: Launch, config: AgentConfig) -> str:
+def program(launch: Launch) -> str:
     """The engine's program and version, as the roles installed it: vLLM's version is the first line of
     the `serve --help` its role recorded; Ollama's is the folder its release was unpacked into."""
     if launch.runtime == "vllm":  # the environment its launch names (a rollback's may be the one before)
@@ -60,14 +57,15 @@ def program(launch: Launch, config: AgentConfig) -> str:
             venv = Path(launch.argv[0]).resolve().parent.parent
             return f"vllm {help_version((venv / SERVE_HELP).read_text()) or 'unknown'}"
         return "vllm unknown"
-    binary = Path(config.ollama_command[0]).resolve()
+    binary = Path(launch.argv[0]).resolve()
     return f"ollama {binary.parent.parent.name}" if binary.name == "ollama" else "ollama unknown"
 
 
-def of(launch: Launch, config: AgentConfig) -> Identity:
+def of(launch: Launch) -> Identity:
+    """What LAUNCH serves, read from the box now: a launch names its model folder, program and arguments."""
     env = {k: v for k, v in launch.env.items() if k not in SECRETS}
     args = _sha256(json.dumps({"argv": launch.argv, "env": env}, sort_keys=True).encode())
-    return Identity(model_digest(launch.name, config), program(launch, config), args)
+    return Identity(model_digest(launch), program(launch), args)
 
 
 class History:

@@ -1,9 +1,11 @@
 """What the box keeps on disk for its engines, and what of it no engine needs any more.
 
-Staged vLLM models (MODELS/<id>, each with its manifest) and vLLM environments (one per version
+Staged vLLM models (each version in MODELS/.versions/<id>/<digest>, MODELS/<id> linking the current
+one; a folder staged before versions at MODELS/<id> itself) and vLLM environments (one per version
 beside `current`, as the vllm role lays them out). An item is kept while an engine of the
-configuration uses it; the vLLM environment before `current` is kept too, as the way back. The rest
-may be removed (`aiinfra-agent models prune`). Ollama's own store is Ollama's to prune (`ollama rm`).
+configuration uses it, or while the gate's records keep it for an engine (the launch that passed, and
+the one before it: the way back); the vLLM environment before `current` is kept too. The rest may be
+removed (`aiinfra-agent models prune`). Ollama's own store is Ollama's to prune (`ollama rm`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 
 from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.engines import vllm_venv
+from aiinfra.agent.gate import Records
 from aiinfra.agent.identity import History
 from aiinfra.agent.schema import VllmEngine
-from aiinfra.agent.staging import MANIFEST
+from aiinfra.agent.staging import MANIFEST, VERSIONS
 
 
 @dataclass(frozen=True)
@@ -46,20 +49,40 @@ def _last_used(history: History, **match: str) -> float | None:
     return max((e["since"] for e in history.entries if all(e.get(k) == v for k, v in match.items())), default=None)
 
 
+def _kept_by_gates(records: Records) -> dict[str, str]:
+    """Real path of a model folder or vLLM environment → why the gate's records keep it."""
+    kept: dict[str, str] = {}
+    for engine, entry in records.engines.items():
+        for which, why in (("previous", f"the way back for engine {engine}"), ("passed", f"engine {engine}")):
+            launch = entry.get(which, {}).get("launch", {}) if isinstance(entry.get(which), dict) else {}
+            if launch.get("model_dir"):
+                kept[os.path.realpath(launch["model_dir"])] = why
+            if launch.get("argv"):
+                kept[str(Path(launch["argv"][0]).resolve().parent.parent)] = why
+    return kept
+
+
 def inventory(config: AgentConfig) -> list[Stored]:
     history = History(Path(config.data_dir) / "identities.json")
+    gates = _kept_by_gates(Records(Path(config.data_dir) / "gates.json"))
     vllm_engines = {n: e for n, e in config.engines.items() if isinstance(e, VllmEngine)}
     found: list[Stored] = []
     root = Path(str(config.models_dir))
-    for manifest in sorted(root.rglob(MANIFEST)) if root.is_dir() else []:
-        folder = manifest.parent
-        model = folder.relative_to(root).as_posix()
-        if model.startswith(".staging/"):
+    # os.walk follows no link (MODELS/<id> links its current version), whatever the Python's rglob does
+    folders = sorted(Path(d) for d, _, files in os.walk(root) if MANIFEST in files)
+    for folder in folders:
+        manifest = folder / MANIFEST
+        parts = folder.relative_to(root).parts
+        if parts[0] == ".staging":
             continue
-        users = sorted(n for n, e in vllm_engines.items() if e.model == model)
+        model = "/".join(parts[1:-1] if parts[0] == VERSIONS else parts)
+        real = os.path.realpath(folder)
+        is_current = os.path.realpath(root / model) == real
+        users = sorted(n for n, e in vllm_engines.items() if e.model == model) if is_current else []
         digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
-        found.append(Stored("model", model, str(folder), _size(folder), f"engine {', '.join(users)}" if users else "",
-                            _last_used(history, model=digest)))  # fmt: skip
+        kept = f"engine {', '.join(users)}" if users else gates.get(real, "")
+        name = model if parts[0] != VERSIONS else f"{model}@{parts[-1]}"
+        found.append(Stored("model", name, str(folder), _size(folder), kept, _last_used(history, model=digest)))
     prefix = vllm_venv(config).parent
     current = prefix / "current"
     if current.is_symlink():
@@ -69,6 +92,7 @@ def inventory(config: AgentConfig) -> list[Stored]:
         previous = others[-1].name if others else None
         for env in envs:
             kept = "current" if env.name == serving else "the way back" if env.name == previous else ""
+            kept = kept or gates.get(str(env.resolve()), "")
             found.append(Stored("vllm", env.name, str(env), _size(env), kept,
                                 _last_used(history, program=f"vllm {env.name}")))  # fmt: skip
     return found

@@ -1,7 +1,10 @@
 """Model weights on the box, staged once by the installer (role vllm), never fetched by the agent.
 
 Each model lives in ROOT/<model id> (ROOT/Qwen/Qwen2.5-7B-Instruct), plain files with a SHA256SUMS
-manifest beside them. Staging takes the model from a mirror first (a directory such as a mounted
+manifest beside them. Each version of it is its own folder, ROOT/.versions/<model id>/<manifest digest>,
+and ROOT/<model id> links the current one: a new version staged leaves the one before in place (the gate
+goes back to it; retirement removes it once nothing keeps it), and a pin moved back to a kept version
+needs no copy. Staging takes the model from a mirror first (a directory such as a mounted
 NAS, or an rsync source `host:path`, laid out the same way and holding the manifest), else downloads
 it (`hf download`), and checks every file against the manifest before the model is put in place:
 a copy that fails the check is thrown away, never half-used.
@@ -22,6 +25,7 @@ from aiinfra.agent.schema import OLLAMA_MODEL, model_id_problem
 
 MANIFEST = "SHA256SUMS"
 VERIFIED = ".aiinfra-verified"  # holds the manifest's own hash once every file matched it
+VERSIONS = ".versions"  # not a model id (those start with a letter or digit), as ".staging" is not
 DOWNLOAD_LEFTOVERS = (".cache",)  # `hf download --local-dir` keeps its bookkeeping here
 BLOCK = 4 << 20
 # Files copied at once from a mirror: a NAS or NVMe serves several streams faster than one, and
@@ -41,7 +45,7 @@ class BadModelId(StagingError):
 class Staged:
     model: str
     path: str
-    source: str  # "present", "mirror" or "download"
+    source: str  # "present", "kept" (a version staged before), "mirror" or "download"
     files: int
     bytes: int
 
@@ -207,6 +211,9 @@ def stage(model: str, root: Path, mirror: str | None, download: list[str], pin: 
     final = root / model
     if final.is_dir() and is_staged(final) and pin in (None, _manifest_digest(final)):
         return Staged(model, str(final), "present", *_size(final))
+    if pin is not None and is_staged(kept := version_dir(root, model, pin)) and _manifest_digest(kept) == pin:
+        _point(root, model, kept)
+        return Staged(model, str(final), "kept", *_size(final))
     work = root / ".staging" / model
     shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left
     work.mkdir(parents=True)
@@ -229,13 +236,37 @@ def stage(model: str, root: Path, mirror: str | None, download: list[str], pin: 
                                f"{pin} (model_sha256); nothing was changed")  # fmt: skip
         (work / VERIFIED).write_text(_manifest_digest(work) + "\n")
         _fixed_modes(work)
-        if final.exists():
-            shutil.rmtree(final)  # an unverified or outdated copy
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(work, final)
+        version = version_dir(root, model, _manifest_digest(work))
+        if version.exists():
+            shutil.rmtree(version)  # an unverified copy of the same version
+        version.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work, version)
+        _point(root, model, version)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Staged(model, str(final), source, *_size(final))
+
+
+def version_dir(root: Path, model: str, manifest_digest: str) -> Path:
+    return root / VERSIONS / model / manifest_digest[:16]
+
+
+def _point(root: Path, model: str, version: Path) -> None:
+    """ROOT/MODEL names VERSION from now on: a link swapped in whole, so an engine starting meanwhile sees
+    one version or the other. A folder staged there before versions is moved beside the others."""
+    final = root / model
+    if final.is_dir() and not final.is_symlink():
+        if is_staged(final) and not (before := version_dir(root, model, _manifest_digest(final))).exists():
+            before.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(final, before)
+        else:
+            shutil.rmtree(final)  # unverified, or the same version kept already
+    final.parent.mkdir(parents=True, exist_ok=True)
+    link = root / ".staging" / f"{model.replace('/', '--')}.link"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(version, final.parent), link)
+    os.replace(link, final)
 
 
 def _download(model: str, dest: Path, command: list[str]) -> None:

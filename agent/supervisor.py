@@ -137,7 +137,7 @@ class Supervisor:
         for name, pid in (await self.backend.adopt()).items():
             if name in self.states:
                 adopted = started(self.states[name], pid, self.clock())
-                self.serving[name] = self.history.last(name) or identity.of(self.launches[name], self.config)
+                self.serving[name] = self.history.last(name) or identity.of(self.launches[name])
                 self._set(name, adopted, "adopted", f"found running (pid {pid}); probing it")
 
     async def tick(self) -> None:
@@ -216,10 +216,10 @@ class Supervisor:
             self._set(name, failed, "start_failed", str(exc))
             return
         # The launch's identity, not the NCCL setting the GPUs' links add: that follows the hardware.
-        self.serving[name] = identity.of(self.launches[name], self.config)
+        self.serving[name] = identity.of(self.launches[name])
         self.history.started(name, self.serving[name])
-        self.gates.started(name)
         due = self.gates.due(name, self.serving[name])
+        self.gates.started(name, due)
         note = f"pid {pid}" + (", its gate due" if due else "")
         self._set(name, started(self.states[name], pid, now, due), "started", note)
         if self.gpu is not None:
@@ -238,11 +238,8 @@ class Supervisor:
         if serving is None or not state.running:
             return
         if state.phase == Phase.READY and state.leaving_since is None:
-            if self.gates.changed(name, serving):
+            if self.gates.ready(name, serving, self.launches[name]):
                 self._stop(name, "what it serves changes (model, program or arguments): the new one has a gate")
-            else:
-                self.gates.first_served(name, serving, self.launches[name])
-                self.gates.back(name)
         elif state.phase == Phase.GATING:
             self.gates.begin(name, self.launches[name], serving)
             outcome = self.gates.outcome(name)

@@ -69,20 +69,30 @@ def test_each_answer_names_the_model_program_and_launch_that_made_it_and_a_chang
     assert (f'aiinfra_engine_identity_info{{args_digest="{first["args"]}",engine="e",model_digest="{first["model"]}",'
             'program="vllm 0.32.0"} 1.0') in metrics  # fmt: skip
 
-    # A new vLLM and a new model version on disk: the running engine is still what it started as.
+    # A new vLLM and a new model version on disk: the running engine is still what it started as, and an
+    # operator's restart starts that again (its launch names the vLLM folder it ran from).
     install_vllm(prefix, "0.33.0")
     manifest.write_text(f"{'b' * 64}  model.safetensors\n")
     assert agent.engine("e")["identity"] == first
+    pid = agent.engine("e")["pid"]
     assert agent.cli("restart", "e", "--socket", agent.socket).returncode == 0
+    again = agent.wait(lambda s: s["engines"]["e"]["pid"] != pid and s["engines"]["e"]["phase"] == "ready", 15,
+                       "a restart")["engines"]["e"]  # fmt: skip
+    assert again["identity"]["program"] == "vllm 0.32.0" and again["identity"]["model"] != first["model"]
+    assert again["gate"]["state"] == "passed"  # the model on disk changed under it: a change, gated
+    agent.stop()  # the install restarts the agent: the new version and model go through the gate
+    agent.start()
     second = agent.wait(lambda s: s["engines"]["e"]["phase"] == "ready" and s["engines"]["e"]["identity"] != first,
-                        15, "e restarted as a new identity")["engines"]["e"]["identity"]  # fmt: skip
+                        15, "e started as a new identity")["engines"]["e"]  # fmt: skip
+    assert second["gate"]["state"] == "passed"
+    second = second["identity"]
     assert second["program"] == "vllm 0.33.0"
     assert second["model"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
-    assert second["args"] == first["args"]  # the same launch: only what it runs changed
+    assert second["args"] != first["args"]  # its argv names vLLM 0.33.0's folder
     kept = json.loads((Path(agent.config["data_dir"]) / "identities.json").read_text())
-    assert [(e["engine"], e["program"], e["model"]) for e in kept] == [
-        ("e", "vllm 0.32.0", first["model"]), ("e", "vllm 0.33.0", second["model"])]  # fmt: skip
-    assert kept[0]["since"] < kept[1]["since"]
+    assert [(e["engine"], e["program"], e["model"]) for e in kept] == [("e", "vllm 0.32.0", first["model"]),
+        ("e", "vllm 0.32.0", second["model"]), ("e", "vllm 0.33.0", second["model"])]  # fmt: skip
+    assert kept[0]["since"] < kept[1]["since"] < kept[2]["since"]
     assert oct(os.stat(Path(agent.config["data_dir"]) / "identities.json").st_mode & 0o777) == "0o600"
 
 
@@ -97,14 +107,10 @@ def test_the_history_keeps_one_entry_per_change_and_survives_damage(tmp_path):
     assert identity.History(tmp_path / "identities.json").last("e") is None
 
 
-def test_the_launch_digest_leaves_the_engines_key_out_and_changes_with_any_argument(tmp_path):
-    from aiinfra.agent.config import AgentConfig
-
-    config = AgentConfig.model_validate({"engines": {"e": vllm(8001)}, "profiles": {"p": ["e"]}, "default_profile": "p",
-                                         "model_storage_mount": str(tmp_path)})  # fmt: skip
+def test_the_launch_digest_leaves_the_engines_key_out_and_changes_with_any_argument():
     base = Launch("e", ["vllm", "serve", "m", "--port", "8001"], {"VLLM_API_KEY": "one", "HF_HOME": "/h"}, 8001, "vllm")
     other_key = Launch("e", base.argv, {**base.env, "VLLM_API_KEY": "two"}, 8001, "vllm")
     other_arg = Launch("e", [*base.argv, "--max-model-len", "4096"], base.env, 8001, "vllm")
-    assert identity.of(base, config).args == identity.of(other_key, config).args
-    assert identity.of(base, config).args != identity.of(other_arg, config).args
-    assert "one" not in json.dumps(identity.of(base, config).headers("e"))
+    assert identity.of(base).args == identity.of(other_key).args
+    assert identity.of(base).args != identity.of(other_arg).args
+    assert "one" not in json.dumps(identity.of(base).headers("e"))

@@ -6,6 +6,7 @@ after an agent restart) is tested on the lab host, which runs the same vLLM (tes
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +27,10 @@ from tests.agent.conftest import Agent, audit_lines, free_port, pid_alive
 pytestmark = pytest.mark.vllm
 KIT = kit.FAKE_MODELS
 MODEL = "Qwen/Qwen2.5-7B-Instruct"  # the tiny stand-in, under the id it stands in for
+# Its golden set: random weights say nothing a check could hold them to, so the prompts ask for no text;
+# the regression check holds a change of program or arguments to their greedy answers all the same.
+GATE = {"golden": [{"prompt": "Hello", "max_latency_s": 60}, {"prompt": "The box", "max_latency_s": 60}],
+        "max_tokens": 12, "agreement": 0.9}  # fmt: skip
 POLICY = {
     "tick_s": 0.2,
     "startup_timeout_s": 300,
@@ -57,7 +62,7 @@ def agent(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("real-vllm")
     subprocess.run([sys.executable, str(KIT), str(tmp / "models" / "models"), "--vllm", MODEL], check=True)
     engine = {"runtime": "vllm", "model": MODEL, "served_name": "tiny", "gpus": [0], "port": free_port(),
-              "max_model_len": 1024, "max_num_seqs": 4}  # fmt: skip
+              "max_model_len": 1024, "max_num_seqs": 4, "gate": GATE}  # fmt: skip
     running = Agent(tmp, {"e": engine}, {"on": ["e"], "off": []}, "on", POLICY)
     running.config |= {
         "vllm_command": [str(vllm)],
@@ -203,3 +208,66 @@ def test_a_request_switches_the_box_back_to_the_profile_that_serves_it(agent):
     status = agent.status()
     assert status["profile"] == "on" and status["switching"]["last"]["reason"] == "request"
     assert status["engines"]["e"]["phase"] == "ready"
+
+
+# -- a change of what the engine serves goes through its gate (the install restarts the agent) ------
+
+
+def restarted(agent: Agent, **engine) -> dict:
+    """The agent restarted on a configuration that changes engine e (the process backend stops its engines
+    with it); once e serves again, or its gate failed and the identity before is back: its status."""
+    agent.stop()
+    agent.config["engines"]["e"] |= engine
+    agent.start()
+    return agent.wait(lambda s: s["engines"]["e"]["phase"] == "ready" and (s["engines"]["e"]["gate"] or {}).get(
+        "state") in ("passed", "failed"), 400, "the gate's outcome and e serving")["engines"]["e"]  # fmt: skip
+
+
+def greedy(agent: Agent) -> tuple[str, dict[str, str]]:
+    raw = api(agent).completions.with_raw_response.create(model="tiny", prompt="The box", max_tokens=12, temperature=0)
+    return raw.parse().choices[0].text, {k: v for k, v in raw.headers.items() if k.startswith("x-aiinfra-")}
+
+
+def test_other_vllm_arguments_with_the_same_greedy_answers_pass_the_regression_check(agent):
+    before = ready(agent)["identity"]
+    answer = greedy(agent)[0]
+    engine = restarted(agent, extra_args=["--seed", "7"])  # sampling's seed: greedy answers stay the same
+    gate = engine["gate"]
+    assert (gate["state"], gate["agreement"]) == ("passed", 1.0), gate
+    assert engine["identity"]["args"] != before["args"] and engine["identity"]["model"] == before["model"]
+    assert greedy(agent)[0] == answer
+    print(f"gated change (arguments), seconds per step: {gate['took']}")
+
+
+def test_a_new_model_version_passes_its_gate_and_its_identity_names_each_answer(agent, tmp_path):
+    v2 = "Qwen/Qwen2.5-7B-Instruct-v2"  # other weights: a second version of the tiny model
+    subprocess.run([sys.executable, str(KIT), str(Path(agent.config["model_storage_mount"]) / "models"), "--vllm", v2],
+                   check=True)  # fmt: skip
+    before = ready(agent)["identity"]
+    engine = restarted(agent, model=v2)
+    assert engine["gate"]["state"] == "passed" and engine["gate"]["agreement"] is None  # a new model: golden set only
+    assert engine["identity"]["model"] != before["model"]
+    headers = greedy(agent)[1]
+    assert headers["x-aiinfra-model-digest"] == engine["identity"]["model"]
+    gates = [line for line in audit_lines(agent) if line.get("event") == "gate"]
+    assert gates[-1]["result"] == "passed" and gates[-1]["identity"] == engine["identity"]
+    print(f"gated change (model version), seconds per step: {engine['gate']['took']}")
+
+
+def test_a_broken_model_version_fails_its_gate_and_the_version_before_answers_as_it_did(agent):
+    broken = "Qwen/Qwen2.5-7B-Instruct-broken"
+    folder = Path(agent.config["model_storage_mount"]) / "models" / broken
+    subprocess.run([sys.executable, str(KIT), str(folder.parent.parent), "--vllm", broken], check=True)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["NoSuchForCausalLM"]  # vLLM refuses it
+    (folder / "config.json").write_text(json.dumps(config))
+    before = ready(agent)["identity"]
+    answer = greedy(agent)[0]
+    engine = restarted(agent, model=broken)
+    gate = engine["gate"]
+    assert gate["state"] == "failed" and gate["check"].startswith("did not start: exited with"), gate
+    assert gate["serving"] == before and engine["identity"] == before
+    text, headers = greedy(agent)
+    assert text == answer and headers["x-aiinfra-model-digest"] == before["model"]
+    assert agent.cli("status", "--listen", agent.listen, "--json").returncode == 0
+    print(f"gated change (broken model, rolled back), seconds per step: {gate['took']}")

@@ -271,7 +271,8 @@ async def test_a_changed_identity_serves_only_once_its_gate_passed(loop):
     supervisor, backend, probes, clock = loop
     supervisor = await restarted(changed(supervisor, gate=GOLDEN), backend, probes, clock)
     await ready(supervisor, probes, clock, "a")  # a first start: nothing to hold it to, no gate
-    assert supervisor.gates.reports.get("a") is None and probes.asked == []
+    await tick(supervisor, clock)
+    assert supervisor.gates.reports.get("a") is None and len(probes.asked) == 1  # its greedy answers, kept
     first = supervisor.serving["a"]
 
     supervisor = await restarted(changed(supervisor, extra_args=["--seed", "1"]), backend, probes, clock)
@@ -280,9 +281,9 @@ async def test_a_changed_identity_serves_only_once_its_gate_passed(loop):
     for _ in range(12):
         await tick(supervisor, clock, 5)
         seen.append(phase(supervisor, "a"))
-    # adopted, probed, stopped once its answers were kept; the new identity started, gated, then serving
-    assert seen[:6] == ["starting", "ready", "stopping", "starting", "gating", "ready"] and seen[-1] == "ready"
-    # the outgoing identity's greedy answers were kept first, then the new one's asked: the same text
+    # adopted, stopped once ready (its answers were kept); the new identity started, gated, then serving
+    assert seen[:5] == ["starting", "stopping", "starting", "gating", "ready"] and seen[-1] == "ready"
+    # the first identity's greedy answers were kept, then the new one's asked: the same text
     assert len(probes.asked) == 2 and "--seed" not in probes.asked[0] and "--seed" in probes.asked[1]
     report = supervisor.gates.reports["a"]
     assert (report["state"], report["agreement"]) == ("passed", 1.0)

@@ -102,3 +102,34 @@ def test_a_bad_configuration_is_one_clear_error_and_exit_2(tmp_path):
     for argv in (["models", "list"], ["models", "prune", "--yes"], ["trace", "0" * 16]):
         done = subprocess.run([AGENT, *argv, "--config", str(broken)], capture_output=True, text=True, check=False)
         assert done.returncode == 2 and "engines" in done.stderr and "Traceback" not in done.stderr, argv
+
+
+def test_of_a_models_versions_the_current_and_the_way_back_stay_and_an_older_one_may_go(tmp_path):
+    from aiinfra.agent import gate
+    from aiinfra.agent.engines import Launch
+
+    config = box(tmp_path)
+    models_dir = tmp_path / "disk" / "models"
+    mirror = tmp_path / "nas"
+    pins = []
+    for version in (b"one", b"two", b"three"):  # three versions of org/a, staged as the spec's pin moved
+        folder = mirror / "org" / "a"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.safetensors").write_bytes(version * 100)
+        staging.write_manifest(folder)
+        pins.append(hashlib.sha256((folder / staging.MANIFEST).read_bytes()).hexdigest())
+        staging.stage("org/a", models_dir, str(mirror), [], pins[-1])
+    records = gate.Records(tmp_path / "records" / "gates.json")
+    for pin in pins[1:]:  # version two passed its gate, then version three: two is the way back
+        served = identity.Identity(pin, "vllm 0.32.0", "x" * 64)
+        path = str(staging.version_dir(models_dir, "org/a", pin))
+        records.passed("a", served, Launch("a", [str(tmp_path / "vllm/current/bin/vllm")], {}, 8001, "vllm",
+                                           model_dir=path), None)  # fmt: skip
+    listed = {s["name"]: s["kept_for"] for s in json.loads(models(config, "list", "--json").stdout)}
+    version = {n: f"org/a@{p[:16]}" for n, p in zip(("one", "two", "three"), pins, strict=True)}
+    assert listed[version["three"]] == "engine a" and listed[version["two"]] == "the way back for engine a"
+    assert listed[version["one"]] == "" and "org/a" not in listed  # the link is no item of its own
+    assert models(config, "prune", "--yes").returncode == 0
+    left = sorted(p.name for p in (models_dir / staging.VERSIONS / "org" / "a").iterdir())
+    assert left == sorted([pins[1][:16], pins[2][:16]])  # one, and the copy staged before versions, went
+    assert (models_dir / "org" / "a" / "model.safetensors").read_bytes() == b"three" * 100

@@ -223,6 +223,27 @@ def test_a_pinned_manifest_is_staged_and_another_is_refused_naming_both_with_not
 
     moved = staging.stage(MODEL, root, str(mirror), [], new)  # the pin moved to version 2: staged anew
     assert moved.source == "mirror" and (root / MODEL / "model.safetensors").read_bytes() != before
+    # version 1 stays on the disk, beside version 2: the pin moved back needs no mirror
+    assert staging.stage(MODEL, root, None, [], pin).source == "kept"
+    assert (root / MODEL / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in (root / staging.VERSIONS / MODEL).iterdir()) == sorted([pin[:16], new[:16]])
     done = subprocess.run([AGENT, "models", "stage", MODEL, "--root", str(root), "--mirror", str(mirror),
-                           "--manifest-sha256", pin], capture_output=True, text=True, check=False)  # fmt: skip
-    assert done.returncode == 1 and f"the spec pins {pin}" in done.stderr and "Traceback" not in done.stderr
+                           "--manifest-sha256", "1" * 64], capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 1 and f"the spec pins {'1' * 64}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_model_staged_before_versions_is_kept_as_a_version_when_the_next_one_comes(tmp_path):
+    mirror = make_mirror(tmp_path / "nas")
+    root = tmp_path / "models"
+    staging.stage(MODEL, root, str(mirror), [])
+    old_layout = root / MODEL
+    version = old_layout.resolve()
+    old_layout.unlink()
+    version.rename(old_layout)  # as an earlier release staged it: the folder itself
+    (mirror / MODEL / "model.safetensors").write_bytes(b"\0version two" * 500)
+    staging.write_manifest(mirror / MODEL)
+    new = hashlib.sha256((mirror / MODEL / staging.MANIFEST).read_bytes()).hexdigest()
+    assert staging.stage(MODEL, root, str(mirror), [], new).source == "mirror"  # the spec pins version two
+    assert (root / MODEL).is_symlink() and b"version two" in (root / MODEL / "model.safetensors").read_bytes()
+    kept = [p for p in (root / staging.VERSIONS / MODEL).iterdir() if p != (root / MODEL).resolve()]
+    assert len(kept) == 1 and (kept[0] / "model.safetensors").read_bytes() == b"\0weights" * 1000
