@@ -90,6 +90,15 @@ def format_status(report: Report) -> str:
             f"{name:<12} {e['phase']:<9} {e['pid'] or '-':>7} {e['port']:>5} {e['restarts']:>8} {age:>7}  "
             f"{'degraded: ' + e['degraded'] if e['degraded'] else e['last_error'] or ''}"
         )
+    for name, e in report["engines"].items():
+        gate = e.get("gate")
+        if gate and gate["state"] in ("due", "gating"):
+            lines.append(
+                f"gate: {name}'s change is {'waiting for its start' if gate['state'] == 'due' else 'being checked'}"
+            )
+        elif gate and gate["state"] == "failed":
+            back = "the identity before serves" if gate.get("serving") else "nothing to go back to"
+            lines.append(f"gate: {name}'s change failed ({gate['check']}); {back}; restart it to try again")
     cloud = sorted(n for n, e in report["engines"].items() if e.get("cloud"))
     lines.append(f"prompts: sent off the box by {', '.join(cloud)} (Ollama cloud models on)" if cloud
                  else "prompts: stay on this box (no engine may use a cloud)")  # fmt: skip

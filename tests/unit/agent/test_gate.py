@@ -43,3 +43,17 @@ def test_the_records_keep_no_secret_and_give_the_launch_back_with_the_key(tmp_pa
     assert again.identity("a") == identity and "/m" in again.kept_paths()
     (tmp_path / "gates.json").write_text("{not json")
     assert gate.Records(tmp_path / "gates.json").identity("a") is None  # damaged: nothing kept, no crash
+
+
+def test_aiinfra_status_says_which_change_failed_its_gate_and_what_serves():
+    from aiinfra.agent.client import format_status
+
+    engine = {"desired": True, "phase": "ready", "pid": 7, "port": 8001, "restarts": 0, "since": None,
+              "degraded": None, "last_error": None, "cloud": False}  # fmt: skip
+    failed = {"state": "failed", "check": "golden prompt 1 ('2+2='): the answer 'x' lacks '4'", "serving": {"m": 1}}
+    report = {"profile": "p", "backend": "systemd", "engines": {"a": engine | {"gate": failed},
+              "b": engine | {"gate": {"state": "gating"}}, "c": engine | {"gate": None}}}  # fmt: skip
+    text = format_status(report)  # type: ignore[arg-type]
+    assert "gate: a's change failed (golden prompt 1 ('2+2='): the answer 'x' lacks '4'); the identity before " \
+           "serves; restart it to try again" in text  # fmt: skip
+    assert "gate: b's change is being checked" in text and "gate: c" not in text

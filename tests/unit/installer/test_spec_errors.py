@@ -68,6 +68,17 @@ CASES: dict[str, tuple[Mutate, str, str]] = {
     "duplicate port": (engine("qwen14b", "port", 8001), "engines.qwen7b.port", "already used by engine 'qwen14b'"),
     "model pin not a digest": (engine("qwen7b", "model_sha256", "abc"), "engines.qwen7b.model_sha256", "pattern"),
     "one model, two pins": (two_pins, "engines.qwen7b.model_sha256", "pins model Qwen/Qwen2.5-7B-Instruct to another"),
+    "golden check not a regular expression": (
+        engine("qwen7b", "gate", {"golden": [{"prompt": "2+2=", "matches": "(4"}]}),
+        "engines.qwen7b.gate.golden.0.matches",
+        "not a regular expression",
+    ),
+    "misspelt gate key": (
+        engine("qwen7b", "gate", {"golden": [{"prompt": "2+2=", "contain": "4"}]}),
+        "engines.qwen7b.gate.golden.0.contain",
+        "unknown key",
+    ),
+    "agreement above 1": (engine("qwen7b", "gate", {"agreement": 2}), "engines.qwen7b.gate.agreement", "less than"),
     "engine on the router's port": (engine("qwen7b", "port", 8000), "engines.qwen7b.port", "router"),
     "port out of range": (engine("qwen7b", "port", 70000), "engines.qwen7b.port", "less than or equal to 65535"),
     "two engines of a profile on one GPU": (engine("qwen14b", "gpus", [0]), "profiles.fast", "both use GPU 0"),
