@@ -45,6 +45,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
         "--decoys", action="store_true",
         help="a chat answer carries vLLM's prompt_logprobs after its usage, holding a decoy 'usage' of zeros",
     )  # fmt: skip
+    own.add_argument("--answer", help="every completion's text is this (a broken model's answer)")
     own.add_argument("--answer-mb", type=float, default=0,
                      help="a chat answer carries logprobs until it is this many MiB, and the decoy")  # fmt: skip
     own.add_argument(
@@ -114,7 +115,7 @@ class Stub:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         await self._infer_gate()
         body = await request.json()
-        words = _reply_words(body.get("max_tokens"))
+        words = [self.opts.answer] if self.opts.answer is not None else _reply_words(body.get("max_tokens"))
         if body.get("stream"):
             usage = self._usage(str(body.get("prompt", "")), len(words)) if _wants_usage(body) else None
             return await self._stream(request, [{"text": w, "index": 0} for w in words], "text_completion", usage)

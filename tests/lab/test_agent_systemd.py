@@ -317,3 +317,39 @@ def test_the_watchdog_is_fed(box):
     first = stamp()
     time.sleep(1.5)
     assert stamp() > first > 0
+
+
+def test_a_change_under_the_real_units_is_gated_and_a_failed_one_gives_way_to_the_one_before(box):
+    """The install writes a new agent.yml and restarts the agent: the adopted engine is replaced by the
+    new identity through its gate (its answers held to the golden set and, same model, to the ones
+    before), and a change that fails comes back as the identity that passed, under the same unit."""
+    sh(f"{AGENT_BIN} profile one")
+    wait(lambda s: s["engines"]["alpha"]["phase"] == "ready", 30, "alpha")
+    config = yaml.safe_load(yaml.safe_dump(CONFIG))
+    gate = {"golden": [{"prompt": "Say hello", "contains": "stub", "max_latency_s": 5}]}
+
+    def install(extra_args: list[str]) -> dict:
+        config["engines"]["alpha"] |= {"gate": gate, "extra_args": extra_args}
+        sh(f"cat > /etc/aiinfra/agent.yml <<'EOF'\n{yaml.safe_dump(config)}EOF")
+        sh("systemctl restart aiinfra-agent")
+        return wait(lambda s: s["engines"]["alpha"]["phase"] == "ready" and (s["engines"]["alpha"]["gate"] or {}).get(
+            "state") in ("passed", "failed"), 60, "alpha's gate")["engines"]["alpha"]  # fmt: skip
+
+    passed = install(["--chunks", "8"])  # streamed chunks only: the same greedy answers
+    assert (passed["gate"]["state"], passed["gate"]["agreement"]) == ("passed", 1.0), passed["gate"]
+    assert set(passed["gate"]["took"]) == {"stop", "start", "gate"}
+    assert "--chunks" in sh(f"cat /proc/{passed['pid']}/cmdline").replace("\0", " ")
+
+    failed = install(["--chunks", "8", "--answer", "garbage"])
+    gate_report = failed["gate"]
+    assert gate_report["state"] == "failed" and "lacks 'stub'" in gate_report["check"], gate_report
+    assert failed["identity"] == passed["identity"] == gate_report["serving"]
+    assert "--answer" not in sh(f"cat /proc/{failed['pid']}/cmdline").replace("\0", " ")
+    assert sh("systemctl show -p MainPID --value aiinfra-engine@alpha").strip() == str(failed["pid"])
+    print(f"gated change under systemd, seconds per step: passed {passed['gate']['took']}, "
+          f"failed {gate_report['took']}")  # fmt: skip
+    assert "gate: alpha's change failed" in sh(f"{AGENT_BIN} status")
+    events = sh("journalctl -u aiinfra-agent -o json --no-pager EVENT=gate_failed ENGINE=alpha")
+    assert "lacks 'stub'" in events
+    sh(f"cat > /etc/aiinfra/agent.yml <<'EOF'\n{yaml.safe_dump(CONFIG)}EOF")  # as the module began
+    sh("systemctl restart aiinfra-agent")
