@@ -33,7 +33,12 @@ def print_summary(summary: RunSummary) -> None:
             f"network change staged, not applied: {', '.join(totals['network_change_staged'])} "
             "(re-run with --allow-network-change)"
         )
-    sources = {"mirror": "from the mirror", "download": "downloaded", "present": "already in place"}
+    sources = {
+        "mirror": "from the mirror",
+        "download": "downloaded",
+        "present": "already in place",
+        "kept": "back to a version kept on the box",
+    }
     for host, t in summary.hosts.items():
         if t.secure_boot:
             click.echo(f"secure boot: {host} {t.secure_boot}")

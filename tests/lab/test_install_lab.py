@@ -73,7 +73,9 @@ def appliance_state(lab: Lab) -> dict:
     )
     answer = raw.parse()
     vllm = lab.box("/opt/vllm/current/bin/python", "-c", "import vllm; print(vllm.__version__)").stdout.strip()
-    staged = lab.box("sh", "-c", "cd /mnt/nvme/models && find . -name SHA256SUMS | sort").stdout.split()
+    # each model's current version, through the link its id names (the versions are beside, in .versions)
+    current = "cd /mnt/nvme/models && find -L . -name SHA256SUMS -not -path './.*' | sort"
+    staged = lab.box("sh", "-c", current).stdout.split()
     return {
         # where a saved `curl` line or client points
         "address": podman("inspect", "-f", "{{.NetworkSettings.IPAddress}}", f"aiinfra-lab-{HOST}").stdout.strip(),
