@@ -67,7 +67,7 @@ def _short(text: str) -> str:
 class Outcome:
     passed: bool
     check: str  # what failed, naming the prompt ("" when passed)
-    answers: tuple[str, ...]
+    answers: dict[str, str]  # prompt → greedy answer
     agreement: float | None  # None: no regression check was made
 
 
@@ -91,40 +91,41 @@ async def ask(session: aiohttp.ClientSession, launch: Launch, golden: Golden, ma
 Ask = Callable[[Launch, Golden, int], Awaitable[tuple[str, float]]]  # the probes' ask, bound to their session
 
 
-async def answers(ask: Ask, launch: Launch, gate: Gate) -> tuple[str, ...] | None:
-    """The engine's greedy answers to its golden set (kept for the next change's regression check);
-    None where it could not give them all."""
-    found = []
+async def answers(ask: Ask, launch: Launch, gate: Gate) -> dict[str, str] | None:
+    """The engine's greedy answers to its golden set, by prompt (kept for the next change's regression
+    check); None where it could not give them all."""
+    found = {}
     for golden in golden_set(gate):
         try:
-            found.append((await ask(launch, golden, gate.max_tokens))[0])
+            found[golden.prompt] = (await ask(launch, golden, gate.max_tokens))[0]
         except ValueError:
             return None
-    return tuple(found)
+    return found
 
 
-async def run(ask: Ask, launch: Launch, gate: Gate, before: tuple[str, ...] | None, regression: bool) -> Outcome:
-    """The golden set, then (REGRESSION, and BEFORE's answers to the same set known) the agreement."""
+async def run(ask: Ask, launch: Launch, gate: Gate, before: dict[str, str] | None, regression: bool) -> Outcome:
+    """The golden set, then (REGRESSION) the agreement with BEFORE's answers to the prompts both were asked."""
     if not launch.served:  # an Ollama engine with no model: being ready is all there is to check
-        return Outcome(True, "", (), None)
-    got: list[str] = []
+        return Outcome(True, "", {}, None)
+    got: dict[str, str] = {}
     for number, golden in enumerate(golden_set(gate), 1):
         name = f"golden prompt {number} ({_short(golden.prompt)})"
         try:
             answer, latency = await ask(launch, golden, gate.max_tokens)
         except ValueError as exc:
-            return Outcome(False, f"{name}: {exc}", tuple(got), None)
+            return Outcome(False, f"{name}: {exc}", got, None)
         if (wrong := problem(golden, answer, latency)) is not None:
-            return Outcome(False, f"{name}: {wrong}", tuple(got), None)
-        got.append(answer)
-    if not regression or before is None or len(before) != len(got):
-        return Outcome(True, "", tuple(got), None)
-    score = sum(agreement(b, a) for b, a in zip(before, got, strict=True)) / len(got)
+            return Outcome(False, f"{name}: {wrong}", got, None)
+        got[golden.prompt] = answer
+    shared = [prompt for prompt in got if prompt in (before or {})]
+    if not regression or before is None or not shared:
+        return Outcome(True, "", got, None)
+    score = sum(agreement(before[prompt], got[prompt]) for prompt in shared) / len(shared)
     if score < gate.agreement:
         check = (f"regression: the greedy answers agree {score:.2f} with the previous identity's, under the "
                  f"{gate.agreement:g} asked for")  # fmt: skip
-        return Outcome(False, check, tuple(got), score)
-    return Outcome(True, "", tuple(got), score)
+        return Outcome(False, check, got, score)
+    return Outcome(True, "", got, score)
 
 
 def regression_due(gate: Gate, before: Identity, after: Identity) -> bool:
@@ -174,23 +175,23 @@ class Records:
             return launch_from(entry["launch"], api_key) if entry else None
         return None
 
-    def answers(self, engine: str) -> tuple[str, ...] | None:
+    def answers(self, engine: str) -> dict[str, str] | None:
         entry = self._get(engine, "passed")
         found = entry.get("answers") if entry else None
-        return tuple(found) if isinstance(found, list) else None
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else None
 
-    def passed(self, engine: str, identity: Identity, launch: Launch, answers: tuple[str, ...] | None) -> None:
+    def passed(self, engine: str, identity: Identity, launch: Launch, answers: dict[str, str] | None) -> None:
         entry = self.engines.setdefault(engine, {})
         if (old := entry.get("passed")) and old.get("identity") != asdict(identity):
             entry["previous"] = old
         entry["passed"] = {"identity": asdict(identity), "launch": launch_record(launch), "at": round(time.time(), 3),
-                           "answers": None if answers is None else list(answers)}  # fmt: skip
+                           "answers": answers}  # fmt: skip
         self._save()
 
-    def noted_answers(self, engine: str, answers: tuple[str, ...]) -> None:
+    def noted_answers(self, engine: str, answers: dict[str, str]) -> None:
         entry = self._get(engine, "passed")
         if entry is not None:
-            entry["answers"] = list(answers)
+            entry["answers"] = answers
             self._save()
 
     def refused(self, engine: str, identity: Identity, check: str, gate: Gate) -> None:

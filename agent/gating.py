@@ -29,7 +29,7 @@ class Gatekeeper:
         self.records = gate.Records(Path(config.data_dir) / "gates.json")
         self.targets = {name: identity.of(target) for name, target in configured.items()}
         self.runs: dict[str, asyncio.Task[gate.Outcome]] = {}
-        self.captures: dict[str, asyncio.Task[tuple[str, ...] | None]] = {}
+        self.captures: dict[str, asyncio.Task[dict[str, str] | None]] = {}
         self.asked: dict[str, Identity] = {}  # the identity each engine's greedy answers were last asked of
         self.reports: dict[str, dict[str, Any]] = {}  # engine → the gate's part of its status
         self.times: dict[str, dict[str, float]] = {}  # engine → when the change's steps began

@@ -36,10 +36,10 @@ def test_the_records_keep_no_secret_and_give_the_launch_back_with_the_key(tmp_pa
     launch = Launch("a", ["vllm", "serve", "/m"], {"VLLM_API_KEY": "s3cret", "X": "1"}, 8001, "vllm", ["m"],
                     api_key="s3cret")  # fmt: skip
     identity = Identity("d" * 64, "vllm 0.32.0", "a" * 64)
-    records.passed("a", identity, launch, ("four",))
+    records.passed("a", identity, launch, {"2+2=": "four"})
     assert "s3cret" not in (tmp_path / "gates.json").read_text()
     again = gate.Records(tmp_path / "gates.json")
-    assert again.launch("a", "s3cret") == launch and again.answers("a") == ("four",)
+    assert again.launch("a", "s3cret") == launch and again.answers("a") == {"2+2=": "four"}
     assert again.identity("a") == identity and "/m" in again.kept_paths()
     (tmp_path / "gates.json").write_text("{not json")
     assert gate.Records(tmp_path / "gates.json").identity("a") is None  # damaged: nothing kept, no crash
@@ -57,3 +57,18 @@ def test_aiinfra_status_says_which_change_failed_its_gate_and_what_serves():
     assert "gate: a's change failed (golden prompt 1 ('2+2='): the answer 'x' lacks '4'); the identity before " \
            "serves; restart it to try again" in text  # fmt: skip
     assert "gate: b's change is being checked" in text and "gate: c" not in text
+
+
+def test_the_regression_check_compares_only_the_prompts_both_identities_were_asked():
+    import asyncio
+
+    async def ask(launch: Launch, golden: Golden, max_tokens: int) -> tuple[str, float]:
+        return {"a": "same", "b": "new text"}.get(golden.prompt, "?"), 0.1
+
+    launch = Launch("e", ["vllm"], {}, 8001, "vllm", ["m"])
+    both = Gate(golden=[Golden(prompt="a"), Golden(prompt="b")], agreement=0.9)
+    ran = asyncio.run(gate.run(ask, launch, both, {"a": "same", "c": "gone"}, regression=True))
+    assert (ran.passed, ran.agreement) == (True, 1.0)  # b is new, c no longer asked: a alone compared
+    ran = asyncio.run(gate.run(ask, launch, both, {"a": "same", "b": "old text"}, regression=True))
+    assert not ran.passed and ran.agreement == 0.5 and "agree 0.50" in ran.check  # (1 + 0) / 2
+    assert asyncio.run(gate.run(ask, launch, both, {"c": "gone"}, regression=True)).agreement is None
