@@ -326,6 +326,38 @@ def test_real_vllm_under_systemd_is_adopted_and_a_killed_leader_leaves_nothing_i
     wait_engine(lab_host, "qwen7b", lambda e: e["phase"] == "ready" and e["restarts"] == before["restarts"] + 1, 300)
 
 
+def test_a_change_that_fails_its_gate_fails_the_install_and_the_real_vllm_before_answers_as_it_did(lab_host):
+    """The spec changes qwen7b's vLLM arguments and gives it a golden check the tiny model cannot pass: the
+    install restarts the agent, the new identity is gated and fails, the one before serves again (the same
+    greedy answer), and the install exits 1 naming the engine, the check and what serves."""
+
+    def greedy() -> str:
+        return lab_host.client().completions.create(model="Qwen/Qwen2.5-7B-Instruct", prompt="The box", max_tokens=8,
+                                                    temperature=0).choices[0].text  # fmt: skip
+
+    before, answer = lab_host.status()["engines"]["qwen7b"]["identity"], greedy()
+    spec = yaml.safe_load(lab_host.host_vars.read_text())
+    changed = json.loads(json.dumps(spec["engines"]))
+    golden = [{"prompt": "Hello", "contains": "no random model says this"}]
+    changed["qwen7b"] |= {"extra_args": ["--seed", "5"], "gate": {"golden": golden}}
+    lab_host.set_vars(engines=changed)
+    try:
+        rc, summary = lab_host.install("--tags", "aiinfra_agent")
+    finally:
+        lab_host.set_vars(engines=spec["engines"])
+    assert rc == 1, summary
+    (failure,) = [f for f in summary["failures"] if "failed its gate" in f]
+    assert "engine qwen7b" in failure and "lacks 'no random model says this'" in failure, failure
+    assert "the identity before serves again" in failure and before["args"][:12] in failure, failure
+    engine = lab_host.status()["engines"]["qwen7b"]
+    assert (engine["phase"], engine["identity"], engine["gate"]["serving"]) == ("ready", before, before)
+    assert greedy() == answer
+    print(f"gated change on the lab host (real vLLM, failed), seconds per step: {engine['gate']['took']}")
+    rc, summary = lab_host.install("--tags", "aiinfra_agent")  # the spec as it was: what serves is what it names
+    assert rc == 0, summary
+    assert lab_host.status()["engines"]["qwen7b"]["identity"] == before
+
+
 def test_a_rebuilt_host_is_the_same_appliance_with_its_models_and_records_from_its_disk(lab_host):
     """The box dies; a fresh OS with the same model disk, the same inventory, one command. The models and
     the agent's records (the cost ledger, the audit log, the restart counts) come back from the disk."""
