@@ -353,9 +353,8 @@ def test_a_change_that_fails_its_gate_fails_the_install_and_the_real_vllm_before
     assert (engine["phase"], engine["identity"], engine["gate"]["serving"]) == ("ready", before, before)
     assert greedy() == answer
     print(f"gated change on the lab host (real vLLM, failed), seconds per step: {engine['gate']['took']}")
-    rc, summary = lab_host.install("--tags", "aiinfra_agent")  # the spec as it was: what serves is what it names
-    assert rc == 0, summary
-    assert lab_host.status()["engines"]["qwen7b"]["identity"] == before
+    # The spec is as it was again (finally, above): the next install serves what it names, which is what
+    # serves now (the rebuild below installs it on a fresh OS with these records).
 
 
 def test_a_rebuilt_host_is_the_same_appliance_with_its_models_and_records_from_its_disk(lab_host):
