@@ -21,7 +21,7 @@ from typing import Any
 from aiinfra.agent import identity, reconcile
 from aiinfra.agent.audit import audit
 from aiinfra.agent.config import AgentConfig
-from aiinfra.agent.effects import Backend, StartError
+from aiinfra.agent.effects import Backend, StartError, StartPending
 from aiinfra.agent.energy import Ledger
 from aiinfra.agent.engines import Launch, launch, vllm_build
 from aiinfra.agent.events import Events
@@ -209,15 +209,18 @@ class Supervisor:
         target = self.launches[name]
         if self.gpu is not None and (nccl := self.gpu.nccl_env(name)):  # the operator's setting wins
             target = replace(target, env={**nccl, **target.env})
+        # The launch's identity, not the NCCL setting the GPUs' links add: that follows the hardware. Kept
+        # before the start: an agent that dies meanwhile adopts the engine as what it is.
+        self.serving[name] = identity.of(self.launches[name])
+        self.history.started(name, self.serving[name])
         try:
             pid = await self.backend.start(target)
+        except StartPending:
+            return  # decide() asks again at the next tick
         except (StartError, OSError) as exc:  # OSError: its launch file or log could not be written
             failed = observe(self.states[name], Observation(start_error=str(exc)), now, self.policy)
             self._set(name, failed, "start_failed", str(exc))
             return
-        # The launch's identity, not the NCCL setting the GPUs' links add: that follows the hardware.
-        self.serving[name] = identity.of(self.launches[name])
-        self.history.started(name, self.serving[name])
         due = self.gates.due(name, self.serving[name])
         self.gates.started(name, due)
         note = f"pid {pid}" + (", its gate due" if due else "")

@@ -21,6 +21,10 @@ class StartError(Exception):
     """The engine could not be started at all (port taken, program missing): say what to fix."""
 
 
+class StartPending(Exception):
+    """What the engine's last run left is still being ended (its unit deactivating): start it a tick later."""
+
+
 class Backend(Protocol):
     name: str
 

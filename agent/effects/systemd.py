@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from aiinfra.agent.effects import StartError, check_port_free
+from aiinfra.agent.effects import StartError, StartPending, check_port_free
 from aiinfra.agent.engines import Launch
 from aiinfra.agent.files import write_private
 
@@ -61,6 +61,10 @@ class SystemdBackend:
             self.group = pwd.getpwnam(engine_user).pw_gid if engine_user else -1
 
     async def start(self, launch: Launch) -> int | None:
+        # A start queued behind a stop still ending (its processes not all gone: a cgroup v1 host may take
+        # the unit's whole stop timeout) would hold `systemctl start`, and the loop with it, that long.
+        if (await self._show(launch.name)).get("ActiveState") == "deactivating":
+            raise StartPending(f"{UNIT.format(launch.name)} is still stopping")
         check_port_free(launch.port)
         write_launch_file(self.state_dir, launch, self.group)
         unit = UNIT.format(launch.name)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from aiinfra.agent.config import AgentConfig
+from aiinfra.agent.effects import StartPending
 from aiinfra.agent.engines import Launch
 from aiinfra.agent.probes import Prober
 from aiinfra.agent.schema import Golden
@@ -38,8 +39,12 @@ class Processes:
         self.started: list[str] = []
         self.argvs: list[list[str]] = []
         self.next_pid = 100
+        self.still_stopping = 0  # starts refused as pending, as a unit still deactivating refuses them
 
     async def start(self, launch: Launch) -> int:
+        if self.still_stopping:
+            self.still_stopping -= 1
+            raise StartPending(f"aiinfra-engine@{launch.name}.service is still stopping")
         self.next_pid += 1
         self.running[launch.name] = self.next_pid
         self.exited.pop(launch.name, None)
@@ -356,3 +361,15 @@ async def test_a_changed_identity_that_dies_starting_fails_its_gate_and_the_one_
     report = supervisor.gates.reports["a"]
     assert report["state"] == "failed" and report["check"].startswith("did not start: exited with code 1")
     assert supervisor.states["a"].restarts == 0 and supervisor.states["a"].streak == 0  # no backoff for it
+
+
+@in_loop
+async def test_a_start_behind_a_stop_still_ending_waits_a_tick_and_counts_no_failure(loop):
+    supervisor, backend, probes, clock = loop
+    backend.still_stopping = 3
+    for _ in range(3):
+        await tick(supervisor, clock)
+        assert phase(supervisor, "a") == "stopped" and backend.started == []
+    await ready(supervisor, probes, clock, "a")
+    state = supervisor.states["a"]
+    assert (state.restarts, state.failures, state.last_error) == (0, (), None)
