@@ -156,9 +156,14 @@ INSTALL_RECORD = "aiinfra-installed.json"
 FLAG = re.compile(r"--[a-z0-9][a-z0-9-]*")
 
 
+def venv_of(program: str) -> Path:
+    """The virtual environment PROGRAM (VENV/bin/vllm) runs from."""
+    return Path(program).resolve().parent.parent
+
+
 def vllm_venv(config: AgentConfig) -> Path:
-    """The virtual environment the engines' `vllm` comes from (VENV/bin/vllm)."""
-    return Path(config.vllm_command[0]).resolve().parent.parent
+    """The virtual environment the engines' `vllm` comes from."""
+    return venv_of(config.vllm_command[0])
 
 
 def vllm_build(config: AgentConfig) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from aiinfra.agent.engines import Launch
+from aiinfra.agent.engines import Launch, venv_of
 from aiinfra.agent.files import write_private
 from aiinfra.agent.identity import SECRETS, Identity
 from aiinfra.agent.schema import Gate, Golden
@@ -207,10 +208,18 @@ class Records:
             return None
         return str(entry.get("check", ""))
 
-    def kept_paths(self) -> set[str]:
-        """Every argv element of the launches kept (passed and previous): what retirement must leave."""
-        kept = [entry[which] for entry in self.engines.values() for which in ("passed", "previous") if which in entry]
-        return {arg for record in kept for arg in record.get("launch", {}).get("argv", [])}
+    def kept(self) -> dict[str, str]:
+        """Real path of each model folder and vLLM environment a kept launch (passed, and the one before it)
+        names → why retirement must leave it."""
+        kept: dict[str, str] = {}
+        for engine, entry in self.engines.items():
+            for which, why in (("previous", f"the way back for engine {engine}"), ("passed", f"engine {engine}")):
+                launch = entry[which].get("launch", {}) if isinstance(entry.get(which), dict) else {}
+                if launch.get("model_dir"):
+                    kept[os.path.realpath(launch["model_dir"])] = why
+                if launch.get("runtime") == "vllm" and launch.get("argv"):
+                    kept[str(venv_of(launch["argv"][0]))] = why
+        return kept
 
     def _save(self) -> None:
         with contextlib.suppress(OSError):  # a record is worth less than a running agent

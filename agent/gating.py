@@ -137,7 +137,7 @@ class Gatekeeper:
         """The identity gone back to is ready: how long the rollback took."""
         report = self.reports.get(name)
         if report is not None and report["state"] == "failed" and "rollback" in self.times.get(name, {}):
-            report["took"] = self._took(name, self.clock())
+            report["took"] = self._took(name)
             self.times.pop(name)
 
     def stopped(self, name: str) -> None:
@@ -150,11 +150,11 @@ class Gatekeeper:
         for task in [*self.runs.values(), *self.captures.values()]:
             task.cancel()
 
-    def _took(self, name: str, until: float | None = None) -> dict[str, float]:
+    def _took(self, name: str) -> dict[str, float]:
         """Seconds each step of the change took: stop, start, gate and (a failed one) rollback."""
         marks = self.times.get(name, {})
         order = [step for step in ("stop", "start", "gate", "rollback") if step in marks]
-        ends = [marks[step] for step in order[1:]] + [until if until is not None else self.clock()]
+        ends = [marks[step] for step in order[1:]] + [self.clock()]
         return {step: round(end - marks[step], 2) for step, end in zip(order, ends, strict=True)}
 
     def _report(self, state: str, tried: Identity, **more: Any) -> dict[str, Any]:

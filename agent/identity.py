@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aiinfra.agent.engines import SERVE_HELP, Launch, help_version
+from aiinfra.agent.engines import SERVE_HELP, Launch, help_version, venv_of
 from aiinfra.agent.files import write_private
 from aiinfra.agent.staging import MANIFEST, ollama_manifest
 
@@ -54,8 +54,7 @@ def program(launch: Launch) -> str:
     the `serve --help` its role recorded; Ollama's is the folder its release was unpacked into."""
     if launch.runtime == "vllm":  # the environment its launch names (a rollback's may be the one before)
         with contextlib.suppress(OSError):
-            venv = Path(launch.argv[0]).resolve().parent.parent
-            return f"vllm {help_version((venv / SERVE_HELP).read_text()) or 'unknown'}"
+            return f"vllm {help_version((venv_of(launch.argv[0]) / SERVE_HELP).read_text()) or 'unknown'}"
         return "vllm unknown"
     binary = Path(launch.argv[0]).resolve()
     return f"ollama {binary.parent.parent.name}" if binary.name == "ollama" else "ollama unknown"

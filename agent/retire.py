@@ -49,22 +49,9 @@ def _last_used(history: History, **match: str) -> float | None:
     return max((e["since"] for e in history.entries if all(e.get(k) == v for k, v in match.items())), default=None)
 
 
-def _kept_by_gates(records: Records) -> dict[str, str]:
-    """Real path of a model folder or vLLM environment → why the gate's records keep it."""
-    kept: dict[str, str] = {}
-    for engine, entry in records.engines.items():
-        for which, why in (("previous", f"the way back for engine {engine}"), ("passed", f"engine {engine}")):
-            launch = entry.get(which, {}).get("launch", {}) if isinstance(entry.get(which), dict) else {}
-            if launch.get("model_dir"):
-                kept[os.path.realpath(launch["model_dir"])] = why
-            if launch.get("argv"):
-                kept[str(Path(launch["argv"][0]).resolve().parent.parent)] = why
-    return kept
-
-
 def inventory(config: AgentConfig) -> list[Stored]:
     history = History(Path(config.data_dir) / "identities.json")
-    gates = _kept_by_gates(Records(Path(config.data_dir) / "gates.json"))
+    gates = Records(Path(config.data_dir) / "gates.json").kept()
     vllm_engines = {n: e for n, e in config.engines.items() if isinstance(e, VllmEngine)}
     found: list[Stored] = []
     root = Path(str(config.models_dir))

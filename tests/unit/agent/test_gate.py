@@ -34,13 +34,13 @@ def test_a_golden_set_must_hold_valid_expressions():
 def test_the_records_keep_no_secret_and_give_the_launch_back_with_the_key(tmp_path):
     records = gate.Records(tmp_path / "gates.json")
     launch = Launch("a", ["vllm", "serve", "/m"], {"VLLM_API_KEY": "s3cret", "X": "1"}, 8001, "vllm", ["m"],
-                    api_key="s3cret")  # fmt: skip
+                    api_key="s3cret", model_dir="/m")  # fmt: skip
     identity = Identity("d" * 64, "vllm 0.32.0", "a" * 64)
     records.passed("a", identity, launch, {"2+2=": "four"})
     assert "s3cret" not in (tmp_path / "gates.json").read_text()
     again = gate.Records(tmp_path / "gates.json")
     assert again.launch("a", "s3cret") == launch and again.answers("a") == {"2+2=": "four"}
-    assert again.identity("a") == identity and "/m" in again.kept_paths()
+    assert again.identity("a") == identity and again.kept()["/m"] == "engine a"
     (tmp_path / "gates.json").write_text("{not json")
     assert gate.Records(tmp_path / "gates.json").identity("a") is None  # damaged: nothing kept, no crash
 
