@@ -117,6 +117,11 @@ class AgentConfig(Strict):
     vllm_env: dict[str, str] = {}  # for every vLLM engine (a CPU-only box: VLLM_CPU_KVCACHE_SPACE)
     vllm_extra_args: VllmArgs = []  # for every vLLM engine, before each engine's own extra_args
     policy: Policy = Policy()
+    # Engines across boxes (an engine's span): this box's name among the nodes, and where each node's agent
+    # answers the others about its ranks (ADDRESS:PORT, the address on the trusted network, which vLLM's
+    # ranks reach each other on too). The installer writes both from the inventory.
+    node: str | None = None
+    nodes: dict[str, Annotated[str, Field(pattern=r"^[0-9A-Za-z.:\[\]-]+:[0-9]{1,5}$")]] = {}
     # None: no GPU layer (a developer's machine), engines start regardless. A path names a file of GPU
     # settings (gpu.yml): the boot unit's `gpu apply` reads the same file, so the two cannot disagree.
     gpu: GpuConfig | None = GpuConfig()
@@ -125,12 +130,30 @@ class AgentConfig(Strict):
     def _consistent(self) -> AgentConfig:
         problems = engine_problems(self.engines, self.profiles, self.default_profile)
         problems += switching_problems(self.profile_switching, self.profiles, self.default_profile)
+        problems += self._span_problems()
         if problems:
             raise ValueError("\n".join(problems))
         self.models_dir = self.models_dir or box.model_dir(self.model_storage_mount, "models")
         self.hf_home = self.hf_home or box.model_dir(self.model_storage_mount, "hf_cache")
         self.ollama_models_dir = self.ollama_models_dir or box.model_dir(self.model_storage_mount, "ollama")
         return self
+
+    def _span_problems(self) -> list[str]:
+        problems = []
+        for name, engine in self.engines.items():
+            span = getattr(engine, "span", None)
+            if span is None:
+                continue
+            if self.node not in span.nodes:
+                here = self.node or "node not set"
+                problems.append(f"engines.{name}.span.nodes: this box ({here}) is not one of them")
+            if missing := [n for n in span.nodes if n not in self.nodes]:
+                problems.append(f"nodes: no address for {', '.join(missing)} (engine {name} spans them)")
+        return problems
+
+    def peer_listen(self) -> str | None:
+        """Where this agent answers the other nodes' agents; None: no engine spans boxes."""
+        return self.nodes.get(self.node or "") if any(getattr(e, "span", None) for e in self.engines.values()) else None
 
     def audit_path(self) -> str | None:
         return None if self.audit_log is None else str(Path(self.data_dir) / self.audit_log)

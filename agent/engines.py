@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiinfra.agent.config import AgentConfig
-from aiinfra.agent.schema import OLLAMA_KNOBS, OllamaEngine, VllmEngine
+from aiinfra.agent.schema import OLLAMA_KNOBS, OllamaEngine, Span, VllmEngine
 
 LOOPBACK = "127.0.0.1"  # engines listen on loopback only; the router is the way in
 
@@ -29,6 +29,7 @@ class Launch:
     queue_wait_s: float = 0.0
     api_key: str | None = None  # what the engine asks of every request (vLLM): only the agent knows it
     model_dir: str = ""  # vLLM: the staged model folder it serves
+    rank: int = 0  # an engine across boxes: this box's node rank (0: the head, which alone serves)
 
     @property
     def auth(self) -> dict[str, str]:
@@ -72,9 +73,13 @@ def launch(name: str, config: AgentConfig, secret: bytes | None = None) -> Launc
     if isinstance(engine, VllmEngine):
         key = engine_key(secret, name) if secret is not None else None
         model_dir = os.path.realpath(f"{config.models_dir}/{engine.model}")  # the version staged now
+        rank = 0 if engine.span is None else engine.span.nodes.index(str(config.node))
+        argv = vllm_argv(engine, exact(config.vllm_command), model_dir, config.vllm_extra_args)
+        if engine.span is not None:
+            argv += span_args(engine.span, len(engine.gpus), rank, node_address(config.nodes[engine.span.nodes[0]]))
         return Launch(
             name,
-            vllm_argv(engine, exact(config.vllm_command), model_dir, config.vllm_extra_args),
+            argv,
             {
                 "CUDA_VISIBLE_DEVICES": gpus,
                 "HF_HOME": str(config.hf_home),
@@ -86,11 +91,12 @@ def launch(name: str, config: AgentConfig, secret: bytes | None = None) -> Launc
             },
             engine.port,
             "vllm",
-            [engine.served],
+            [engine.served] if rank == 0 else [],  # a follower's rank has no API: the head serves
             engine.queue.max_waiting,
             engine.queue.max_wait_s,
             key,
             model_dir,
+            rank,
         )
     assert isinstance(engine, OllamaEngine)
     return Launch(
@@ -128,7 +134,7 @@ def vllm_argv(engine: VllmEngine, command: list[str], model_dir: str, box_args: 
         "--gpu-memory-utilization",
         str(engine.gpu_memory_utilization),
         "--tensor-parallel-size",
-        str(len(engine.gpus)),
+        str(len(engine.gpus) * (engine.span.size if engine.span and engine.span.parallel == "tensor" else 1)),
         "--dtype",
         engine.dtype,
     ]
@@ -146,6 +152,25 @@ def vllm_argv(engine: VllmEngine, command: list[str], model_dir: str, box_args: 
     # Custom all-reduce misbehaves on consumer cards over PCIe/NVLink bridges; NCCL is the safe path.
     argv.append("--disable-custom-all-reduce")
     return argv + list(box_args) + list(engine.extra_args)
+
+
+def node_address(peer: str) -> str:
+    """The address of a node's ADDRESS:PORT (its agent's peer endpoint): where its vLLM ranks are reached."""
+    return peer.rpartition(":")[0].strip("[]")
+
+
+def span_args(span: Span, gpus: int, rank: int, head: str) -> list[str]:
+    """vLLM's own multi-node flags for node RANK of SPAN (HEAD: the head's address). Tensor and pipeline
+    parallel: one engine over N nodes (torch's store on the head's port); data: N replicas, one a node,
+    behind the head's API server (its RPC on that port). Followers run headless: no API of their own."""
+    follower = ["--headless"] if rank else []
+    if span.parallel == "data":
+        return ["--data-parallel-size", str(span.size), "--data-parallel-size-local", "1",
+                "--data-parallel-address", head, "--data-parallel-rpc-port", str(span.port),
+                *(["--data-parallel-start-rank", str(rank)] if rank else []), *follower]  # fmt: skip
+    pipeline = ["--pipeline-parallel-size", str(span.size)] if span.parallel == "pipeline" else []
+    return [*pipeline, "--distributed-executor-backend", "mp", "--nnodes", str(span.size), "--node-rank", str(rank),
+            "--master-addr", head, "--master-port", str(span.port), *follower]  # fmt: skip
 
 
 # What the vllm role writes in each vLLM environment: `vllm serve --help=all`, once per version, and

@@ -69,7 +69,7 @@ def check_records(folder: Path) -> None:
 async def serve(config: AgentConfig) -> None:
     from aiohttp import web
 
-    from aiinfra.agent.http.api import control_app, status_app
+    from aiinfra.agent.http.api import control_app, peer_app, status_app
 
     check_records(Path(config.data_dir))
     backend = choose_backend(config)
@@ -98,11 +98,14 @@ async def serve(config: AgentConfig) -> None:
     runners = [
         web.AppRunner(status_app(supervisor, metrics, router_status), access_log=None),
         web.AppRunner(control_app(supervisor, metrics, router_status), access_log=None),
+        web.AppRunner(peer_app(supervisor), access_log=None),
     ]
     for runner in runners:
         await runner.setup()
     inherited = inherited_sockets()
     await listen(runners[0], inherited, "status", config.status_listen)
+    if (peer := config.peer_listen()) is not None:
+        await listen(runners[2], inherited, "peer", peer)
     router_server = None
     if router is not None and config.router_listen is not None:
         router_server, clients = await listen_router(router, inherited, config.router_listen, router_limits(config))

@@ -98,6 +98,8 @@ class Prober:
 
     def schedule(self, states: Mapping[str, EngineState], launches: Mapping[str, Launch], now: float) -> None:
         for name, state in states.items():
+            if launches[name].rank:  # a follower's rank has no HTTP: its head's agent vouches for it (ranks.py)
+                continue
             if state.phase == Phase.STARTING and name not in self.startups:
                 last = self.last_startup.get(name)
                 if last is None or now - last >= self.policy.readiness_interval_s:

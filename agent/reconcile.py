@@ -194,13 +194,15 @@ def decide(
     may_start: bool = True,
     busy: Collection[str] = (),
     drain_s: float = float("inf"),
+    held: Collection[str] = (),
 ) -> list[Action]:
     """What to start and stop so that exactly the desired engines run.
 
     Engines leaving are stopped first, each once the requests it is answering (busy) are done, or
     drain_s after it began to leave, whichever comes first; none is started while one that leaves
     still holds its GPUs, so two profiles' engines never run at once. may_start=False (no GPU, a
-    reboot pending) holds every start: stops still happen.
+    reboot pending) holds every start: stops still happen; HELD names engines whose start must wait
+    (a follower's rank until its head starts).
     """
     wanted = set(desired)
     actions: list[Action] = []
@@ -220,7 +222,7 @@ def decide(
         return actions
     for name in sorted(wanted):
         state = states[name]
-        if state.running:
+        if state.running or name in held:
             continue
         if state.phase == Phase.STOPPED or (
             state.phase == Phase.BACKOFF and state.next_start_at is not None and now >= state.next_start_at

@@ -127,6 +127,34 @@ OWNED_FLAGS = {
     "--quantization": "quantization",
     "-q": "quantization",
     "--dtype": "dtype",
+    # Serving across boxes: span (its nodes, its kind of parallelism, its port) says these.
+    **{
+        flag: "span"
+        for flag in (
+            "--nnodes",
+            "-n",
+            "--node-rank",
+            "-r",
+            "--master-addr",
+            "--master-port",
+            "--headless",
+            "--pipeline-parallel-size",
+            "-pp",
+            "--distributed-executor-backend",
+            "--data-parallel-size",
+            "-dp",
+            "--data-parallel-size-local",
+            "-dpl",
+            "--data-parallel-address",
+            "-dpa",
+            "--data-parallel-rpc-port",
+            "-dpp",
+            "--data-parallel-start-rank",
+            "-dpr",
+            "--data-parallel-rank",
+            "-dpn",
+        )
+    },
 }
 
 
@@ -139,6 +167,24 @@ def _own_flags_untouched(args: list[str]) -> list[str]:
 
 
 VllmArgs = Annotated[list[str], AfterValidator(_own_flags_untouched)]
+
+
+class Span(Strict):
+    """An engine served across boxes by vLLM's own multi-node serving (its mp backend); the first node is
+    the head, which serves the engine's port; the others run their ranks headless. Each node gives the
+    engine the same `gpus`. tensor: one model split across every GPU of every node (needs a fast link);
+    pipeline: its layers split across the nodes (suits plain Ethernet); data: a whole replica a node,
+    for throughput."""
+
+    nodes: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(min_length=2, max_length=16)]
+    parallel: Literal["tensor", "pipeline", "data"] = "pipeline"
+    # vLLM's distributed traffic (torch's store, or data parallel's RPC) on the head: unauthenticated and
+    # unencrypted, so it travels only on the trusted network (trusted_network).
+    port: EnginePort = 29500
+
+    @property
+    def size(self) -> int:
+        return len(self.nodes)
 
 
 class VllmEngine(EngineBase):
@@ -157,6 +203,7 @@ class VllmEngine(EngineBase):
     enable_chunked_prefill: bool = True
     extra_args: VllmArgs = []
     model_facts: ModelFacts | None = None  # for a model capacity planning does not know
+    span: Span | None = None  # served across boxes
     skip_fit_check: bool = False  # the operator knows better than the sizing model
 
     @property
@@ -231,6 +278,13 @@ def engine_problems(
         if engine.port in ports:
             problems.append(f"engines.{name}.port: {engine.port} is already used by engine {ports[engine.port]!r}")
         ports.setdefault(engine.port, name)
+        span = engine.span if isinstance(engine, VllmEngine) else None
+        if span is not None:
+            if span.port in ports:
+                problems.append(f"engines.{name}.span.port: {span.port} is already used by engine {ports[span.port]!r}")
+            ports.setdefault(span.port, name)
+            if len(set(span.nodes)) != len(span.nodes):
+                problems.append(f"engines.{name}.span.nodes: names a node twice")
         if len(set(engine.gpus)) != len(engine.gpus):
             problems.append(f"engines.{name}.gpus: lists a GPU twice")
         if isinstance(engine, VllmEngine) and engine.model_sha256 is not None:

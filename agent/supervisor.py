@@ -29,6 +29,7 @@ from aiinfra.agent.gating import Gatekeeper
 from aiinfra.agent.gpu.monitor import GpuMonitor
 from aiinfra.agent.gpu.watch import GpuWatch
 from aiinfra.agent.probes import Prober
+from aiinfra.agent.ranks import Ranks
 from aiinfra.agent.reconcile import Action, EngineState, Observation, Phase, Stop, decide, observe, started, stopping
 from aiinfra.agent.records import RestartCounts, engine_secret
 from aiinfra.agent.traffic import Traffic
@@ -66,6 +67,7 @@ class Supervisor:
         self.ledger = Ledger(Path(config.data_dir) / "energy.json")
         self.ledger_saved = clock()
         self.traffic = Traffic(self.ledger, clock)
+        self.ranks = Ranks(config, clock) if config.peer_listen() is not None else None
         cpu_vllm = vllm_build(config) == "cpu"
         self.gpu = None if gpu is None else GpuWatch(gpu, config.engines, cpu_vllm, self.ledger, self.events.add)
 
@@ -147,6 +149,12 @@ class Supervisor:
                 state = reconcile.traffic_ok(state, self.traffic.succeeded[name])
             self._set(name, observe(state, await self._observe(name, state), now, self.policy))
             self._gate(name, now)
+        held: set[str] = set()
+        if self.ranks is not None:
+            for name, reason in self.ranks.stops(self.states, self.launches):
+                self._stop(name, reason)
+            held = self.ranks.held(self.launches)
+            self.ranks.poll()
         back_in = self.back_to_default_in()
         if back_in == 0 and not self.traffic.holding(self.desired()):
             assert self.config.default_profile is not None
@@ -155,7 +163,7 @@ class Supervisor:
             await self.gpu.tick(now, self.states, self._restart_all)
         may_start = self.gpu is None or not self.gpu.hold
         await self._act(decide(self.desired(), self.states, now, may_start, self.traffic.busy(),
-                               self.policy.drain_timeout_s), now)  # fmt: skip
+                               self.policy.drain_timeout_s, held), now)  # fmt: skip
         self.prober.schedule(self.states, self.launches, now)
         self.counts.save({name: state.restarts for name, state in self.states.items()})
         if now - self.ledger_saved >= LEDGER_SAVE_S:
@@ -173,6 +181,8 @@ class Supervisor:
     async def close(self, stop_engines: bool) -> None:
         await self.gates.close()
         await self.prober.close()
+        if self.ranks is not None:
+            await self.ranks.close()
         if stop_engines:
             for name, state in self.states.items():
                 if state.running:
@@ -191,6 +201,8 @@ class Supervisor:
             # journalctl, for the systemd backend: not in the loop that serves the router
             tail = "" if state.phase == Phase.STOPPING else await asyncio.to_thread(self.backend.log_tail, name)
             return Observation(exited=code, log_tail=tail)
+        if self.ranks is not None and self.launches[name].rank:
+            return Observation(ready=self.ranks.ready(name))
         ready, latency, alive = self.prober.results(name)
         return Observation(ready=ready, alive=alive, probe_latency_ms=latency)
 
@@ -213,6 +225,8 @@ class Supervisor:
         # before the start: an agent that dies meanwhile adopts the engine as what it is.
         self.serving[name] = identity.of(self.launches[name])
         self.history.started(name, self.serving[name])
+        if self.ranks is not None and name in self.ranks.spans:
+            self.ranks.started(name, target.rank)
         try:
             pid = await self.backend.start(target)
         except StartPending:
@@ -221,7 +235,7 @@ class Supervisor:
             failed = observe(self.states[name], Observation(start_error=str(exc)), now, self.policy)
             self._set(name, failed, "start_failed", str(exc))
             return
-        due = self.gates.due(name, self.serving[name])
+        due = not target.rank and self.gates.due(name, self.serving[name])  # the head's gate speaks for its ranks
         self.gates.started(name, due)
         note = f"pid {pid}" + (", its gate due" if due else "")
         self._set(name, started(self.states[name], pid, now, due), "started", note)
@@ -238,7 +252,7 @@ class Supervisor:
             # Starting is the gate's first check: a changed identity that dies or never gets ready fails it.
             self._gate_failed(name, state, serving, f"did not start: {state.last_error}", now)
             return
-        if serving is None or not state.running:
+        if serving is None or not state.running or self.launches[name].rank:
             return
         if state.phase == Phase.READY and state.leaving_since is None:
             if self.gates.ready(name, serving, self.launches[name]):

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from aiinfra.agent.audit import audit
 from aiinfra.agent.metrics import Metrics, engine_families, exposition_of
+from aiinfra.agent.ranks import PATH as RANKS_PATH
 from aiinfra.agent.status import Report, report
 from aiinfra.agent.supervisor import Supervisor
 
@@ -123,6 +124,19 @@ def status_app(supervisor: Supervisor, metrics_of: Metrics, router: Callable[[],
     _readable(app, supervisor, metrics_of, router)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    return app
+
+
+def peer_app(supervisor: Supervisor) -> web.Application:
+    """What the other nodes' agents ask, on the trusted network: how this node's ranks stand (ranks.py)."""
+    app = web.Application()
+    app[SUPERVISOR] = supervisor
+
+    async def ranks(request: web.Request) -> web.Response:
+        assert supervisor.ranks is not None
+        return web.json_response(supervisor.ranks.document(supervisor.states))
+
+    app.router.add_get(RANKS_PATH, ranks)
     return app
 
 
