@@ -40,8 +40,9 @@ def two_nodes(root: Path, parallel: str) -> tuple[Agent, Agent]:
         subprocess.run([sys.executable, str(kit.FAKE_MODELS), str(tmp / "models" / "models"), "--vllm", MODEL],
                        check=True)  # fmt: skip
         agent = Agent(tmp, {"big": engine}, {"on": ["big"]}, "on", POLICY)
-        agent.config |= {"vllm_command": [str(vllm)], "vllm_env": lab.LAB_VLLM_ENV, "vllm_extra_args": lab.LAB_VLLM_ARGS,
-                         "router_auth": False, "router_timeout_s": 120, "node": node, "nodes": nodes}  # fmt: skip
+        agent.config |= {"vllm_command": [str(vllm)], "vllm_env": lab.LAB_VLLM_ENV,
+                         "vllm_extra_args": lab.LAB_VLLM_ARGS, "router_auth": False, "router_timeout_s": 120,
+                         "node": node, "nodes": nodes}  # fmt: skip
         agents.append(agent.start())
     return agents[0], agents[1]
 
