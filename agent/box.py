@@ -29,6 +29,7 @@ OLLAMA_COMMAND = ["/usr/local/bin/ollama"]  # role ollama links its release ther
 
 ROUTER_LISTEN = "0.0.0.0:8000"  # the OpenAI-compatible endpoint
 STATUS_LISTEN = "127.0.0.1:8079"  # read-only status: /healthz, /status, /metrics
+PEER_PORT = 8078  # an engine across boxes: each node's agent tells the others its ranks, on the trusted network
 
 
 # The agent's records, root's alone (0700): the energy ledger, the audit log, the engines' restart counts.

@@ -163,6 +163,7 @@ def run_playbook(
     tags: str | None = None,
     allow_reboot: bool = False,
     allow_network_change: bool = False,
+    nodes: dict[str, str] | None = None,
     progress: Progress,
 ) -> RunSummary:
     import ansible_runner  # the installer extra; imported late so `aiinfra validate` stays quick
@@ -181,7 +182,11 @@ def run_playbook(
         limit=limit,
         tags=tags,
         cmdline=cmdline or None,
-        extravars={"aiinfra_allow_reboot": allow_reboot, "aiinfra_allow_network_change": allow_network_change},
+        extravars={
+            "aiinfra_allow_reboot": allow_reboot,
+            "aiinfra_allow_network_change": allow_network_change,
+            "aiinfra_agent_nodes": nodes or {},
+        },
         envvars={
             # ansible-playbook from the same environment as aiinfra, whatever PATH says
             "PATH": f"{Path(ansible_tool('ansible-playbook')).parent}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError, model_validator
 
+from aiinfra.agent import box
 from aiinfra.agent.schema import (
     VllmEngine,
     did_you_mean,
@@ -252,9 +253,81 @@ def installed_groups() -> tuple[str, ...]:
     return tuple(dict.fromkeys(groups))
 
 
+def trusted_address(node: str, variables: dict[str, Any]) -> str:
+    """NODE's address on its trusted_network (a VLAN's name, or a private network in CIDR), where the ranks
+    of an engine across boxes reach each other; raises ValueError saying what is missing."""
+    network = variables.get("trusted_network")
+    if not network:
+        raise ValueError("trusted_network: not set; name the VLAN (or the private network in CIDR) that the "
+                         "engine's nodes reach each other on")  # fmt: skip
+    vlans = [v for v in variables.get("vlans") or [] if isinstance(v, dict)]
+    named = [a for v in vlans if v.get("name") == network for a in v.get("addresses") or []]
+    if named:
+        address = ipaddress.ip_interface(named[0]).ip
+    else:
+        try:
+            net = ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            names = ", ".join(str(v.get("name")) for v in vlans) or "none"
+            raise ValueError(f"trusted_network: {network!r} is neither one of the host's VLANs ({names}) nor a "
+                             "network in CIDR") from None  # fmt: skip
+        vlan_addresses = (a.split("/")[0] for v in vlans for a in v.get("addresses") or [])
+        mine = [variables.get("ansible_host") or node, *vlan_addresses]
+        found = [ip for ip in (_ip_or_none(a) for a in mine) if ip is not None and ip in net]
+        if not found:
+            raise ValueError(f"trusted_network: the host has no address in {net} (ansible_host or a VLAN's)")
+        address = found[0]
+    if not address.is_private or address.is_loopback:
+        raise ValueError(f"trusted_network: {address} is not a private address; vLLM's traffic between the nodes "
+                         "is neither authenticated nor encrypted, so it stays on a private network")  # fmt: skip
+    return f"[{address}]:{box.PEER_PORT}" if address.version == 6 else f"{address}:{box.PEER_PORT}"
+
+
+def _ip_or_none(text: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(str(text))
+    except ValueError:
+        return None
+
+
+def span_nodes(inv: Inventory, hosts: list[str]) -> tuple[list[SpecError], dict[str, str]]:
+    """The checks across the hosts of engines that span boxes, and each node's peer address
+    (aiinfra_agent_nodes): every node is in the inventory, installed in this run, declares the engine the
+    same way, and has an address on a private trusted network."""
+    errors: list[SpecError] = []
+    nodes: dict[str, str] = {}
+    for host in hosts:
+        for name, engine in (inv.hostvars[host].get("engines") or {}).items():
+            span = engine.get("span") if isinstance(engine, dict) else None
+            if not isinstance(span, dict) or not isinstance(span.get("nodes"), list):
+                continue
+            field = f"engines.{name}.span.nodes"
+            if host not in span["nodes"]:
+                errors.append(SpecError(host, field, "this host is not one of the engine's nodes; declare it on "
+                                                     "its nodes only (a group of them)"))  # fmt: skip
+            for node in span["nodes"]:
+                if node not in inv.hostvars:
+                    errors.append(SpecError(host, field, f"{node!r} is not in the inventory"))
+                elif node not in hosts:
+                    errors.append(SpecError(host, field, f"{node} is not installed in this run; install the "
+                                                         "engine's nodes together (--host GROUP)"))  # fmt: skip
+                elif (inv.hostvars[node].get("engines") or {}).get(name) != engine:
+                    differs = f"declared otherwise on {node}; an engine across boxes is the same on each node"
+                    errors.append(SpecError(host, f"engines.{name}", differs))
+                elif node not in nodes:
+                    try:
+                        nodes[node] = trusted_address(node, inv.hostvars[node])
+                    except ValueError as exc:
+                        field_, _, message = str(exc).partition(": ")
+                        errors.append(SpecError(node, field_, message))
+                        nodes[node] = ""
+    unique = list(dict.fromkeys(errors))
+    return unique, {n: a for n, a in nodes.items() if a}
+
+
 def check_specs(inv: Inventory, hosts: list[str]) -> tuple[list[SpecError], list[SpecWarning]]:
     """The errors (nothing may run) and the warnings (it may) of each host's spec."""
-    errors, warnings = [], []
+    errors, warnings = span_nodes(inv, hosts)[0], []
     for host in hosts:
         if not any(host in inv.groups.get(group, []) for group in installed_groups()):
             errors.append(

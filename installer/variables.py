@@ -958,6 +958,16 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
         "The OpenAI-compatible endpoint in front of the engines (HOST:PORT).",
         roles=("aiinfra_agent",),
     )
+    trusted_network: str | None = var(
+        None,
+        (
+            "Where engines that span boxes (an engine's span) talk: vLLM's distributed traffic, which is neither "
+            "authenticated nor encrypted, and the agents' word on their ranks (port "
+            f"{box.PEER_PORT}). The name of one of the host's VLANs (its address there), or a private network in "
+            "CIDR that the host's ansible_host is in (e.g. a lab's container network). Public addresses are refused."
+        ),
+        roles=("aiinfra_agent",),
+    )
 
     @field_validator("aiinfra_agent_api_keys")
     @classmethod
@@ -1005,4 +1015,12 @@ class RunFlags(Strict):
         False,
         "Apply the staged network change in this run. Set by `aiinfra install --allow-network-change`.",
         roles=("network_vlans",),
+    )
+    aiinfra_agent_nodes: dict[str, str] = var(
+        {},
+        (
+            "The nodes of the engines that span boxes and where each one's agent answers the others (its address "
+            f"on trusted_network, port {box.PEER_PORT}). Written by `aiinfra install` from the inventory."
+        ),
+        roles=("aiinfra_agent",),
     )

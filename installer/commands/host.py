@@ -14,7 +14,7 @@ from aiinfra.installer.here import gpu_links_here, secure_boot_here
 from aiinfra.installer.plan_table import plan_table, profile_fits
 from aiinfra.installer.report import print_summary
 from aiinfra.installer.run import Progress, run_playbook
-from aiinfra.installer.spec import check_specs, validate
+from aiinfra.installer.spec import check_specs, span_nodes, validate
 from aiinfra.installer.workstation import EnvironmentProblem
 
 
@@ -96,6 +96,7 @@ def install(
             tags=tags,
             allow_reboot=allow_reboot,
             allow_network_change=allow_network_change,
+            nodes=span_nodes(inv, hosts)[1],
             progress=progress,
         )
     except EnvironmentProblem as exc:

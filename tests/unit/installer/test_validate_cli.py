@@ -94,8 +94,8 @@ def test_the_operators_other_variables_pass(tmp_path, cli):
     assert cli("validate", "--host", "thor", "-i", str(inventory)).exit_code == 0
 
 
-# Set by `aiinfra install --allow-reboot / --allow-network-change` for one run, not by the spec.
-RUN_FLAGS = {"aiinfra_allow_reboot", "aiinfra_allow_network_change"}
+# Set by `aiinfra install` for one run (its flags, the nodes of engines across boxes), not by the spec.
+RUN_FLAGS = {"aiinfra_allow_reboot", "aiinfra_allow_network_change", "aiinfra_agent_nodes"}
 
 
 def test_role_variables_are_all_known_to_the_spec():
