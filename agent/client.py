@@ -77,6 +77,38 @@ def control(
     return _request(_UnixConnection(socket_path, timeout), method, path, body)
 
 
+def span_phases(reports: dict[str, Report]) -> dict[str, dict[str, Any]]:
+    """Each engine across boxes as a whole, from its nodes' reports: its phase (ready only when every rank is
+    ready in one start of the head; a rank not heard from: unknown) and its ranks by node."""
+    spans: dict[str, dict[str, Any]] = {}
+    for host, report in reports.items():
+        for name, e in report["engines"].items():
+            span = e.get("span")
+            if span:
+                whole = spans.setdefault(name, {"nodes": span["nodes"], "ranks": {}})
+                whole["ranks"][span["node"]] = {"host": host, "rank": span["rank"], "phase": e["phase"],
+                                                "start": span["start"]}  # fmt: skip
+    for whole in spans.values():
+        ranks = whole["ranks"]
+        missing = [n for n in whole["nodes"] if n not in ranks]
+        head = ranks.get(whole["nodes"][0])
+        if missing:
+            whole["phase"] = f"unknown (no word from {', '.join(missing)})"
+        elif all(r["phase"] == Phase.READY for r in ranks.values()) and len({r["start"] for r in ranks.values()}) == 1:
+            whole["phase"] = Phase.READY.value
+        else:
+            whole["phase"] = head["phase"] if head and head["phase"] != Phase.READY else Phase.STARTING.value
+    return spans
+
+
+def format_spans(reports: dict[str, Report]) -> list[str]:
+    lines = []
+    for name, whole in sorted(span_phases(reports).items()):
+        ranks = ", ".join(f"{node} rank {r['rank']} {r['phase']}" for node, r in whole["ranks"].items())
+        lines.append(f"{name} across {', '.join(whole['nodes'])}: {whole['phase']} ({ranks})")
+    return lines
+
+
 def format_status(report: Report) -> str:
     lines = [
         f"profile {report['profile']} (backend {report['backend']})",
@@ -99,6 +131,12 @@ def format_status(report: Report) -> str:
         elif gate and gate["state"] == "failed":
             back = "the identity before serves" if gate.get("serving") else "nothing to go back to"
             lines.append(f"gate: {name}'s change failed ({gate['check']}); {back}; restart it to try again")
+    for name, e in report["engines"].items():
+        span = e.get("span")
+        if span:
+            role = "the head" if span["rank"] == 0 else f"a follower of {span['nodes'][0]}"
+            nodes = ", ".join(span["nodes"])
+            lines.append(f"span: {name} rank {span['rank']} on {span['node']} ({role}; nodes {nodes})")
     cloud = sorted(n for n, e in report["engines"].items() if e.get("cloud"))
     lines.append(f"prompts: sent off the box by {', '.join(cloud)} (Ollama cloud models on)" if cloud
                  else "prompts: stay on this box (no engine may use a cloud)")  # fmt: skip

@@ -35,6 +35,8 @@ class EngineReport(TypedDict):
     # The last change's gate: state (due, gating, passed, failed), the identity tried, when, the check that
     # failed, the identity serving instead, agreement (the regression check's score), took (s per step).
     gate: dict[str, Any] | None
+    # An engine across boxes: this node, its rank (0: the head), the nodes, the head's start it is in.
+    span: dict[str, Any] | None
 
 
 class SwitchReport(TypedDict):
@@ -88,7 +90,10 @@ def report(supervisor: Supervisor) -> Report:
             "next_start_in_s": None if state.next_start_at is None else round(max(state.next_start_at - now, 0), 1),
             "identity": asdict(sup.serving[name]) if name in sup.serving else None,
             "gate": sup.gates.reports.get(name),
-        }
+            "span": None if sup.ranks is None or name not in sup.ranks.spans else {
+                "node": sup.ranks.node, "rank": target.rank, "nodes": sup.ranks.spans[name],
+                "start": sup.ranks.starts.get(name)},
+        }  # fmt: skip
     back_in = sup.back_to_default_in()
     switching: SwitchingReport = {
         "policies": {name: p.model_dump() for name, p in config.profile_switching.items()},

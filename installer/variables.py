@@ -195,6 +195,8 @@ AGENT_NOT_BY_NAME = {
     "policy": "aiinfra_agent_policy (the role passes it)",
     "cost": "gpu_card_cost, gpu_card_lifetime_years, gpu_expected_count (the role passes them)",
     "gpu": "the gpu_tuning role's settings file, when it wrote one (the role passes it)",
+    "node": "the host's inventory name, where an engine spans boxes (the role passes it)",
+    "nodes": "aiinfra_agent_nodes, which aiinfra install works out from the inventory (the role passes it)",
 }
 
 

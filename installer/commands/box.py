@@ -45,6 +45,8 @@ def status(pattern: str | None, inventory: str | None, listen: str, as_json: boo
     else:
         for host, report in reports.items():
             click.echo(f"== {host}: {client.format_status(report)}")
+        if spans := client.format_spans(reports):
+            click.echo("== engines across boxes:\n" + "\n".join(spans))
     if pattern is not None and missing:
         sys.exit(EXIT_UNREACHABLE)
 

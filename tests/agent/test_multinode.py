@@ -87,6 +87,8 @@ def test_the_engine_answers_through_the_heads_endpoint_once_both_ranks_are_up(fl
     rss = sum(p.memory_info().rss for a in fleet for p in group_of(a.engine("big")["pid"]))
     print(f"  the two ranks' vLLM processes: {rss / 2**30:.1f} GiB resident")
     assert "--headless" in " ".join(psutil.Process(follower.engine("big")["pid"]).cmdline())
+    lead, rank = head.engine("big")["span"], follower.engine("big")["span"]
+    assert (lead["rank"], rank["rank"], rank["node"]) == (0, 1, "odin") and rank["start"] == lead["start"]
     # Only the head serves: the follower's router knows no such model.
     models = openai.OpenAI(base_url=f"http://{follower.config['router_listen']}/v1", api_key="-").models.list()
     assert "tiny" not in [m.id for m in models.data]

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from aiinfra.agent.client import format_spans, span_phases
 from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.ranks import Rank, Ranks, Seen, follower_stop, head_restart
 from aiinfra.agent.reconcile import EngineState, Phase
+from aiinfra.agent.status import report
 from aiinfra.agent.supervisor import Supervisor
 from tests.unit.agent.test_loop import Clock, Probes, Processes, in_loop, phase, tick
 
@@ -122,6 +124,20 @@ async def test_a_dead_follower_brings_the_whole_engine_back_in_one_new_start(fle
     head.probes.ready.add("big")
     await both(head, follower, clock, times=4)
     assert (phase(head.supervisor, "big"), phase(follower.supervisor, "big")) == ("ready", "ready")
+
+
+@in_loop
+async def test_the_fleet_view_says_the_engine_is_ready_only_when_every_rank_is_ready_in_one_start(fleet):
+    head, follower, clock = fleet
+    await serving(head, follower, clock)
+    reports = {"thor": report(head.supervisor), "odin": report(follower.supervisor)}
+    assert span_phases(reports)["big"]["phase"] == "ready"
+    assert format_spans(reports) == ["big across thor, odin: ready (thor rank 0 ready, odin rank 1 ready)"]
+    assert span_phases({"thor": reports["thor"]})["big"]["phase"] == "unknown (no word from odin)"
+    follower.backend.die("big", -9)
+    await both(head, follower, clock)
+    reports = {"thor": report(head.supervisor), "odin": report(follower.supervisor)}
+    assert span_phases(reports)["big"]["phase"] == "starting"  # the head still ready, a rank down: not ready
 
 
 @in_loop
