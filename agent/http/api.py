@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from aiinfra.agent.audit import audit
+from aiinfra.agent.engines import node_address
 from aiinfra.agent.metrics import Metrics, engine_families, exposition_of
 from aiinfra.agent.ranks import PATH as RANKS_PATH
 from aiinfra.agent.status import Report, report
@@ -128,12 +129,16 @@ def status_app(supervisor: Supervisor, metrics_of: Metrics, router: Callable[[],
 
 
 def peer_app(supervisor: Supervisor) -> web.Application:
-    """What the other nodes' agents ask, on the trusted network: how this node's ranks stand (ranks.py)."""
+    """What the other nodes' agents ask, on the trusted network: how this node's ranks stand (ranks.py).
+    Only the nodes' own addresses are answered."""
     app = web.Application()
     app[SUPERVISOR] = supervisor
+    nodes = {node_address(peer) for peer in supervisor.config.nodes.values()}
 
     async def ranks(request: web.Request) -> web.Response:
         assert supervisor.ranks is not None
+        if request.remote not in nodes:
+            return web.json_response({"error": "only the nodes of this box's engines may ask"}, status=403)
         return web.json_response(supervisor.ranks.document(supervisor.states))
 
     app.router.add_get(RANKS_PATH, ranks)

@@ -433,3 +433,26 @@ def test_an_engine_answers_only_the_router_not_a_local_process_calling_its_port(
     secret = Path(one.config["state_dir"]) / "engine-keys.secret"
     assert secret.stat().st_mode & 0o777 == 0o600
     assert one.engine_key("e") not in " ".join(psutil.Process(one.engine("e")["pid"]).cmdline())
+
+
+# -- the agents' word to each other, for engines across boxes --------------------------------------------
+
+
+def peer_get(address: str, source: str) -> int:
+    """GET /ranks from SOURCE (a loopback address of this machine's own): the HTTP status."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5, source_address=(source, 0)) as conn:
+        conn.sendall(f"GET /ranks HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n".encode())
+        return int(conn.recv(64).split()[1])
+
+
+def test_only_the_nodes_of_an_engine_across_boxes_hear_how_its_ranks_stand(make_agent):
+    engine = vllm(free_port()) | {"span": {"nodes": ["thor", "odin"], "parallel": "pipeline", "port": free_port()}}
+    agent = make_agent({"big": engine}, {"p": ["big"]}, "p")
+    peer = f"127.0.0.1:{free_port()}"
+    agent.config |= {"node": "thor", "nodes": {"thor": peer, "odin": f"127.0.0.1:{free_port()}"}}
+    agent.start().wait_phase("big", "ready")
+    assert peer_get(peer, "127.0.0.1") == 200  # a node's address (both nodes are this machine here)
+    assert peer_get(peer, "127.0.0.2") == 403  # any other address on the network
+    document = json.loads(urllib.request.urlopen(f"http://{peer}/ranks", timeout=5).read())
+    assert document["engines"]["big"]["phase"] == "ready" and document["node"] == "thor"
