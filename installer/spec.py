@@ -272,10 +272,11 @@ def trusted_address(node: str, variables: dict[str, Any]) -> str:
             raise ValueError(f"trusted_network: {network!r} is neither one of the host's VLANs ({names}) nor a "
                              "network in CIDR") from None  # fmt: skip
         vlan_addresses = (a.split("/")[0] for v in vlans for a in v.get("addresses") or [])
-        mine = [variables.get("ansible_host") or node, *vlan_addresses]
+        mine = [variables.get("trusted_address"), variables.get("ansible_host") or node, *vlan_addresses]
         found = [ip for ip in (_ip_or_none(a) for a in mine) if ip is not None and ip in net]
         if not found:
-            raise ValueError(f"trusted_network: the host has no address in {net} (ansible_host or a VLAN's)")
+            raise ValueError(f"trusted_network: the host has no address in {net} (trusted_address, ansible_host or "
+                             "a VLAN's)")  # fmt: skip
         address = found[0]
     if not address.is_private or address.is_loopback:
         raise ValueError(f"trusted_network: {address} is not a private address; vLLM's traffic between the nodes "

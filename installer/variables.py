@@ -966,7 +966,16 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
             "Where engines that span boxes (an engine's span) talk: vLLM's distributed traffic, which is neither "
             "authenticated nor encrypted, and the agents' word on their ranks (port "
             f"{box.PEER_PORT}). The name of one of the host's VLANs (its address there), or a private network in "
-            "CIDR that the host's ansible_host is in (e.g. a lab's container network). Public addresses are refused."
+            "CIDR that the host's trusted_address, ansible_host or a VLAN's address is in (e.g. a lab's container "
+            "network). Public addresses are refused."
+        ),
+        roles=("aiinfra_agent",),
+    )
+    trusted_address: str | None = var(
+        None,
+        (
+            "The host's address on trusted_network where neither ansible_host nor a VLAN's addresses give it (a "
+            "host reached by name, a lab container)."
         ),
         roles=("aiinfra_agent",),
     )

@@ -139,6 +139,8 @@ def write_inventory(host: str, container: str, doubles: dict) -> None:
         "ansible_connection": "podman",
         "ansible_host": container,
         "ansible_python_interpreter": "/usr/bin/python3",
+        # Its address on the lab's network (podman's), which the lab's engines across boxes talk on.
+        "trusted_address": address(host),
         **doubles,
     }
     data["lab"]["hosts"] = lab_hosts
