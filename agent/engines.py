@@ -76,7 +76,7 @@ def launch(name: str, config: AgentConfig, secret: bytes | None = None) -> Launc
         rank = 0 if engine.span is None else engine.span.nodes.index(str(config.node))
         argv = vllm_argv(engine, exact(config.vllm_command), model_dir, config.vllm_extra_args)
         if engine.span is not None:
-            argv += span_args(engine.span, len(engine.gpus), rank, node_address(config.nodes[engine.span.nodes[0]]))
+            argv += span_args(engine.span, rank, node_address(config.nodes[engine.span.nodes[0]]))
         return Launch(
             name,
             argv,
@@ -134,7 +134,7 @@ def vllm_argv(engine: VllmEngine, command: list[str], model_dir: str, box_args: 
         "--gpu-memory-utilization",
         str(engine.gpu_memory_utilization),
         "--tensor-parallel-size",
-        str(len(engine.gpus) * (engine.span.size if engine.span and engine.span.parallel == "tensor" else 1)),
+        str(engine.tensor_parallel),
         "--dtype",
         engine.dtype,
     ]
@@ -159,7 +159,7 @@ def node_address(peer: str) -> str:
     return peer.rpartition(":")[0].strip("[]")
 
 
-def span_args(span: Span, gpus: int, rank: int, head: str) -> list[str]:
+def span_args(span: Span, rank: int, head: str) -> list[str]:
     """vLLM's own multi-node flags for node RANK of SPAN (HEAD: the head's address). Tensor and pipeline
     parallel: one engine over N nodes (torch's store on the head's port); data: N replicas, one a node,
     behind the head's API server (its RPC on that port). Followers run headless: no API of their own."""

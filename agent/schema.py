@@ -210,6 +210,15 @@ class VllmEngine(EngineBase):
     def served(self) -> str:
         return self.served_name or self.model
 
+    @property
+    def tensor_parallel(self) -> int:
+        """The GPUs one layer is split over: its own, times its nodes when it spans them tensor-parallel."""
+        return len(self.gpus) * (self.span.size if self.span is not None and self.span.parallel == "tensor" else 1)
+
+    @property
+    def pipeline_stages(self) -> int:
+        return self.span.size if self.span is not None and self.span.parallel == "pipeline" else 1
+
 
 class OllamaEngine(EngineBase):
     runtime: Literal["ollama"]

@@ -197,18 +197,8 @@ def kv_bytes_per_token(facts: ModelFacts, tensor_parallel: int, kv_bytes: float)
     return 2 * facts.layers * kv_heads_per_gpu * facts.head_dim * kv_bytes
 
 
-def tensor_parallel(engine: VllmEngine) -> int:
-    """The GPUs one layer is split over: the engine's, times its nodes when it spans them tensor-parallel."""
-    span = engine.span
-    return len(engine.gpus) * (span.size if span is not None and span.parallel == "tensor" else 1)
-
-
-def pipeline_stages(engine: VllmEngine) -> int:
-    return engine.span.size if engine.span is not None and engine.span.parallel == "pipeline" else 1
-
-
 def fit(name: str, engine: VllmEngine, facts: ModelFacts, gpu_gib: float) -> list[Fit]:
-    tp, stages = tensor_parallel(engine), pipeline_stages(engine)
+    tp, stages = engine.tensor_parallel, engine.pipeline_stages
     weight_format = engine.quantization or ("awq" if "awq" in engine.model.lower() else engine.dtype)
     weights = facts.params_b * 1e9 * BYTES_PER_PARAM[weight_format] / tp / stages / GIB
     kv_bytes = 1.0 if _kv_cache_dtype(engine).startswith("fp8") else 2.0
@@ -255,15 +245,15 @@ def _kv_cache_dtype(engine: VllmEngine) -> str:
 
 def problems(name: str, engine: VllmEngine, facts: ModelFacts, gpu_gib: float | None) -> list[str]:
     """Spec errors ('field: message') for one engine: tensor parallelism, and fit when memory is known."""
-    tp = tensor_parallel(engine)
+    tp = engine.tensor_parallel
     if facts.attention_heads % tp:
         across = f" ({len(engine.gpus)} GPUs × {tp // len(engine.gpus)} nodes)" if tp != len(engine.gpus) else ""
         return [
             f"engines.{name}.gpus: tensor parallel size {tp}{across} does not divide the model's "
             f"{facts.attention_heads} attention heads; use a divisor of it"
         ]
-    if pipeline_stages(engine) > facts.layers:
-        return [f"engines.{name}.span.nodes: {pipeline_stages(engine)} pipeline stages for the model's {facts.layers} "
+    if engine.pipeline_stages > facts.layers:
+        return [f"engines.{name}.span.nodes: {engine.pipeline_stages} pipeline stages for the model's {facts.layers} "
                 "layers; a stage needs a layer at least"]  # fmt: skip
     if gpu_gib is None or engine.skip_fit_check:
         return []
