@@ -29,9 +29,11 @@ def podman(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["podman", *args], capture_output=True, text=True, env=env, check=False)
 
 
-# Longest first, so that two workers (scripts/test) finish together: the lab install (about 11 min
-# on two cores) and the whole-site Molecule scenario (about 9) start at once, the short ones fill in.
-FIRST = ("tests/lab/test_install_lab.py", "tests/lab/test_molecule.py::TestMolecule_default::")
+# Longest first, so that two workers (scripts/test) finish together: the lab install (about 25 min on
+# two cores), the whole-site Molecule scenario (about 10) and the two-host lab (about 13) start first,
+# the short ones fill in.
+FIRST = ("tests/lab/test_install_lab.py", "tests/lab/test_molecule.py::TestMolecule_default::",
+         "tests/lab/test_multinode_lab.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
