@@ -77,6 +77,10 @@ def _cross_checks(spec: HostSpec) -> list[str]:
     for name, engine in spec.engines.items():
         if engine.port == router_port:
             problems.append(f"engines.{name}.port: {engine.port} is the router's port (router_listen)")
+        span = engine.span if isinstance(engine, VllmEngine) else None
+        if span is not None and span.port in (router_port, box.PEER_PORT):
+            taken = "the router's port (router_listen)" if span.port == router_port else "the agents' peer port"
+            problems.append(f"engines.{name}.span.port: {span.port} is {taken}")
         for gpu in engine.gpus if gpus is not None else ():
             if gpus is not None and gpu >= gpus:
                 problems.append(

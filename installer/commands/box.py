@@ -95,7 +95,22 @@ def profile(
             control.profile, name=name, socket_path=socket_path, listen=listen, timeout=timeout, no_wait=False
         )
         return
-    on_hosts(inventory, pattern, ["profile", name, "--timeout", str(timeout)])
+    inv, hosts = load_hosts(inventory, pattern)
+    spanned = [node for node in profile_nodes(inv.hostvars, hosts, name) if node not in hosts]
+    if spanned:  # a rank alone waits for the others: every node an engine of the profile spans switches
+        click.echo(f"switching {', '.join(spanned)} too: the profile's engines span them", err=True)
+    on_hosts(inventory, ",".join([*hosts, *spanned]), ["profile", name, "--timeout", str(timeout)])
+
+
+def profile_nodes(hostvars: dict[str, dict], hosts: list[str], profile: str) -> list[str]:
+    """The nodes that the engines of PROFILE on HOSTS span, in the inventory's order of the spans."""
+    nodes: list[str] = []
+    for host in hosts:
+        engines = hostvars[host].get("engines") or {}
+        for member in (hostvars[host].get("profiles") or {}).get(profile) or []:
+            span = (engines.get(member) or {}).get("span") or {}
+            nodes += [n for n in span.get("nodes") or [] if n in hostvars and n not in nodes]
+    return nodes
 
 
 @click.command("keys", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

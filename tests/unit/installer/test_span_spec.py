@@ -77,3 +77,18 @@ def test_sizes_must_divide_across_the_nodes(tmp_path, cli):
     result = cli("validate", "--host", "thor", "-i", str(inventory))
     assert ("thor: engines.big.gpus: tensor parallel size 6 (2 GPUs × 3 nodes) does not divide the model's 40 "
             "attention heads") in result.stderr  # fmt: skip
+
+
+def test_a_profile_switch_reaches_every_node_its_engines_span(tmp_path):
+    from aiinfra.installer.commands.box import profile_nodes
+
+    hostvars = load(fleet(tmp_path)).hostvars
+    assert profile_nodes(hostvars, ["thor"], "big") == ["thor", "odin"]
+    assert profile_nodes(hostvars, ["thor"], "fast") == []  # its engines are thor's alone
+
+
+def test_the_distributed_port_collides_with_no_other(tmp_path, cli):
+    for port, taken in ((8005, "already used by engine 'big'"), (8000, "the router's port"), (8078, "peer port")):
+        engine = {**BIG, "span": {**BIG["span"], "port": port}}
+        result = cli("validate", "--host", "thor,odin", "-i", str(fleet(tmp_path / str(port), engine)))
+        assert result.exit_code == 2 and f"engines.big.span.port: {port}" in result.stderr and taken in result.stderr
