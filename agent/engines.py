@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import re
+import socket
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +80,10 @@ def launch(name: str, config: AgentConfig, secret: bytes | None = None) -> Launc
         model_dir = os.path.realpath(f"{config.models_dir}/{engine.model}")  # the version staged now
         rank = 0 if engine.span is None else engine.span.nodes.index(str(config.node))
         argv = vllm_argv(engine, exact(config.vllm_command), model_dir, config.vllm_extra_args)
+        span_env: dict[str, str] = {}
         if engine.span is not None:
             argv += span_args(engine.span, rank, node_address(config.nodes[engine.span.nodes[0]]))
+            span_env = trusted_env(node_address(config.nodes[str(config.node)]))
         return Launch(
             name,
             argv,
@@ -86,6 +93,7 @@ def launch(name: str, config: AgentConfig, secret: bytes | None = None) -> Launc
                 "VLLM_NO_USAGE_STATS": "1",  # vLLM's usage statistics stay off (and so DO_NOT_TRACK)
                 "DO_NOT_TRACK": "1",
                 "HF_HUB_OFFLINE": "1",
+                **span_env,
                 **config.vllm_env,
                 **({"VLLM_API_KEY": key} if key else {}),  # in the environment, not argv: ps shows argv
             },
@@ -157,6 +165,36 @@ def vllm_argv(engine: VllmEngine, command: list[str], model_dir: str, box_args: 
 def node_address(peer: str) -> str:
     """The address of a node's ADDRESS:PORT (its agent's peer endpoint): where its vLLM ranks are reached."""
     return peer.rpartition(":")[0].strip("[]")
+
+
+def trusted_env(address: str) -> dict[str, str]:
+    """What keeps a rank's traffic on the trusted network: vLLM advertises ADDRESS (else the address of its
+    default route), and gloo and NCCL use its interface (else gloo takes the host name's address, which on
+    Ubuntu is 127.0.1.1, out of the other nodes' reach)."""
+    env = {"VLLM_HOST_IP": address}
+    interface = interface_of(address)
+    return env | ({"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface} if interface else {})
+
+
+def interface_of(address: str) -> str | None:
+    """The network interface of this host that holds ADDRESS; None: none does."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6:
+        with contextlib.suppress(OSError):  # /proc/net/if_inet6: address in hex, ..., interface name
+            for line in Path("/proc/net/if_inet6").read_text().splitlines():
+                fields = line.split()
+                if len(fields) == 6 and ipaddress.IPv6Address(int(fields[0], 16)) == ip:
+                    return fields[5]
+        return None
+    for _, name in socket.if_nameindex():
+        with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            request = struct.pack("256s", name.encode()[:15])
+            if socket.inet_ntoa(fcntl.ioctl(sock.fileno(), SIOCGIFADDR, request)[20:24]) == address:
+                return name
+    return None
+
+
+SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
 
 
 def span_args(span: Span, rank: int, head: str) -> list[str]:

@@ -201,3 +201,10 @@ def test_vllms_multi_node_flags_are_the_spans_alone():
     extra: dict[str, Any] = {**BIG, "extra_args": ["--nnodes=3"]}
     with pytest.raises(ValueError, match="--nnodes is set by aiinfra"):
         AgentConfig.model_validate({"engines": {"big": extra}, "node": "thor", "nodes": NODES})
+
+
+def test_a_rank_keeps_its_traffic_on_the_trusted_address_and_its_interface(fleet):
+    """vLLM would advertise its default route's address, and gloo its host name's (127.0.1.1 on Ubuntu)."""
+    head, _, _ = fleet
+    env = head.supervisor.launches["big"].env
+    assert (env["VLLM_HOST_IP"], env["GLOO_SOCKET_IFNAME"], env["NCCL_SOCKET_IFNAME"]) == ("127.0.0.1", "lo", "lo")
