@@ -113,7 +113,7 @@ def test_one_install_brings_up_an_engine_across_two_hosts_answering_through_the_
     assert "--headless" in argv and f"--node-rank 1 --master-addr {head_address} --master-port 29500" in argv
     # Its unit talks to loopback and the two nodes only (enforced where cgroup v2 is; the lab's is v1).
     follower_address = pair.box(FOLLOWER, "hostname", "-I").stdout.split()[0]
-    allowed = pair.box(FOLLOWER, "systemctl", "show", "-p", "IPAddressAllow", "-p", "IPAddressDeny", "aiinfra-engine@big")
+    allowed = pair.box(FOLLOWER, "systemctl", "show", "-p", "IPAddressAllow,IPAddressDeny", "aiinfra-engine@big")
     assert f"{head_address}/32" in allowed.stdout and f"{follower_address}/32" in allowed.stdout, allowed.stdout
     assert "10.0.0.0/8" not in allowed.stdout and "IPAddressDeny=0.0.0.0/0 ::/0" in allowed.stdout, allowed.stdout
     shown = pair.box(FOLLOWER, "systemctl", "show", "-p", "User", "-p", "ActiveState", "aiinfra-engine@big")
