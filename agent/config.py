@@ -14,9 +14,11 @@ from aiinfra.agent.schema import (
     Engine,
     GpuKey,
     Seconds,
+    Span,
     Strict,
     SwitchPolicy,
     VllmArgs,
+    VllmEngine,
     Watts,
     engine_problems,
     engines_model_at,
@@ -138,12 +140,13 @@ class AgentConfig(Strict):
         self.ollama_models_dir = self.ollama_models_dir or box.model_dir(self.model_storage_mount, "ollama")
         return self
 
+    def spans(self) -> dict[str, Span]:
+        """The engines across boxes, and how each spans them."""
+        return {n: e.span for n, e in self.engines.items() if isinstance(e, VllmEngine) and e.span is not None}
+
     def _span_problems(self) -> list[str]:
         problems = []
-        for name, engine in self.engines.items():
-            span = getattr(engine, "span", None)
-            if span is None:
-                continue
+        for name, span in self.spans().items():
             if self.node not in span.nodes:
                 here = self.node or "node not set"
                 problems.append(f"engines.{name}.span.nodes: this box ({here}) is not one of them")
@@ -153,7 +156,7 @@ class AgentConfig(Strict):
 
     def peer_listen(self) -> str | None:
         """Where this agent answers the other nodes' agents; None: no engine spans boxes."""
-        return self.nodes.get(self.node or "") if any(getattr(e, "span", None) for e in self.engines.values()) else None
+        return self.nodes.get(self.node or "") if self.spans() else None
 
     def audit_path(self) -> str | None:
         return None if self.audit_log is None else str(Path(self.data_dir) / self.audit_log)

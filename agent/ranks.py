@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -28,8 +27,8 @@ import aiohttp
 
 from aiinfra.agent.config import AgentConfig
 from aiinfra.agent.engines import Launch
+from aiinfra.agent.files import write_private
 from aiinfra.agent.reconcile import EngineState, Phase
-from aiinfra.agent.schema import VllmEngine
 
 POLL_S = 1.0  # how often each other node's agent is asked
 PATH = "/ranks"
@@ -96,7 +95,7 @@ class Ranks:
     def __init__(self, config: AgentConfig, clock: Callable[[], float]) -> None:
         self.node = str(config.node)
         self.clock = clock
-        self.spans = {n: e.span.nodes for n, e in config.engines.items() if isinstance(e, VllmEngine) and e.span}
+        self.spans = {name: span.nodes for name, span in config.spans().items()}
         self.peers = {n: f"http://{config.nodes[n]}{PATH}" for nodes in self.spans.values() for n in nodes
                       if n != self.node}  # fmt: skip
         self.path = Path(config.state_dir) / "ranks.json"
@@ -148,9 +147,7 @@ class Ranks:
             self.starts.pop(engine, None)
         else:
             self.starts[engine] = start
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.starts))
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps(self.starts).encode())
 
     def document(self, states: Mapping[str, EngineState]) -> dict:
         """What this node says of its ranks (GET /ranks)."""
