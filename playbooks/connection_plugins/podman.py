@@ -1,10 +1,11 @@
 """The lab's connection to its hosts (systemd containers): containers.podman's, with pipelining.
 
 Upstream's `podman exec` does not pass stdin, so Ansible must copy every module into the container,
-chmod it and remove it again: three `podman exec` calls a task. Passing stdin (`exec -i`) lets a
-module travel on it, one call a task, as with SSH and pipelining on a real box. `aiinfra install`,
-the agent commands and Molecule find it here (ANSIBLE_CONNECTION_PLUGINS) under upstream's short
-name `podman`, which is what molecule-plugins writes into its inventories.
+chmod it and remove it again: three `podman exec` calls a task, and a `podman mount` besides.
+Passing stdin (`exec -i`) lets a module travel on it, one call a task, as with SSH and pipelining on
+a real box; the container is mounted only for a task that copies a file. `aiinfra install`, the
+agent commands and Molecule find it here (ANSIBLE_CONNECTION_PLUGINS) under upstream's short name
+`podman`, which is what molecule-plugins writes into its inventories.
 """
 
 from __future__ import annotations
@@ -35,6 +36,25 @@ class Connection(upstream.Connection):
         if rc != 0 and to_native(stderr).startswith("Error: ") and not self._running():
             raise AnsibleConnectionFailure(to_native(stderr).strip())
         return rc, stdout, stderr
+
+    def _connect(self):
+        # Upstream mounts the container at every task; only a file's copy reads the mount, so it waits
+        # for one (a task that only runs a pipelined module is one `podman exec`, nothing more).
+        self._connected = True
+        return self
+
+    def put_file(self, in_path, out_path):
+        self._mount()
+        super().put_file(in_path, out_path)
+
+    def fetch_file(self, in_path, out_path):
+        self._mount()
+        super().fetch_file(in_path, out_path)
+
+    def _mount(self) -> None:
+        if not getattr(self, "_mount_tried", False):
+            self._mount_tried = True
+            upstream.Connection._connect(self)  # `podman mount`; without one, files go by `podman cp`
 
     def _running(self) -> bool:
         rc, out, _ = self._podman(["container", "inspect", "--format", "{{.State.Running}}"])
