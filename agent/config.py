@@ -131,7 +131,7 @@ class AgentConfig(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> AgentConfig:
         problems = engine_problems(self.engines, self.profiles, self.default_profile)
-        problems += switching_problems(self.profile_switching, self.profiles, self.default_profile)
+        problems += switching_problems(self.profile_switching, self.profiles, self.default_profile, self.engines)
         problems += self._span_problems()
         if problems:
             raise ValueError("\n".join(problems))

@@ -257,7 +257,10 @@ class SwitchPolicy(Strict):
 
 
 def switching_problems(
-    policies: Mapping[str, SwitchPolicy], profiles: Mapping[str, list[str]], default_profile: str | None
+    policies: Mapping[str, SwitchPolicy],
+    profiles: Mapping[str, list[str]],
+    default_profile: str | None,
+    engines: Mapping[str, VllmEngine | OllamaEngine],
 ) -> list[str]:
     problems = [
         f"profile_switching.{name}: not one of the profiles{did_you_mean(name, profiles)}"
@@ -266,6 +269,15 @@ def switching_problems(
     ]
     if policies and default_profile is None:
         problems.append("profile_switching: needs a default_profile to switch back to")
+    # An agent switches its own box only: an engine across boxes must not come or go with such a switch.
+    spanning = {n for n, e in engines.items() if isinstance(e, VllmEngine) and e.span is not None}
+    back = spanning.intersection(profiles.get(default_profile or "", []))
+    for name in (n for n in policies if n in profiles):
+        if moved := sorted(spanning.intersection(profiles[name]) ^ back):
+            problems.append(
+                f"profile_switching.{name}: switching to it or back would start or stop {', '.join(moved)} on this "
+                f"box alone, and it spans boxes; switch its nodes together with `aiinfra profile {name} --host GROUP`"
+            )
     return problems
 
 

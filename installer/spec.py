@@ -60,7 +60,7 @@ class HostSpec(Variables):
 
 def _cross_checks(spec: HostSpec) -> list[str]:
     problems = engine_problems(spec.engines, spec.profiles, spec.default_profile)
-    problems += switching_problems(spec.profile_switching, spec.profiles, spec.default_profile)
+    problems += switching_problems(spec.profile_switching, spec.profiles, spec.default_profile, spec.engines)
     if spec.nvidia_driver_source == "custom" and spec.nvidia_driver_custom_repo is None:
         problems.append(
             "nvidia_driver_custom_repo: source custom needs the repository, e.g. {uris: ..., suites: ./, key_url: ...}"

@@ -197,6 +197,18 @@ def test_an_engine_that_spans_boxes_needs_this_box_among_its_nodes_and_every_nod
     assert "nodes: no address for odin (engine big spans them)" in text
 
 
+def test_a_profile_switched_on_request_holds_the_engines_across_boxes_that_the_default_profile_holds():
+    small = {"runtime": "vllm", "model": "org/small", "gpus": [1], "port": 8002}
+    base = {"engines": {"big": BIG, "small": small}, "node": "thor", "nodes": NODES, "default_profile": "on"}
+    with pytest.raises(ValueError, match=r"profile_switching\.solo: switching to it or back would start or stop big"):
+        AgentConfig.model_validate(
+            base | {"profiles": {"on": ["big"], "solo": ["small"]}, "profile_switching": {"solo": {}}}
+        )
+    # The span in both: a switch leaves it running.
+    AgentConfig.model_validate(base | {"profiles": {"on": ["big"], "more": ["big", "small"]},
+                                       "profile_switching": {"more": {}}})  # fmt: skip
+
+
 def test_vllms_multi_node_flags_are_the_spans_alone():
     extra: dict[str, Any] = {**BIG, "extra_args": ["--nnodes=3"]}
     with pytest.raises(ValueError, match="--nnodes is set by aiinfra"):

@@ -92,3 +92,14 @@ def test_the_distributed_port_collides_with_no_other(tmp_path, cli):
         engine = {**BIG, "span": {**BIG["span"], "port": port}}
         result = cli("validate", "--host", "thor,odin", "-i", str(fleet(tmp_path / str(port), engine)))
         assert result.exit_code == 2 and f"engines.big.span.port: {port}" in result.stderr and taken in result.stderr
+
+
+def test_a_switch_on_request_may_not_take_an_engine_across_boxes_up_or_down_on_one_box(tmp_path, cli):
+    """An agent switches its own box: switching to the profile that holds the span would start the head's rank
+    alone, which would wait for its follower until its startup timeout."""
+    inventory = fleet(tmp_path, profile_switching={"big": {"back_after_idle_s": 600}})
+    result = cli("validate", "--host", "thor,odin", "-i", str(inventory))
+    assert result.exit_code == 2
+    line = ("odin: profile_switching.big: switching to it or back would start or stop big on this box alone, and it "
+            "spans boxes; switch its nodes together with `aiinfra profile big --host GROUP`")  # fmt: skip
+    assert line in result.stderr
