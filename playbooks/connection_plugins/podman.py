@@ -37,6 +37,10 @@ class Connection(upstream.Connection):
             raise AnsibleConnectionFailure(to_native(stderr).strip())
         return rc, stdout, stderr
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._mount_tried = False
+
     def _connect(self):
         # Upstream mounts the container at every task; only a file's copy reads the mount, so it waits
         # for one (a task that only runs a pipelined module is one `podman exec`, nothing more).
@@ -52,7 +56,7 @@ class Connection(upstream.Connection):
         super().fetch_file(in_path, out_path)
 
     def _mount(self) -> None:
-        if not getattr(self, "_mount_tried", False):
+        if not self._mount_tried:
             self._mount_tried = True
             upstream.Connection._connect(self)  # `podman mount`; without one, files go by `podman cp`
 
